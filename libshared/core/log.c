@@ -1,0 +1,127 @@
+/*
+ * log: key=value lines on stderr (the service supervisor or scripts/run
+ * redirects stderr to var/log/<svc>.log). One write(2) per line, so lines
+ * from several processes sharing a file never interleave.
+ */
+#include "log.h"
+#include "alloc.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#define LOG_LINE_MAX 4096
+
+static char log_svc[32] = "sendarix";
+static char log_inst[64] = "";
+static log_level_t log_min = LOG_INFO;
+
+static const char *const level_names[] = {"debug", "info", "warn", "error", "fatal"};
+
+void log_init(const char *service, const char *instance)
+{
+    sx_strlcpy(log_svc, service, sizeof(log_svc));
+    sx_strlcpy(log_inst, instance ? instance : "", sizeof(log_inst));
+}
+
+void log_set_level(log_level_t level)
+{
+    log_min = level;
+}
+
+int log_level_parse(const char *name, log_level_t *out)
+{
+    for (size_t i = 0; i < sizeof(level_names) / sizeof(level_names[0]); i++) {
+        if (strcasecmp(name, level_names[i]) == 0) {
+            *out = (log_level_t)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+const char *log_service(void)
+{
+    return log_svc;
+}
+
+const char *log_instance(void)
+{
+    return log_inst;
+}
+
+void log_write(log_level_t level, const char *fmt, ...)
+{
+    if (level < log_min)
+        return;
+
+    char line[LOG_LINE_MAX];
+    struct timeval tv;
+    struct tm tm;
+    gettimeofday(&tv, NULL);
+    gmtime_r(&tv.tv_sec, &tm);
+
+    int n = snprintf(line, sizeof(line), "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s svc=%s ",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                     tm.tm_sec, (long)(tv.tv_usec / 1000), level_names[level], log_svc);
+    if (n < 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    int m = vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
+    va_end(ap);
+    if (m < 0)
+        return;
+    size_t len = (size_t)n + (size_t)m;
+    if (len > sizeof(line) - 2)
+        len = sizeof(line) - 2; /* truncated: still one line */
+    line[len++] = '\n';
+    ssize_t w = write(STDERR_FILENO, line, len);
+    (void)w;
+}
+
+const char *log_quote(char *dst, size_t size, const char *src, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    int plain = len > 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)src[i];
+        if (c <= ' ' || c >= 0x7f || c == '"' || c == '\\' || c == '=') {
+            plain = 0;
+            break;
+        }
+    }
+    if (size == 0)
+        return dst;
+    if (plain) {
+        size_t n = len < size - 1 ? len : size - 1;
+        memcpy(dst, src, n);
+        dst[n] = '\0';
+        return dst;
+    }
+    size_t o = 0;
+    if (o + 1 < size)
+        dst[o++] = '"';
+    for (size_t i = 0; i < len && o + 5 < size; i++) {
+        unsigned char c = (unsigned char)src[i];
+        if (c == '"' || c == '\\') {
+            dst[o++] = '\\';
+            dst[o++] = (char)c;
+        } else if (c < ' ' || c >= 0x7f) {
+            dst[o++] = '\\';
+            dst[o++] = 'x';
+            dst[o++] = hex[c >> 4];
+            dst[o++] = hex[c & 15];
+        } else {
+            dst[o++] = (char)c;
+        }
+    }
+    if (o + 1 < size)
+        dst[o++] = '"';
+    dst[o] = '\0';
+    return dst;
+}

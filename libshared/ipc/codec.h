@@ -1,0 +1,28 @@
+/*
+ * codec: the bus envelope on the wire. Encoding packs an envelope with the
+ * current version; decoding checks the frame size before unpacking, rejects
+ * bytes that are not a well-formed envelope, a version it does not speak, or
+ * an envelope without a body, and says why. It never trusts the peer.
+ */
+#ifndef SX_CODEC_H
+#define SX_CODEC_H
+
+#include "proto.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CODEC_VERSION      1
+#define CODEC_MAX_ENVELOPE (4u << 20) /* bodies travel in their own frame */
+
+/* Packed bytes of env (version set to CODEC_VERSION); caller frees. */
+uint8_t *codec_encode(sx_env_t *env, size_t *len);
+
+/* 0 and *out on success; -1 with a reason in err. */
+int codec_decode(const void *data, size_t len, sx_env_t **out, char *err, size_t errlen);
+void codec_free(sx_env_t **env);
+
+/* Name of the body case, for logs ("auth_login_verify"). */
+const char *codec_body_name(const sx_env_t *env);
+
+#endif

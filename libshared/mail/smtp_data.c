@@ -1,0 +1,145 @@
+/*
+ * smtp_data: dot-unstuffing reader and dot-stuffing writer.
+ */
+#include "smtp_data.h"
+
+#include <string.h>
+
+enum {
+    DR_LINE_START = 0, /* after CRLF (or at the start) */
+    DR_IN_LINE,
+    DR_CR,             /* saw CR, want LF */
+    DR_DOT,            /* saw "." at line start */
+    DR_DOT_CR,         /* saw ".\r" at line start */
+};
+
+void data_reader_init(data_reader_t *r, uint64_t max_size, size_t line_max)
+{
+    memset(r, 0, sizeof(*r));
+    r->max_size = max_size;
+    r->line_max = line_max ? line_max : DATA_LINE_MAX;
+}
+
+static int emit(data_reader_t *r, const char *p, size_t n, buf_t *out)
+{
+    if (r->too_big)
+        return 0;
+    if (r->max_size && r->size + n > r->max_size) {
+        r->too_big = 1;
+        return 0;
+    }
+    r->size += n;
+    return buf_append(out, p, n);
+}
+
+static void count_line(data_reader_t *r, size_t n)
+{
+    r->line_len += n;
+    if (r->line_len > r->line_max)
+        r->line_too_long = 1;
+}
+
+long data_reader_feed(data_reader_t *r, const char *p, size_t n, buf_t *out)
+{
+    size_t i = 0;
+    while (i < n && !r->done) {
+        unsigned char c = (unsigned char)p[i];
+        switch (r->state) {
+        case DR_LINE_START:
+            r->line_len = 0;
+            if (c == '.') {
+                r->state = DR_DOT;
+                i++;
+                continue;
+            }
+            r->state = DR_IN_LINE;
+            continue;
+        case DR_DOT:
+            if (c == '\r') {
+                r->state = DR_DOT_CR;
+                i++;
+                continue;
+            }
+            /* a stuffed dot: drop it, the line goes on */
+            r->state = DR_IN_LINE;
+            continue;
+        case DR_DOT_CR:
+            if (c == '\n') {
+                r->done = 1;
+                i++;
+                continue;
+            }
+            /* ".\r" then something else: a bare CR inside a line */
+            r->bare_cr_lf = 1;
+            if (emit(r, "\r", 1, out) < 0)
+                return -1;
+            count_line(r, 1);
+            r->state = DR_IN_LINE;
+            continue;
+        case DR_IN_LINE: {
+            /* copy the run up to the next CR or LF in one go */
+            size_t j = i;
+            while (j < n && p[j] != '\r' && p[j] != '\n') {
+                if ((unsigned char)p[j] >= 0x80)
+                    r->eightbit = 1;
+                j++;
+            }
+            if (j > i) {
+                if (emit(r, p + i, j - i, out) < 0)
+                    return -1;
+                count_line(r, j - i);
+                i = j;
+                continue;
+            }
+            if (c == '\r') {
+                r->state = DR_CR;
+            } else {
+                /* bare LF: kept, flagged, and it does not start a line */
+                r->bare_cr_lf = 1;
+                if (emit(r, "\n", 1, out) < 0)
+                    return -1;
+                count_line(r, 1);
+            }
+            i++;
+            continue;
+        }
+        case DR_CR:
+            if (c == '\n') {
+                if (emit(r, "\r\n", 2, out) < 0)
+                    return -1;
+                r->state = DR_LINE_START;
+                i++;
+                continue;
+            }
+            r->bare_cr_lf = 1;
+            if (emit(r, "\r", 1, out) < 0)
+                return -1;
+            count_line(r, 1);
+            r->state = DR_IN_LINE;
+            continue;
+        }
+    }
+    return (long)i;
+}
+
+int data_stuff(const char *body, size_t len, buf_t *out)
+{
+    /* worst case every line starts with a dot: reserve once for the common case */
+    if (buf_reserve(out, len + len / 64 + 8) < 0)
+        return -1;
+    size_t start = 0;
+    int at_line_start = 1;
+    for (size_t i = 0; i < len; i++) {
+        if (at_line_start && body[i] == '.') {
+            if (buf_append(out, body + start, i - start) < 0 || buf_append(out, ".", 1) < 0)
+                return -1;
+            start = i;
+        }
+        at_line_start = body[i] == '\n' && i > 0 && body[i - 1] == '\r';
+    }
+    if (buf_append(out, body + start, len - start) < 0)
+        return -1;
+    if (len >= 2 && body[len - 2] == '\r' && body[len - 1] == '\n')
+        return buf_append(out, ".\r\n", 3);
+    return buf_append(out, len ? "\r\n.\r\n" : ".\r\n", len ? 5 : 3);
+}

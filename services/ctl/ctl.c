@@ -1,0 +1,7 @@
+/*
+ * sendarixctl: placeholder.
+ */
+int main(void)
+{
+    return 0;
+}
