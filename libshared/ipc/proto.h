@@ -11,6 +11,7 @@
 #define PB_INIT(NAME)     SENDARIX__V1__##NAME##__INIT
 #define PB_BODY(NAME)     SENDARIX__V1__ENVELOPE__BODY_##NAME
 #define PB_FN(name, verb) sendarix__v1__##name##__##verb
+#define PB_ENUM(NAME)     SENDARIX__V1__##NAME
 
 typedef Sendarix__V1__Envelope sx_env_t;
 
