@@ -93,9 +93,19 @@ int buf_vprintf(buf_t *b, const char *fmt, va_list ap)
     va_end(cp);
     if (n < 0)
         return -1;
-    if (buf_reserve(b, (size_t)n + 1) < 0)
+    if (n == 0)
+        return 0;
+    /* the limit counts the output, not vsnprintf's terminator */
+    if (buf_reserve(b, (size_t)n) < 0)
         return -1;
-    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    if (buf_room(b) > (size_t)n) {
+        vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    } else {
+        char *tmp = xmalloc((size_t)n + 1);
+        vsnprintf(tmp, (size_t)n + 1, fmt, ap);
+        memcpy(b->data + b->len, tmp, (size_t)n);
+        free(tmp);
+    }
     b->len += (size_t)n;
     return 0;
 }
