@@ -36,9 +36,9 @@ conf_file_t *conf_open(const char *path, char *err, size_t errlen)
         conf_close(&cf);
         return NULL;
     }
-    int ok = config_read(&cf->cfg, f);
     fclose(f);
-    if (!ok) {
+    /* read by name, so every setting knows its file for conf_where() */
+    if (!config_read_file(&cf->cfg, path)) {
         snprintf(err, errlen, "%s:%d: %s", path, config_error_line(&cf->cfg),
                  config_error_text(&cf->cfg));
         conf_close(&cf);
@@ -87,6 +87,15 @@ const char *conf_where(const config_setting_t *s, char *buf, size_t size)
     const char *file = s ? config_setting_source_file(s) : NULL;
     unsigned line = s ? config_setting_source_line(s) : 0;
     snprintf(buf, size, "%s:%u", file ? file : "?", line);
+    return buf;
+}
+
+/* "file:line" of a setting; text read from memory has no file name of its own. */
+static const char *setting_where(const conf_file_t *cf, const config_setting_t *s, char *buf,
+                                 size_t size)
+{
+    const char *file = config_setting_source_file(s);
+    snprintf(buf, size, "%s:%u", file ? file : cf->path, config_setting_source_line(s));
     return buf;
 }
 
@@ -173,7 +182,7 @@ static int field_error(conf_ctx_t *cx, const config_setting_t *s, const conf_fie
     vsnprintf(reason, sizeof(reason), fmt, ap);
     va_end(ap);
     if (s)
-        conf_where(s, where, sizeof(where));
+        setting_where(cx->cf, s, where, sizeof(where));
     else
         snprintf(where, sizeof(where), "%s", cx->cf->path);
     snprintf(cx->err, cx->errlen, "%s: %s.%s: %s", where, cx->section, f->name, reason);
@@ -351,7 +360,7 @@ static int check_unknown(conf_ctx_t *cx, const config_setting_t *group, const ch
         if (k == 0) {
             char where[512];
             snprintf(cx->err, cx->errlen, "%s: %s.%s: unknown setting",
-                     conf_where(s, where, sizeof(where)), cx->section, path);
+                     setting_where(cx->cf, s, where, sizeof(where)), cx->section, path);
             return -1;
         }
         if (k == 2 && config_setting_type(s) == CONFIG_TYPE_GROUP)
@@ -369,7 +378,7 @@ int conf_section(const conf_file_t *cf, const char *section, const conf_field_t 
     if (group && config_setting_type(group) != CONFIG_TYPE_GROUP) {
         char where[512];
         snprintf(err, errlen, "%s: %s: expected a group { ... }",
-                 conf_where(group, where, sizeof(where)), section);
+                 setting_where(cf, group, where, sizeof(where)), section);
         return -1;
     }
     if (group && check_unknown(&cx, group, "", table) < 0)
