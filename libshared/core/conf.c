@@ -240,8 +240,9 @@ static int load_field(conf_ctx_t *cx, const config_setting_t *group, const conf_
                                       : NULL;
     void *field = (char *)out + f->offset;
 
+    /* a missing setting has no line of its own: name its section's */
     if (s == NULL && (f->flags & CONF_REQUIRED))
-        return field_error(cx, NULL, f, "required setting is missing");
+        return field_error(cx, group, f, "required setting is missing");
 
     switch (f->type) {
     case CONF_INT: {

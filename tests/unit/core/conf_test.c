@@ -396,6 +396,15 @@ static void test_required(void **state)
     conf_release(req_table, &r);
     conf_close(&cf);
 
+    /* missing inside a section: the section's line is named */
+    cf = conf_open_string("req.conf", "# header\nauth = {\n  port = 2525;\n};\n", err,
+                          sizeof(err));
+    assert_non_null(cf);
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(conf_section(cf, "auth", req_table, &r, err, sizeof(err)), -1);
+    check_error(err, "req.conf", 2, "auth.secret", "required setting is missing");
+    conf_close(&cf);
+
     /* the whole section missing: the file is named */
     cf = conf_open_string("req.conf", "other = 1;\n", err, sizeof(err));
     assert_non_null(cf);
