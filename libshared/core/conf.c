@@ -215,6 +215,8 @@ static int scaled_value(conf_ctx_t *cx, const config_setting_t *s, const conf_fi
         long long v = config_setting_get_int64(s);
         if (v < 0)
             return field_error(cx, s, f, "must not be negative");
+        if (f->type == CONF_DURATION && (uint64_t)v > UINT64_MAX / 1000u)
+            return field_error(cx, s, f, "value too large"); /* seconds that wrap as ms */
         *out = (uint64_t)v * (f->type == CONF_DURATION ? 1000u : 1u);
         return 0;
     }

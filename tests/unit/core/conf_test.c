@@ -319,6 +319,8 @@ static const struct {
     {"timeout = -5;", 2, "svc.timeout", "must not be negative"},
     {"timeout = \"2h\";", 2, "svc.timeout", "out of range 1000..3600000"},
     {"timeout = \"999ms\";", 2, "svc.timeout", "out of range"},
+    /* seconds that wrap around 64 bits once turned into milliseconds */
+    {"timeout = 18446744073709552L;", 2, "svc.timeout", "too large"},
     {"max_size = \"50Q\";", 2, "svc.max_size", "is not a valid size"},
     {"max_size = \"2G\";", 2, "svc.max_size", "out of range"},
     {"max_size = 100;", 2, "svc.max_size", "out of range"},
