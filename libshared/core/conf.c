@@ -366,9 +366,15 @@ static int check_unknown(conf_ctx_t *cx, const config_setting_t *group, const ch
                      setting_where(cx->cf, s, where, sizeof(where)), cx->section, path);
             return -1;
         }
-        if (k == 2 && config_setting_type(s) == CONFIG_TYPE_GROUP)
-            if (check_unknown(cx, s, path, table) < 0)
-                return -1;
+        if (k == 2 && config_setting_type(s) != CONFIG_TYPE_GROUP) {
+            /* "tls = 1;" where the table has tls.cert: its settings would go unread */
+            char where[512];
+            snprintf(cx->err, cx->errlen, "%s: %s.%s: expected a group { ... }",
+                     setting_where(cx->cf, s, where, sizeof(where)), cx->section, path);
+            return -1;
+        }
+        if (k == 2 && check_unknown(cx, s, path, table) < 0)
+            return -1;
     }
     return 0;
 }

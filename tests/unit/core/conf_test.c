@@ -333,6 +333,9 @@ static const struct {
     {"tls = {\n  cert = \"c\";\n  bogus = 1;\n};", 4, "svc.tls.bogus", "unknown setting"},
     {"tls = {\n  cert = { deep = 1; };\n};", 3, "svc.tls.cert", "expected a string"},
     {"tls = {\n  sub = { deep = 1; };\n};", 3, "svc.tls.sub", "unknown setting"},
+    /* a group in the table given as a plain value is not silently ignored */
+    {"tls = \"on\";", 2, "svc.tls", "expected a group"},
+    {"tls = [\"c\", \"k\"];", 2, "svc.tls", "expected a group"},
 };
 
 static char *make_text(const char *body)
