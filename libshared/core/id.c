@@ -23,9 +23,12 @@ uint64_t id_random64(void)
 
 void id_new(char out[ID_BUF_SIZE])
 {
-    uint64_t hi = clock_wall_ms() & ((1ull << 48) - 1);
-    uint64_t lo = id_random64() & ((1ull << 52) - 1);
-    /* 100 bits = 20 base32 digits: the first 10 carry hi (50 bits, top 2 zero). */
+    uint64_t ms = clock_wall_ms() & ((1ull << 48) - 1);
+    uint64_t rnd = id_random64() & ((1ull << 52) - 1);
+    /* 100 bits = 20 base32 digits of 50 bits each half: the first half is the
+     * 48 time bits and the top 2 random bits, the second the other 50. */
+    uint64_t hi = (ms << 2) | (rnd >> 50);
+    uint64_t lo = rnd & ((1ull << 50) - 1);
     for (int i = 9; i >= 0; i--) {
         out[i] = id_alphabet[hi & 31];
         hi >>= 5;
