@@ -1,14 +1,279 @@
 /*
- * auth: placeholder main until the service lands.
+ * auth: the sendarix-auth daemon. Owns credentials, tenants and sending
+ * domains in its LMDB store and answers on its bus server (bus.auth):
+ * AuthLoginVerify from ingress, and the management requests from
+ * sendarixctl. This file holds main, the config table and the bus glue;
+ * what the answers are is auth_api/auth_verify, the store is auth_store,
+ * and slow hashes run on the auth_worker pool.
  */
+#include "auth_api.h"
+#include "auth_store.h"
+#include "auth_worker.h"
+#include "core/alloc.h"
+#include "core/log.h"
 #include "ipc/service.h"
+
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct auth_conf {
+    long long scrypt_ln;
+    long long scrypt_r;
+    long long scrypt_p;
+    uint64_t cache_ttl;
+    long long cache_max;
+    long long hash_threads;
+    long long hash_queue_max;
+} auth_conf_t;
+
+#define F(name, type, def, min, max, doc)                                                      \
+    {#name, type, offsetof(auth_conf_t, name), def, min, max, 0, NULL, NULL, doc}
+
+static const conf_field_t auth_conf_table[] = {
+    F(scrypt_ln, CONF_INT, "15", AUTH_SCRYPT_LN_MIN, AUTH_SCRYPT_LN_MAX,
+      "scrypt cost of new password hashes: N = 2^scrypt_ln"),
+    F(scrypt_r, CONF_INT, "8", 1, AUTH_SCRYPT_R_MAX, "scrypt block size of new hashes"),
+    F(scrypt_p, CONF_INT, "1", 1, AUTH_SCRYPT_P_MAX, "scrypt parallelism of new hashes"),
+    F(cache_ttl, CONF_DURATION, "5m", 0, 86400000,
+      "how long a verified login skips the hash; 0 turns the cache off"),
+    F(cache_max, CONF_INT, "10000", 0, 1000000, "verified logins kept; the oldest goes first"),
+    F(hash_threads, CONF_INT, "2", 0, AUTH_WORKER_THREADS_MAX,
+      "threads that run password hashes; 0 runs them on the loop thread"),
+    F(hash_queue_max, CONF_INT, "1000", 1, 100000,
+      "logins waiting for a hash before new ones get 454 (try later)"),
+    {NULL},
+};
+
+typedef struct auth_ctx {
+    service_t *svc;
+    auth_api_t *api;
+    auth_worker_t *worker; /* NULL: hash on the loop thread */
+    bus_server_t *server;
+} auth_ctx_t;
+
+/* A login check waiting for a worker. */
+typedef struct verify_job {
+    auth_ctx_t *ctx;
+    bus_peer_t peer;
+    uint64_t request_id;
+    auth_verify_t *v;
+} verify_job_t;
+
+static void send_verify_reply(auth_ctx_t *ctx, const bus_peer_t *peer, uint64_t request_id,
+                              PB(AuthLoginVerifyReply) * r)
+{
+    sx_env_t env = PB_INIT(ENVELOPE);
+    env.body_case = PB_BODY(AUTH_LOGIN_VERIFY_REPLY);
+    env.auth_login_verify_reply = r;
+    bus_server_send(ctx->server, peer, request_id, &env, NULL);
+    auth_api_reply_free(r);
+}
+
+static void verify_work(void *arg)
+{
+    verify_job_t *job = arg;
+    auth_verify_run(job->v);
+}
+
+static void verify_done(void *arg, int completed)
+{
+    verify_job_t *job = arg;
+    if (completed) {
+        PB(AuthLoginVerifyReply) *r = auth_api_verify_finish(job->ctx->api, &job->v);
+        send_verify_reply(job->ctx, &job->peer, job->request_id, r);
+    }
+    auth_verify_free(&job->v);
+    free(job);
+}
+
+static void handle_verify(auth_ctx_t *ctx, bus_msg_t *msg)
+{
+    uint64_t rid = msg->env->request_id;
+    PB(AuthLoginVerifyReply) *r = NULL;
+    auth_verify_t *v = auth_api_verify_begin(ctx->api, msg->env->auth_login_verify, &r);
+    if (v != NULL && ctx->worker == NULL) {
+        auth_verify_run(v);
+        r = auth_api_verify_finish(ctx->api, &v);
+    } else if (v != NULL) {
+        verify_job_t *job = xcalloc(1, sizeof(*job));
+        job->ctx = ctx;
+        job->peer = msg->peer;
+        job->request_id = rid;
+        job->v = v;
+        if (auth_worker_submit(ctx->worker, verify_work, verify_done, job) == 0)
+            return;
+        free(job);
+        r = auth_api_verify_busy(ctx->api, &v);
+    }
+    send_verify_reply(ctx, &msg->peer, rid, r);
+}
+
+/* Send a management reply or the error that replaced it; frees the reply. */
+static void answer(auth_ctx_t *ctx, bus_msg_t *msg, int rc, const auth_err_t *err, sx_env_t *env,
+                   void *reply)
+{
+    if (rc < 0) {
+        log_info("event=request_refused body=%s code=%u text=\"%s\"", codec_body_name(msg->env),
+                 err->code, err->text);
+        bus_server_error(ctx->server, &msg->peer, msg->env->request_id, err->code,
+                         err->enhanced, "%s", err->text);
+    } else {
+        bus_server_send(ctx->server, &msg->peer, msg->env->request_id, env, NULL);
+    }
+    auth_api_reply_free(reply);
+}
+
+static void on_request(bus_server_t *srv, bus_msg_t *msg, void *arg)
+{
+    (void)srv;
+    auth_ctx_t *ctx = arg;
+    const sx_env_t *e = msg->env;
+    sx_env_t env = PB_INIT(ENVELOPE);
+    auth_err_t err = {0};
+    int rc;
+
+    switch (e->body_case) {
+    case PB_BODY(AUTH_LOGIN_VERIFY):
+        handle_verify(ctx, msg);
+        break;
+    case PB_BODY(AUTH_TENANT_ADD): {
+        PB(AuthTenantAddReply) *r;
+        rc = auth_api_tenant_add(ctx->api, e->auth_tenant_add, &r, &err);
+        env.body_case = PB_BODY(AUTH_TENANT_ADD_REPLY);
+        env.auth_tenant_add_reply = r;
+        answer(ctx, msg, rc, &err, &env, r);
+        break;
+    }
+    case PB_BODY(AUTH_TENANT_LIST): {
+        PB(AuthTenantListReply) *r;
+        rc = auth_api_tenant_list(ctx->api, e->auth_tenant_list, &r, &err);
+        env.body_case = PB_BODY(AUTH_TENANT_LIST_REPLY);
+        env.auth_tenant_list_reply = r;
+        answer(ctx, msg, rc, &err, &env, r);
+        break;
+    }
+    case PB_BODY(AUTH_DOMAIN_ADD): {
+        PB(AuthDomainAddReply) *r;
+        rc = auth_api_domain_add(ctx->api, e->auth_domain_add, &r, &err);
+        env.body_case = PB_BODY(AUTH_DOMAIN_ADD_REPLY);
+        env.auth_domain_add_reply = r;
+        answer(ctx, msg, rc, &err, &env, r);
+        break;
+    }
+    case PB_BODY(AUTH_CREDENTIAL_ADD): {
+        PB(AuthCredentialAddReply) *r;
+        rc = auth_api_credential_add(ctx->api, e->auth_credential_add, &r, &err);
+        env.body_case = PB_BODY(AUTH_CREDENTIAL_ADD_REPLY);
+        env.auth_credential_add_reply = r;
+        answer(ctx, msg, rc, &err, &env, r);
+        break;
+    }
+    case PB_BODY(AUTH_CREDENTIAL_LIST): {
+        PB(AuthCredentialListReply) *r;
+        rc = auth_api_credential_list(ctx->api, e->auth_credential_list, &r, &err);
+        env.body_case = PB_BODY(AUTH_CREDENTIAL_LIST_REPLY);
+        env.auth_credential_list_reply = r;
+        answer(ctx, msg, rc, &err, &env, r);
+        break;
+    }
+    default:
+        log_warn("event=request_refused body=%s reason=unsupported", codec_body_name(e));
+        bus_server_error(ctx->server, &msg->peer, e->request_id, 400, "5.5.1",
+                         "auth does not answer %s", codec_body_name(e));
+        break;
+    }
+}
+
+static void on_stats(PB(ServicePong) * pong, void *arg)
+{
+    auth_ctx_t *ctx = arg;
+    auth_stats_t s;
+    auth_api_stats(ctx->api, &s);
+    bus_pong_stat(pong, "credentials", "%zu", s.credentials);
+    bus_pong_stat(pong, "tenants", "%zu", s.tenants);
+    bus_pong_stat(pong, "verify_ok", "%llu", (unsigned long long)s.verify_ok);
+    bus_pong_stat(pong, "verify_failed", "%llu", (unsigned long long)s.verify_failed);
+    bus_pong_stat(pong, "verify_busy", "%llu", (unsigned long long)s.verify_busy);
+    bus_pong_stat(pong, "cache_hits", "%llu", (unsigned long long)s.cache_hits);
+    bus_pong_stat(pong, "cache_entries", "%zu", s.cache_entries);
+    bus_pong_stat(pong, "hash_pending", "%zu",
+                  ctx->worker ? auth_worker_pending(ctx->worker) : (size_t)0);
+}
+
+static void on_event(PB(Event) * ev, void *arg)
+{
+    service_event(arg, ev);
+}
 
 int main(int argc, char **argv)
 {
     service_t svc;
+    auth_conf_t conf;
+    auth_ctx_t ctx = {.svc = &svc};
+    auth_store_t *st = NULL;
+    char err[1024], dir[512];
+    int rc = 1;
+
+    memset(&conf, 0, sizeof(conf));
     if (service_init(&svc, "auth", argc, argv) < 0)
         return 1;
-    int rc = service_run(&svc);
+    if (service_section(&svc, auth_conf_table, &conf) < 0)
+        goto out;
+    auth_api_conf_t api_conf = {
+        .scrypt = {(unsigned)conf.scrypt_ln, (unsigned)conf.scrypt_r, (unsigned)conf.scrypt_p},
+        .cache_ttl_ms = conf.cache_ttl,
+        .cache_max = (size_t)conf.cache_max,
+    };
+    if (auth_hash_params_check(&api_conf.scrypt, err, sizeof(err)) < 0) {
+        fprintf(stderr, "sendarix-auth: %s: auth: %s\n", conf_path(svc.conf), err);
+        goto out;
+    }
+    const char *endpoint = service_endpoint(&svc, &svc.ep.auth);
+    if (endpoint == NULL) {
+        fprintf(stderr, "sendarix-auth: %s: bus.auth has no endpoint for instance %s\n",
+                conf_path(svc.conf), svc.instance);
+        goto out;
+    }
+    st = auth_store_open(service_store_dir(&svc, dir, sizeof(dir)), err, sizeof(err));
+    if (st == NULL) {
+        fprintf(stderr, "sendarix-auth: %s\n", err);
+        goto out;
+    }
+    ctx.api = auth_api_new(st, &api_conf, err, sizeof(err));
+    if (ctx.api == NULL) {
+        fprintf(stderr, "sendarix-auth: %s\n", err);
+        goto out;
+    }
+    auth_api_on_event(ctx.api, on_event, &svc);
+    if (conf.hash_threads > 0) {
+        ctx.worker = auth_worker_new(svc.loop, (unsigned)conf.hash_threads,
+                                     (size_t)conf.hash_queue_max);
+        if (ctx.worker == NULL) {
+            fprintf(stderr, "sendarix-auth: cannot start %lld hash threads\n",
+                    conf.hash_threads);
+            goto out;
+        }
+    }
+    ctx.server = bus_server_new(svc.bus, endpoint, on_request, &ctx);
+    if (ctx.server == NULL) {
+        fprintf(stderr, "sendarix-auth: cannot bind %s\n", endpoint);
+        goto out;
+    }
+    bus_set_stats(svc.bus, on_stats, &ctx);
+    log_info("event=auth_ready store=%s tenants=%zu credentials=%zu scrypt_ln=%lld "
+             "hash_threads=%lld cache_max=%lld cache_ttl_ms=%llu",
+             dir, auth_store_tenant_count(st), auth_store_cred_count(st), conf.scrypt_ln,
+             conf.hash_threads, conf.cache_max, (unsigned long long)conf.cache_ttl);
+    rc = service_run(&svc) == 0 ? 0 : 1;
+out:
+    bus_set_stats(svc.bus, NULL, NULL);
+    auth_worker_destroy(&ctx.worker);
+    bus_server_destroy(&ctx.server);
+    auth_api_destroy(&ctx.api);
+    auth_store_close(&st);
+    conf_release(auth_conf_table, &conf);
     service_fini(&svc);
-    return rc == 0 ? 0 : 1;
+    return rc;
 }

@@ -1,0 +1,109 @@
+/*
+ * auth_api: what auth answers, without the bus. Each handler takes a
+ * decoded request and fills a reply (or an error with a status code and a
+ * text), so the bus glue in auth.c only decodes, dispatches and sends, and
+ * tests call the handlers directly.
+ *
+ * Login verification comes in three steps so the slow hash can leave the
+ * loop thread: verify_begin (loop thread: checks the request, reads the
+ * credential, tries the cache), auth_verify_run (any thread: the scrypt
+ * check, touching only the job), verify_finish (loop thread: cache, stats,
+ * log, event, reply). auth_api_login_verify runs the three in a row.
+ *
+ * Replies are heap protobuf messages; free them with auth_api_reply_free.
+ * Not here: record bytes (auth_record), transactions (auth_store), threads
+ * (auth_worker).
+ */
+#ifndef SX_AUTH_API_H
+#define SX_AUTH_API_H
+
+#include "auth_hash.h"
+#include "auth_store.h"
+#include "ipc/proto.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define AUTH_PASSWORD_MIN 8
+#define AUTH_PASSWORD_MAX 1024 /* bytes of a password or a login secret */
+#define AUTH_IP_MAX       64
+#define AUTH_SID_MAX      64
+#define AUTH_MECH_MAX     20
+#define AUTH_ENV_MAX      16
+#define AUTH_ERR_TEXT_MAX 256
+
+#define AUTH_ENV_DEFAULT "production"
+
+typedef struct auth_api auth_api_t;
+typedef struct auth_verify auth_verify_t;
+
+typedef struct auth_api_conf {
+    auth_scrypt_params_t scrypt; /* for new hashes */
+    uint64_t cache_ttl_ms;       /* 0: no cache */
+    size_t cache_max;
+} auth_api_conf_t;
+
+/* Why a management request was refused: 400, 404, 409 or 500. */
+typedef struct auth_err {
+    unsigned code;
+    const char *enhanced; /* static */
+    char text[AUTH_ERR_TEXT_MAX];
+} auth_err_t;
+
+typedef struct auth_stats {
+    size_t tenants;
+    size_t credentials;
+    uint64_t verify_ok;
+    uint64_t verify_failed;
+    uint64_t verify_busy; /* refused with 454 because the hash queue was full */
+    uint64_t cache_hits;
+    size_t cache_entries;
+} auth_stats_t;
+
+/* Where events go (service_event in the daemon, a recorder in tests). */
+typedef void (*auth_event_fn)(PB(Event) * ev, void *arg);
+
+/* st is borrowed and must outlive the api. NULL with err on failure. */
+auth_api_t *auth_api_new(auth_store_t *st, const auth_api_conf_t *conf, char *err,
+                         size_t errlen);
+void auth_api_destroy(auth_api_t **api);
+void auth_api_on_event(auth_api_t *api, auth_event_fn fn, void *arg);
+void auth_api_stats(const auth_api_t *api, auth_stats_t *out);
+
+/* Free any reply message a handler returned (NULL is fine). */
+void auth_api_reply_free(void *reply);
+
+/* ---- management: 0 and *reply, or -1 and *err ---- */
+
+int auth_api_tenant_add(auth_api_t *api, const PB(AuthTenantAdd) * req,
+                        PB(AuthTenantAddReply) * *reply, auth_err_t *err);
+int auth_api_tenant_list(auth_api_t *api, const PB(AuthTenantList) * req,
+                         PB(AuthTenantListReply) * *reply, auth_err_t *err);
+int auth_api_domain_add(auth_api_t *api, const PB(AuthDomainAdd) * req,
+                        PB(AuthDomainAddReply) * *reply, auth_err_t *err);
+int auth_api_credential_add(auth_api_t *api, const PB(AuthCredentialAdd) * req,
+                            PB(AuthCredentialAddReply) * *reply, auth_err_t *err);
+int auth_api_credential_list(auth_api_t *api, const PB(AuthCredentialList) * req,
+                             PB(AuthCredentialListReply) * *reply, auth_err_t *err);
+
+/* ---- login verification ---- */
+
+/* All three steps at once: always a reply (235, 535, 454 or 504). */
+PB(AuthLoginVerifyReply) * auth_api_login_verify(auth_api_t *api, const PB(AuthLoginVerify) * req);
+
+/*
+ * Step 1. Returns a job that needs a hash check, or NULL with *reply set
+ * when the answer is already known (cache hit, malformed request).
+ */
+auth_verify_t *auth_api_verify_begin(auth_api_t *api, const PB(AuthLoginVerify) * req,
+                                     PB(AuthLoginVerifyReply) * *reply);
+/* Step 2, on any thread. */
+void auth_verify_run(auth_verify_t *v);
+/* Step 3: consumes the job. */
+PB(AuthLoginVerifyReply) * auth_api_verify_finish(auth_api_t *api, auth_verify_t **v);
+/* Instead of steps 2 and 3 when no worker can take the job: 454, try later. */
+PB(AuthLoginVerifyReply) * auth_api_verify_busy(auth_api_t *api, auth_verify_t **v);
+/* Drop a job without an answer (shutdown). */
+void auth_verify_free(auth_verify_t **v);
+
+#endif

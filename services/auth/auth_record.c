@@ -1,0 +1,378 @@
+/*
+ * auth_record: encoders and strict decoders for tenant, domain and
+ * credential records. Nothing here touches the store or logs: a caller that
+ * gets -1 decides what to say about it.
+ */
+#include "auth_record.h"
+#include "auth_hash.h"
+#include "core/alloc.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define REC_HEADER_LEN 2
+#define REC_FIELD_HEAD 5 /* tag + u32 length */
+#define REC_SECRET_FIXED 17 /* kind + created + expires, before the hash text */
+
+enum { REC_TENANT = 'T', REC_DOMAIN = 'D', REC_CRED = 'C' };
+
+enum { DOMAIN_F_TENANT = 1, DOMAIN_F_CREATED = 2 };
+enum { TENANT_F_PUBLIC = 1 };
+
+/* ---- little-endian integers ---- */
+
+static void put_u32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put_u64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint32_t get_u32(const uint8_t *p)
+{
+    uint32_t v = 0;
+    for (int i = 3; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static uint64_t get_u64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+/* ---- writing ---- */
+
+static int rec_begin(buf_t *out, char kind)
+{
+    uint8_t h[REC_HEADER_LEN] = {(uint8_t)kind, AUTH_RECORD_VERSION};
+    return buf_append(out, h, sizeof(h));
+}
+
+static int rec_field(buf_t *out, uint8_t tag, const void *v, size_t len)
+{
+    if (len > AUTH_RECORD_MAX || buf_used(out) + REC_FIELD_HEAD + len > AUTH_RECORD_MAX)
+        return -1;
+    uint8_t h[REC_FIELD_HEAD];
+    h[0] = tag;
+    put_u32(h + 1, (uint32_t)len);
+    if (buf_append(out, h, sizeof(h)) < 0)
+        return -1;
+    return len ? buf_append(out, v, len) : 0;
+}
+
+static int rec_u64(buf_t *out, uint8_t tag, uint64_t v)
+{
+    uint8_t b[8];
+    put_u64(b, v);
+    return rec_field(out, tag, b, sizeof(b));
+}
+
+/* Pack a protobuf message as one field. */
+static int rec_message(buf_t *out, uint8_t tag, const ProtobufCMessage *m)
+{
+    size_t len = protobuf_c_message_get_packed_size(m);
+    if (len > AUTH_RECORD_MAX)
+        return -1;
+    uint8_t *tmp = xmalloc(len);
+    protobuf_c_message_pack(m, tmp);
+    int rc = rec_field(out, tag, tmp, len);
+    free(tmp);
+    return rc;
+}
+
+/* ---- reading ---- */
+
+typedef struct rec_reader {
+    const uint8_t *p;
+    size_t left;
+} rec_reader_t;
+
+static int rec_open(const void *data, size_t len, char kind, rec_reader_t *r)
+{
+    const uint8_t *p = data;
+    if (data == NULL || len < REC_HEADER_LEN || len > AUTH_RECORD_MAX || p[0] != (uint8_t)kind ||
+        p[1] != AUTH_RECORD_VERSION)
+        return -1;
+    r->p = p + REC_HEADER_LEN;
+    r->left = len - REC_HEADER_LEN;
+    return 0;
+}
+
+/* 1: a field; 0: the end; -1: truncated. */
+static int rec_next(rec_reader_t *r, uint8_t *tag, const uint8_t **val, size_t *vlen)
+{
+    if (r->left == 0)
+        return 0;
+    if (r->left < REC_FIELD_HEAD)
+        return -1;
+    uint32_t n = get_u32(r->p + 1);
+    if (n > r->left - REC_FIELD_HEAD)
+        return -1;
+    *tag = r->p[0];
+    *val = r->p + REC_FIELD_HEAD;
+    *vlen = n;
+    r->p += REC_FIELD_HEAD + n;
+    r->left -= REC_FIELD_HEAD + n;
+    return 1;
+}
+
+static int field_u64(const uint8_t *v, size_t n, uint64_t *out)
+{
+    if (n != 8)
+        return -1;
+    *out = get_u64(v);
+    return 0;
+}
+
+/* A stored name: non-empty, bounded, no NUL inside. */
+static int text_ok(const char *s, size_t max)
+{
+    if (s == NULL)
+        return 0;
+    size_t n = strnlen(s, max + 1);
+    return n > 0 && n <= max;
+}
+
+/* ---- tenant ---- */
+
+int auth_record_tenant_encode(const PB(Tenant) * t, buf_t *out)
+{
+    PB(Tenant) copy = *t;
+    copy.n_domains = 0; /* a tenant's domains live in their own records */
+    copy.domains = NULL;
+    if (rec_begin(out, REC_TENANT) < 0 ||
+        rec_message(out, TENANT_F_PUBLIC, (const ProtobufCMessage *)&copy) < 0)
+        return -1;
+    return 0;
+}
+
+PB(Tenant) * auth_record_tenant_decode(const void *data, size_t len)
+{
+    rec_reader_t r;
+    uint8_t tag;
+    const uint8_t *v;
+    size_t n;
+    int rc;
+    PB(Tenant) *t = NULL;
+    if (rec_open(data, len, REC_TENANT, &r) < 0)
+        return NULL;
+    while ((rc = rec_next(&r, &tag, &v, &n)) == 1) {
+        if (tag != TENANT_F_PUBLIC)
+            continue;
+        if (t != NULL)
+            goto bad;
+        t = PB_FN(tenant, unpack)(NULL, n, v);
+        if (t == NULL)
+            return NULL;
+    }
+    if (rc < 0 || t == NULL || !text_ok(t->name, AUTH_TENANT_MAX) || t->n_domains != 0)
+        goto bad;
+    return t;
+bad:
+    if (t)
+        PB_FN(tenant, free_unpacked)(t, NULL);
+    return NULL;
+}
+
+/* ---- domain ---- */
+
+int auth_record_domain_encode(const auth_domain_rec_t *d, buf_t *out)
+{
+    if (rec_begin(out, REC_DOMAIN) < 0 ||
+        rec_field(out, DOMAIN_F_TENANT, d->tenant, strnlen(d->tenant, AUTH_TENANT_MAX)) < 0 ||
+        rec_u64(out, DOMAIN_F_CREATED, d->created_at_ms) < 0)
+        return -1;
+    return 0;
+}
+
+int auth_record_domain_decode(const void *data, size_t len, auth_domain_rec_t *out)
+{
+    rec_reader_t r;
+    uint8_t tag;
+    const uint8_t *v;
+    size_t n;
+    int rc, have_tenant = 0;
+    memset(out, 0, sizeof(*out));
+    if (rec_open(data, len, REC_DOMAIN, &r) < 0)
+        return -1;
+    while ((rc = rec_next(&r, &tag, &v, &n)) == 1) {
+        if (tag == DOMAIN_F_TENANT) {
+            if (have_tenant || n == 0 || n > AUTH_TENANT_MAX || memchr(v, 0, n))
+                return -1;
+            memcpy(out->tenant, v, n);
+            out->tenant[n] = '\0';
+            have_tenant = 1;
+        } else if (tag == DOMAIN_F_CREATED) {
+            if (field_u64(v, n, &out->created_at_ms) < 0)
+                return -1;
+        }
+    }
+    return rc < 0 || !have_tenant ? -1 : 0;
+}
+
+/* ---- credential ---- */
+
+void auth_cred_init(auth_cred_t *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->pub = xmalloc(sizeof(*c->pub));
+    PB(Credential) init = PB_INIT(CREDENTIAL);
+    *c->pub = init;
+    buf_init(&c->unknown, AUTH_RECORD_MAX);
+}
+
+void auth_cred_clear(auth_cred_t *c)
+{
+    if (c->pub)
+        PB_FN(credential, free_unpacked)(c->pub, NULL);
+    c->pub = NULL;
+    for (size_t i = 0; i < c->n_secrets; i++) {
+        if (c->secrets[i].hash) {
+            memset(c->secrets[i].hash, 0, strlen(c->secrets[i].hash));
+            free(c->secrets[i].hash);
+        }
+    }
+    free(c->secrets);
+    c->secrets = NULL;
+    c->n_secrets = 0;
+    buf_free(&c->unknown);
+}
+
+int auth_cred_add_secret(auth_cred_t *c, uint8_t kind, const char *hash, uint64_t created_at_ms,
+                         uint64_t expires_at_ms)
+{
+    if (c->n_secrets >= AUTH_SECRETS_MAX)
+        return -1;
+    c->secrets = xrealloc(c->secrets, (c->n_secrets + 1) * sizeof(*c->secrets));
+    auth_secret_t *s = &c->secrets[c->n_secrets++];
+    s->kind = kind;
+    s->hash = xstrdup(hash);
+    s->created_at_ms = created_at_ms;
+    s->expires_at_ms = expires_at_ms;
+    return 0;
+}
+
+static size_t password_count(const auth_cred_t *c)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < c->n_secrets; i++)
+        n += c->secrets[i].kind == AUTH_SECRET_PASSWORD;
+    return n;
+}
+
+static int secret_encode(buf_t *out, const auth_secret_t *s)
+{
+    size_t hlen = strnlen(s->hash, AUTH_HASH_STR_MAX);
+    if (hlen == 0 || hlen >= AUTH_HASH_STR_MAX)
+        return -1;
+    uint8_t b[REC_SECRET_FIXED + AUTH_HASH_STR_MAX];
+    b[0] = s->kind;
+    put_u64(b + 1, s->created_at_ms);
+    put_u64(b + 9, s->expires_at_ms);
+    memcpy(b + REC_SECRET_FIXED, s->hash, hlen);
+    return rec_field(out, AUTH_CRED_F_SECRET, b, REC_SECRET_FIXED + hlen);
+}
+
+int auth_record_cred_encode(const auth_cred_t *c, buf_t *out)
+{
+    if (c->pub == NULL || c->n_secrets > AUTH_SECRETS_MAX)
+        return -1;
+    PB(Credential) pub = *c->pub;
+    pub.password_count = (uint32_t)password_count(c);
+    if (rec_begin(out, REC_CRED) < 0 ||
+        rec_message(out, AUTH_CRED_F_PUBLIC, (const ProtobufCMessage *)&pub) < 0 ||
+        rec_u64(out, AUTH_CRED_F_GENERATION, c->generation) < 0 ||
+        rec_u64(out, AUTH_CRED_F_UPDATED, c->updated_at_ms) < 0)
+        return -1;
+    for (size_t i = 0; i < c->n_secrets; i++)
+        if (secret_encode(out, &c->secrets[i]) < 0)
+            return -1;
+    if (buf_used(&c->unknown) > 0) {
+        if (buf_used(out) + buf_used(&c->unknown) > AUTH_RECORD_MAX ||
+            buf_append(out, buf_head(&c->unknown), buf_used(&c->unknown)) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int secret_decode(auth_cred_t *c, const uint8_t *v, size_t n)
+{
+    if (n <= REC_SECRET_FIXED || n - REC_SECRET_FIXED >= AUTH_HASH_STR_MAX)
+        return -1;
+    size_t hlen = n - REC_SECRET_FIXED;
+    if (memchr(v + REC_SECRET_FIXED, 0, hlen))
+        return -1;
+    char hash[AUTH_HASH_STR_MAX];
+    memcpy(hash, v + REC_SECRET_FIXED, hlen);
+    hash[hlen] = '\0';
+    return auth_cred_add_secret(c, v[0], hash, get_u64(v + 1), get_u64(v + 9));
+}
+
+/* The public part must name a user and a tenant and stay within limits. */
+static int cred_public_ok(const PB(Credential) * p)
+{
+    if (!text_ok(p->username, AUTH_USERNAME_MAX) || !text_ok(p->tenant, AUTH_TENANT_MAX) ||
+        p->n_domains > AUTH_CRED_DOMAINS_MAX)
+        return 0;
+    for (size_t i = 0; i < p->n_domains; i++)
+        if (!text_ok(p->domains[i], AUTH_DOMAIN_MAX))
+            return 0;
+    return 1;
+}
+
+int auth_record_cred_decode(const void *data, size_t len, auth_cred_t *out)
+{
+    rec_reader_t r;
+    uint8_t tag;
+    const uint8_t *v;
+    size_t n;
+    int rc, have_generation = 0;
+    auth_cred_t c;
+    memset(&c, 0, sizeof(c));
+    buf_init(&c.unknown, AUTH_RECORD_MAX);
+    if (rec_open(data, len, REC_CRED, &r) < 0)
+        goto bad;
+    while ((rc = rec_next(&r, &tag, &v, &n)) == 1) {
+        switch (tag) {
+        case AUTH_CRED_F_PUBLIC:
+            if (c.pub != NULL || (c.pub = PB_FN(credential, unpack)(NULL, n, v)) == NULL)
+                goto bad;
+            break;
+        case AUTH_CRED_F_GENERATION:
+            if (have_generation || field_u64(v, n, &c.generation) < 0)
+                goto bad;
+            have_generation = 1;
+            break;
+        case AUTH_CRED_F_UPDATED:
+            if (field_u64(v, n, &c.updated_at_ms) < 0)
+                goto bad;
+            break;
+        case AUTH_CRED_F_SECRET:
+            if (secret_decode(&c, v, n) < 0)
+                goto bad;
+            break;
+        default:
+            /* a newer version's field: keep it for the next write */
+            if (buf_append(&c.unknown, v - REC_FIELD_HEAD, n + REC_FIELD_HEAD) < 0)
+                goto bad;
+            break;
+        }
+    }
+    if (rc < 0 || c.pub == NULL || !have_generation || !cred_public_ok(c.pub))
+        goto bad;
+    c.pub->password_count = (uint32_t)password_count(&c);
+    *out = c;
+    return 0;
+bad:
+    auth_cred_clear(&c);
+    return -1;
+}

@@ -1,0 +1,90 @@
+/*
+ * auth_record: the byte layout of auth's stored records. Every value starts
+ * with two bytes, the record kind ('T' tenant, 'D' domain, 'C' credential)
+ * and the format version, then fields, each a tag (1 byte), a length
+ * (4 bytes, little-endian) and that many bytes. The credential decoder keeps
+ * fields it does not know and the encoder writes them back unchanged, so a
+ * credential written by a newer version survives a rewrite by an older one
+ * (protobuf-c does the same inside the packed messages). The public part of
+ * tenants and credentials is the auth.proto message (Tenant, Credential)
+ * packed in field 1, so it reaches list replies as is; what never leaves the
+ * service (password hashes, generation) has fields of its own.
+ *
+ * Decoders check every length and refuse what does not add up; they never
+ * trust the bytes. Which key holds which record is auth_store's business.
+ */
+#ifndef SX_AUTH_RECORD_H
+#define SX_AUTH_RECORD_H
+
+#include "core/buf.h"
+#include "ipc/proto.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define AUTH_RECORD_VERSION 1
+#define AUTH_RECORD_MAX     (64u << 10) /* no record of ours comes near this */
+
+#define AUTH_TENANT_MAX       64  /* tenant name length */
+#define AUTH_USERNAME_MAX     128
+#define AUTH_DOMAIN_MAX       255
+#define AUTH_CRED_DOMAINS_MAX 100 /* sending domains named on one credential */
+#define AUTH_SECRETS_MAX      8   /* live secrets on one credential (rotation) */
+
+/* Field tags of a credential record. */
+enum {
+    AUTH_CRED_F_PUBLIC = 1,     /* packed Credential message */
+    AUTH_CRED_F_GENERATION = 2, /* u64: changes on every write of the credential */
+    AUTH_CRED_F_SECRET = 3,     /* one per live secret, see auth_secret_t */
+    AUTH_CRED_F_NETWORKS = 4,   /* reserved: client networks allowed to log in */
+    AUTH_CRED_F_UPDATED = 5,    /* u64 wall ms of the last write */
+};
+
+typedef enum {
+    AUTH_SECRET_PASSWORD = 1, /* hash is an auth_hash string */
+} auth_secret_kind_t;
+
+/*
+ * One secret a credential accepts. Several live at once while a password
+ * is rotated: the old one gets an expiry, the new one none.
+ */
+typedef struct auth_secret {
+    uint8_t kind;           /* auth_secret_kind_t; others are kept but never match */
+    uint64_t created_at_ms; /* wall clock */
+    uint64_t expires_at_ms; /* 0: no end */
+    char *hash;
+} auth_secret_t;
+
+typedef struct auth_cred {
+    PB(Credential) * pub; /* username, tenant, environment, created, revoked, domains */
+    uint64_t generation;
+    uint64_t updated_at_ms;
+    auth_secret_t *secrets;
+    size_t n_secrets;
+    buf_t unknown;        /* fields of a newer format, written back as they were */
+} auth_cred_t;
+
+typedef struct auth_domain_rec {
+    char tenant[AUTH_TENANT_MAX + 1];
+    uint64_t created_at_ms;
+} auth_domain_rec_t;
+
+/* An empty credential (pub allocated, no secrets). */
+void auth_cred_init(auth_cred_t *c);
+void auth_cred_clear(auth_cred_t *c);
+/* Append a secret (hash copied); -1 when the credential has AUTH_SECRETS_MAX already. */
+int auth_cred_add_secret(auth_cred_t *c, uint8_t kind, const char *hash, uint64_t created_at_ms,
+                         uint64_t expires_at_ms);
+
+/* Encoders append to out and return 0, or -1 when the record would pass AUTH_RECORD_MAX. */
+int auth_record_tenant_encode(const PB(Tenant) * t, buf_t *out);
+int auth_record_domain_encode(const auth_domain_rec_t *d, buf_t *out);
+int auth_record_cred_encode(const auth_cred_t *c, buf_t *out);
+
+/* Decoders return NULL / -1 for bytes that are not a valid record of that kind. */
+PB(Tenant) * auth_record_tenant_decode(const void *data, size_t len);
+int auth_record_domain_decode(const void *data, size_t len, auth_domain_rec_t *out);
+/* out is filled (free with auth_cred_clear) only on success. */
+int auth_record_cred_decode(const void *data, size_t len, auth_cred_t *out);
+
+#endif

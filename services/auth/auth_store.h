@@ -1,0 +1,84 @@
+/*
+ * auth_store: auth's LMDB store (libshared store), one named database per
+ * record kind:
+ *
+ *   tenants         name             -> tenant record
+ *   domains         domain           -> domain record (its tenant)
+ *   tenant_domains  tenant \0 domain -> empty (a tenant's domains, in order)
+ *   credentials     username         -> credential record
+ *   meta            "schema"         -> u32 store format version
+ *                   "generation"     -> u64 last credential generation given
+ *
+ * Every write is one store_write() transaction (a synced commit) that
+ * checks and writes together, so two requests racing for one name cannot
+ * both win. Generations come from one counter for the whole store, so a
+ * credential removed and created again never reuses one. A record that does
+ * not decode is logged and skipped (or reported as corrupt), never trusted.
+ * Not here: the syntax of names (auth_api), record bytes (auth_record).
+ */
+#ifndef SX_AUTH_STORE_H
+#define SX_AUTH_STORE_H
+
+#include "auth_record.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define AUTH_STORE_SCHEMA 1
+
+typedef struct auth_store auth_store_t;
+
+typedef enum {
+    AUTH_ST_OK = 0,
+    AUTH_ST_NOTFOUND, /* a named record (or one it refers to) is missing */
+    AUTH_ST_EXISTS,   /* the name is taken */
+    AUTH_ST_CONFLICT, /* the domain belongs to another tenant */
+    AUTH_ST_CORRUPT,  /* a record needed for the answer does not decode */
+    AUTH_ST_FULL,     /* the store is at its size ceiling or the disk is full */
+    AUTH_ST_ERROR,
+} auth_st_t;
+
+auth_store_t *auth_store_open(const char *dir, char *err, size_t errlen);
+void auth_store_close(auth_store_t **st);
+
+/* Records in the store, counted at open and kept up to date by the adds. */
+size_t auth_store_tenant_count(const auth_store_t *st);
+size_t auth_store_cred_count(const auth_store_t *st);
+
+/* On refusal, err says why in words fit for an operator. */
+auth_st_t auth_store_tenant_add(auth_store_t *st, const char *name, uint64_t now_ms,
+                                PB(Tenant) * *out, char *err, size_t errlen);
+/* Every tenant with its domains; the caller frees each (free_unpacked) and the array. */
+auth_st_t auth_store_tenant_list(auth_store_t *st, PB(Tenant) * **out, size_t *n);
+/* 1 if the tenant exists, 0 if not, -1 on a store error. */
+int auth_store_tenant_exists(auth_store_t *st, const char *name);
+
+auth_st_t auth_store_domain_add(auth_store_t *st, const char *domain, const char *tenant,
+                                uint64_t now_ms, char *err, size_t errlen);
+
+/* The checks auth_store_cred_add will make, without writing (before a slow hash). */
+auth_st_t auth_store_cred_check(auth_store_t *st, const auth_cred_t *c, char *err,
+                                size_t errlen);
+/* Add a new credential; sets c->generation. */
+auth_st_t auth_store_cred_add(auth_store_t *st, auth_cred_t *c, char *err, size_t errlen);
+/*
+ * Write a changed credential (revoke, password rotation) if it is still at
+ * expected_generation (else AUTH_ST_CONFLICT: someone changed it meanwhile);
+ * sets c->generation to a new one, which retires its cached logins.
+ */
+auth_st_t auth_store_cred_update(auth_store_t *st, auth_cred_t *c, uint64_t expected_generation,
+                                 char *err, size_t errlen);
+/* out filled (auth_cred_clear) only on AUTH_ST_OK. */
+auth_st_t auth_store_cred_get(auth_store_t *st, const char *username, auth_cred_t *out);
+/* Public parts of the credentials of tenant ("" or NULL: all), by username. */
+auth_st_t auth_store_cred_list(auth_store_t *st, const char *tenant, PB(Credential) * **out,
+                               size_t *n);
+
+/*
+ * The sending domains a login with c may use: its own list when not empty,
+ * else every domain of its tenant; either way only domains the tenant still
+ * owns. *v is a new array of new strings (free each and the array).
+ */
+auth_st_t auth_store_login_domains(auth_store_t *st, const auth_cred_t *c, char ***v, size_t *n);
+
+#endif
