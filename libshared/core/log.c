@@ -106,8 +106,11 @@ const char *log_quote(char *dst, size_t size, const char *src, size_t len)
     size_t o = 0;
     if (o + 1 < size)
         dst[o++] = '"';
-    for (size_t i = 0; i < len && o + 5 < size; i++) {
+    for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)src[i];
+        size_t need = (c == '"' || c == '\\') ? 2 : (c < ' ' || c >= 0x7f) ? 4 : 1;
+        if (o + need + 2 > size)
+            break; /* keep room for the closing quote and the terminator */
         if (c == '"' || c == '\\') {
             dst[o++] = '\\';
             dst[o++] = (char)c;
