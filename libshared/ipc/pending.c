@@ -96,6 +96,14 @@ static pending_entry_t *unlink_entry(pending_t *p, uint64_t id)
     return NULL;
 }
 
+static pending_entry_t *find_entry(const pending_t *p, uint64_t id)
+{
+    for (pending_entry_t *e = p->buckets[bucket_of(p, id)]; e; e = e->next)
+        if (e->id == id)
+            return e;
+    return NULL;
+}
+
 static void entry_expired(loop_t *loop, void *arg)
 {
     pending_entry_t *e = arg;
@@ -110,7 +118,8 @@ static void entry_expired(loop_t *loop, void *arg)
 
 int pending_add(pending_t *p, uint64_t id, void *data, uint64_t timeout_ms)
 {
-    if (pending_peek(p, id) != NULL)
+    /* by entry, not by data: an entry may carry NULL */
+    if (find_entry(p, id) != NULL)
         return -1;
     if (p->count >= p->nbuckets)
         pending_grow(p);
@@ -141,10 +150,8 @@ void *pending_take(pending_t *p, uint64_t id)
 
 void *pending_peek(pending_t *p, uint64_t id)
 {
-    for (pending_entry_t *e = p->buckets[bucket_of(p, id)]; e; e = e->next)
-        if (e->id == id)
-            return e->data;
-    return NULL;
+    pending_entry_t *e = find_entry(p, id);
+    return e ? e->data : NULL;
 }
 
 size_t pending_count(const pending_t *p)
