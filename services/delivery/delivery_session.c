@@ -1,0 +1,813 @@
+/*
+ * delivery_session: the SMTP client state machine over one connection.
+ * Every state has a deadline; every reply is read whole (mail/reply.c)
+ * before it is acted on; nothing the server sends is trusted to be well
+ * formed. The message is never sent unless the TLS policy was met.
+ */
+#include "delivery_session.h"
+#include "core/alloc.h"
+#include "core/buf.h"
+#include "core/log.h"
+#include "mail/base64.h"
+#include "mail/smtp_data.h"
+#include "net/conn.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SESSION_PUMP_MS   5   /* re-check for room while a large body goes out */
+#define SESSION_CMD_MAX   1200
+#define SESSION_AUTH_MAX  1024 /* username + password */
+
+typedef enum {
+    ST_CONNECTING = 0,
+    ST_GREETING,
+    ST_EHLO,
+    ST_HELO,
+    ST_STARTTLS,
+    ST_TLS,
+    ST_AUTH,
+    ST_READY,
+    ST_MAIL, /* MAIL and RCPT replies */
+    ST_DATA,
+    ST_BODY,
+    ST_DOT,
+    ST_QUIT,
+    ST_CLOSED,
+} session_state_t;
+
+static const char *const state_names[] = {
+    "connecting", "greeting", "ehlo", "helo", "starttls", "tls", "auth",
+    "ready",      "mail",     "data", "body", "dot",      "quit", "closed",
+};
+
+/* What the session waits for in each state, for timeout and loss messages. */
+static const char *const state_steps[] = {
+    "connection",      "greeting",    "EHLO reply", "HELO reply",
+    "STARTTLS reply",  "TLS handshake", "AUTH reply", "next command",
+    "MAIL/RCPT reply", "DATA reply",  "body transfer", "end of data reply",
+    "QUIT reply",      "nothing",
+};
+
+struct session {
+    loop_t *loop;
+    session_params_t p;
+    session_handlers_t h;
+    void *arg;
+    conn_t *conn;
+    session_state_t state;
+    char ip[SOCK_ADDR_MAX];
+    char tls_version[32];
+    char tls_cipher[96];
+    char ids[128];
+    ehlo_caps_t caps;
+    int is_tls;
+    int tried_helo;
+    int dirty; /* a transaction ended without its end: not ready until RSET */
+    dlv_reply_t last;
+    smtp_reply_t reply;
+
+    session_txn_t *txn;
+    size_t replies_wanted;
+    size_t replies_got;
+    int pipelined;
+    int mail_ok;
+    buf_t body;          /* the stuffed body */
+    size_t body_sent;
+
+    loop_timer_t step;   /* the current state's deadline */
+    loop_timer_t pump;   /* more body when the connection has room */
+    loop_timer_t defer;  /* handlers that must not run inside a session_* call */
+    int defer_what;      /* DEFER_* */
+    session_fail_t defer_kind;
+    dlv_reply_t defer_reply;
+
+    int busy;
+    int dead;
+    int detached; /* after session_quit: frees itself */
+};
+
+enum { DEFER_NONE = 0, DEFER_FAILED, DEFER_TXN_DONE };
+
+static void session_free(session_t *s);
+static void handle_reply(session_t *s);
+
+/* ---- entry guard: a handler may destroy the session under us ---- */
+
+static void enter(session_t *s)
+{
+    s->busy++;
+}
+
+static void leave(session_t *s)
+{
+    if (--s->busy == 0 && s->dead)
+        session_free(s);
+}
+
+/* ---- states ---- */
+
+static uint64_t state_deadline(const session_t *s, session_state_t st)
+{
+    switch (st) {
+    case ST_CONNECTING:
+        return s->p.connect_timeout_ms;
+    case ST_BODY:
+    case ST_DOT:
+        return s->p.data_timeout_ms;
+    case ST_QUIT:
+        return SESSION_QUIT_MS;
+    case ST_READY:
+    case ST_CLOSED:
+        return 0;
+    default:
+        return s->p.command_timeout_ms;
+    }
+}
+
+static void enter_state(session_t *s, session_state_t st)
+{
+    log_debug("event=session_state %s host=%s ip=%s from=%s to=%s", s->ids, s->p.host, s->ip,
+              state_names[s->state], state_names[st]);
+    s->state = st;
+    uint64_t ms = state_deadline(s, st);
+    if (ms)
+        loop_timer_start(s->loop, &s->step, ms);
+    else
+        loop_timer_stop(s->loop, &s->step);
+}
+
+static void send_line(session_t *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void send_line(session_t *s, const char *fmt, ...)
+{
+    char line[SESSION_CMD_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof(line) - 2, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n > sizeof(line) - 3)
+        n = (int)sizeof(line) - 3;
+    /* AUTH carries a secret: log the verb only */
+    char shown[64];
+    snprintf(shown, sizeof(shown), "%.*s", n < 40 ? n : 40, line);
+    if (strncmp(line, "AUTH", 4) == 0)
+        snprintf(shown, sizeof(shown), "AUTH PLAIN ****");
+    log_debug("event=smtp_send %s host=%s cmd=\"%s\"", s->ids, s->p.host, shown);
+    memcpy(line + n, "\r\n", 2);
+    if (s->conn)
+        conn_write(s->conn, line, (size_t)n + 2);
+}
+
+/* ---- ending a transaction or the session ---- */
+
+static void run_deferred(loop_t *loop, void *arg)
+{
+    session_t *s = arg;
+    enter(s);
+    int what = s->defer_what;
+    s->defer_what = DEFER_NONE;
+    if (what == DEFER_FAILED && s->h.on_failed)
+        s->h.on_failed(s, s->defer_kind, &s->defer_reply, s->arg);
+    else if (what == DEFER_TXN_DONE && s->h.on_txn_done)
+        s->h.on_txn_done(s, s->arg);
+    leave(s);
+    (void)loop;
+}
+
+static void txn_done(session_t *s, int from_api)
+{
+    session_txn_t *t = s->txn;
+    s->txn = NULL;
+    buf_free(&s->body);
+    loop_timer_stop(s->loop, &s->pump);
+    if (s->state != ST_CLOSED) {
+        if (s->dirty)
+            log_debug("event=session_dirty %s host=%s", s->ids, s->p.host);
+        enter_state(s, ST_READY);
+    }
+    (void)t;
+    if (from_api) {
+        s->defer_what = DEFER_TXN_DONE;
+        loop_timer_start(s->loop, &s->defer, 0);
+        return;
+    }
+    if (s->h.on_txn_done)
+        s->h.on_txn_done(s, s->arg);
+}
+
+/* Outcome for every recipient not yet decided (or only accepted). */
+static void rcpts_settle(session_t *s, rcpt_state_t which_max, const dlv_reply_t *r)
+{
+    for (size_t i = 0; s->txn && i < s->txn->nrcpt; i++) {
+        session_rcpt_t *rc = &s->txn->rcpts[i];
+        if (rc->state == RCPT_DONE || rc->state > which_max)
+            continue;
+        rc->state = RCPT_DONE;
+        rc->outcome = caps_outcome(r->code);
+        rc->reply = *r;
+    }
+}
+
+/* The connection is over; tell the owner what that means. */
+static void session_fail(session_t *s, session_fail_t kind, const dlv_reply_t *r)
+{
+    session_state_t was = s->state;
+    conn_destroy(&s->conn);
+    loop_timer_stop(s->loop, &s->pump);
+    enter_state(s, ST_CLOSED);
+    log_info("event=session_failed %s host=%s ip=%s state=%s code=%u enh=%s reason=\"%s\"",
+             s->ids, s->p.host, s->ip, state_names[was], r->code, r->enhanced, r->text);
+    if (s->detached) {
+        session_t *self = s;
+        session_destroy(&self); /* callers hold the entry guard */
+        return;
+    }
+    if (s->txn) {
+        rcpts_settle(s, RCPT_ACCEPTED, r);
+        txn_done(s, 0);
+        return;
+    }
+    if (s->h.on_failed)
+        s->h.on_failed(s, kind, r, s->arg);
+}
+
+static void fail_lost(session_t *s, const char *what)
+{
+    dlv_reply_t r;
+    dlv_reply_set(&r, 451, "4.4.2", "%s %s %s", what, state_steps[s->state], s->p.host);
+    session_fail(s, SESSION_FAIL_LOST, &r);
+}
+
+/* ---- connection callbacks ---- */
+
+static void on_connected(conn_t *c, int err, void *arg)
+{
+    session_t *s = arg;
+    (void)c;
+    enter(s);
+    if (err) {
+        dlv_reply_t r;
+        dlv_reply_set(&r, 451, "4.4.1", "connection to %s (%s) failed: %s", s->p.host, s->ip,
+                      strerror(err));
+        session_fail(s, SESSION_FAIL_CONNECT, &r);
+    } else {
+        enter_state(s, ST_GREETING);
+    }
+    leave(s);
+}
+
+static void on_data(conn_t *c, void *arg)
+{
+    session_t *s = arg;
+    enter(s);
+    while (!s->dead && s->conn == c && s->state != ST_CLOSED && s->state != ST_TLS) {
+        buf_t *in = conn_in(c);
+        if (buf_used(in) == 0)
+            break;
+        reply_status_t rs = reply_read(in, &s->reply);
+        if (rs == REPLY_INCOMPLETE) {
+            if (buf_used(in) >= SESSION_IN_LIMIT)
+                fail_lost(s, "oversized reply while waiting for");
+            break;
+        }
+        if (rs == REPLY_BAD) {
+            fail_lost(s, "malformed reply while waiting for");
+            break;
+        }
+        dlv_reply_from_smtp(&s->last, &s->reply);
+        log_debug("event=smtp_reply %s host=%s state=%s code=%u text=\"%.80s\"", s->ids,
+                  s->p.host, state_names[s->state], s->reply.code, s->reply.text);
+        handle_reply(s);
+    }
+    leave(s);
+}
+
+static void on_close(conn_t *c, int err, void *arg)
+{
+    session_t *s = arg;
+    (void)c;
+    enter(s);
+    if (s->state == ST_QUIT) {
+        session_t *self = s;
+        conn_destroy(&s->conn);
+        enter_state(s, ST_CLOSED);
+        session_destroy(&self); /* freed by leave() */
+    } else if (s->state != ST_CLOSED) {
+        char what[96];
+        snprintf(what, sizeof(what), "connection lost%s%s while waiting for",
+                 err ? ": " : "", err ? strerror(err) : "");
+        fail_lost(s, what);
+    }
+    leave(s);
+}
+
+static void after_ehlo(session_t *s);
+
+static void on_tls(conn_t *c, int ok, const char *why, void *arg)
+{
+    session_t *s = arg;
+    enter(s);
+    if (ok) {
+        s->is_tls = 1;
+        snprintf(s->tls_version, sizeof(s->tls_version), "%s", conn_tls_version(c));
+        snprintf(s->tls_cipher, sizeof(s->tls_cipher), "%s", conn_tls_cipher(c));
+        log_info("event=tls_up %s host=%s ip=%s version=%s cipher=%s verified=%d", s->ids,
+                 s->p.host, s->ip, s->tls_version, s->tls_cipher, conn_tls_verified(c));
+        memset(&s->caps, 0, sizeof(s->caps));
+        enter_state(s, ST_EHLO);
+        send_line(s, "EHLO %s", s->p.helo);
+    } else if (s->p.tls == POLICY_TLS_REQUIRED) {
+        dlv_reply_t r;
+        dlv_reply_set(&r, 451, "4.7.5", "TLS required: handshake with %s failed: %s", s->p.host,
+                      why ? why : "unknown error");
+        session_fail(s, SESSION_FAIL_TLS, &r);
+    } else {
+        dlv_reply_t r;
+        dlv_reply_set(&r, 451, "4.7.5", "TLS handshake with %s failed: %s", s->p.host,
+                      why ? why : "unknown error");
+        session_fail(s, SESSION_FAIL_TLS_RETRY, &r);
+    }
+    leave(s);
+}
+
+static const conn_handlers_t session_conn_handlers = {
+    .on_data = on_data,
+    .on_close = on_close,
+    .on_connected = on_connected,
+    .on_tls = on_tls,
+};
+
+/* ---- timers ---- */
+
+static void on_step_timeout(loop_t *loop, void *arg)
+{
+    session_t *s = arg;
+    (void)loop;
+    enter(s);
+    if (s->state == ST_QUIT) {
+        session_t *self = s;
+        conn_destroy(&s->conn);
+        enter_state(s, ST_CLOSED);
+        session_destroy(&self); /* freed by leave() */
+    } else if (s->state == ST_CONNECTING) {
+        dlv_reply_t r;
+        dlv_reply_set(&r, 451, "4.4.1", "timeout connecting to %s (%s)", s->p.host, s->ip);
+        session_fail(s, SESSION_FAIL_CONNECT, &r);
+    } else if (s->state != ST_CLOSED && s->state != ST_READY) {
+        dlv_reply_t r;
+        dlv_reply_set(&r, 451, "4.4.2", "timeout waiting for %s from %s", state_steps[s->state],
+                      s->p.host);
+        session_fail(s, SESSION_FAIL_LOST, &r);
+    }
+    leave(s);
+}
+
+static void pump_body(session_t *s);
+
+static void on_pump(loop_t *loop, void *arg)
+{
+    session_t *s = arg;
+    (void)loop;
+    enter(s);
+    if (s->state == ST_BODY)
+        pump_body(s);
+    leave(s);
+}
+
+/* ---- the dialogue ---- */
+
+static void to_ready(session_t *s)
+{
+    enter_state(s, ST_READY);
+    log_debug("event=session_ready %s host=%s ip=%s tls=%s esmtp=%d pipelining=%d", s->ids,
+              s->p.host, s->ip, s->is_tls ? s->tls_version : "none", s->caps.esmtp,
+              s->caps.pipelining);
+    if (s->h.on_ready)
+        s->h.on_ready(s, s->arg);
+}
+
+static void fail_remote(session_t *s, const char *what)
+{
+    dlv_reply_t r = s->last;
+    if (r.code / 100 != 4 && r.code / 100 != 5)
+        dlv_reply_set(&r, 451, "4.4.2", "unexpected %s from %s: %u %s", what, s->p.host,
+                      s->last.code, s->last.text);
+    session_fail(s, SESSION_FAIL_REMOTE, &r);
+}
+
+static void do_auth(session_t *s)
+{
+    auth_step_t step = caps_auth_step(s->p.auth_username && *s->p.auth_username, &s->caps,
+                                      s->is_tls);
+    dlv_reply_t r;
+    switch (step) {
+    case AUTH_STEP_SKIP:
+        if (s->p.auth_username && *s->p.auth_username)
+            log_warn("event=auth_not_offered %s host=%s", s->ids, s->p.host);
+        to_ready(s);
+        return;
+    case AUTH_STEP_NO_TLS:
+        dlv_reply_set(&r, 451, "4.7.0",
+                      "%s offers no TLS: credentials are never sent in plaintext", s->p.host);
+        session_fail(s, SESSION_FAIL_TLS, &r);
+        return;
+    case AUTH_STEP_NO_MECH:
+        dlv_reply_set(&r, 451, "4.7.0", "%s offers no AUTH mechanism we speak (PLAIN)",
+                      s->p.host);
+        session_fail(s, SESSION_FAIL_REMOTE, &r);
+        return;
+    case AUTH_STEP_PLAIN:
+        break;
+    }
+    unsigned char raw[SESSION_AUTH_MAX + 3];
+    size_t ul = strlen(s->p.auth_username), pl = strlen(s->p.auth_password);
+    char b64[((SESSION_AUTH_MAX + 3) / 3) * 4 + 8];
+    if (ul + pl > SESSION_AUTH_MAX) {
+        dlv_reply_set(&r, 451, "4.7.0", "route credentials too long");
+        session_fail(s, SESSION_FAIL_REMOTE, &r);
+        return;
+    }
+    raw[0] = '\0';
+    memcpy(raw + 1, s->p.auth_username, ul);
+    raw[1 + ul] = '\0';
+    memcpy(raw + 2 + ul, s->p.auth_password, pl);
+    long n = base64_encode(raw, ul + pl + 2, b64, sizeof(b64));
+    memset(raw, 0, sizeof(raw));
+    if (n < 0) {
+        dlv_reply_set(&r, 451, "4.7.0", "cannot encode route credentials");
+        session_fail(s, SESSION_FAIL_REMOTE, &r);
+        return;
+    }
+    enter_state(s, ST_AUTH);
+    send_line(s, "AUTH PLAIN %s", b64);
+    memset(b64, 0, sizeof(b64));
+}
+
+/* EHLO (or HELO) done: TLS next, then AUTH. */
+static void after_ehlo(session_t *s)
+{
+    tls_step_t step = s->p.no_starttls && s->p.tls == POLICY_TLS_OPPORTUNISTIC
+                          ? TLS_STEP_SKIP
+                          : caps_tls_step(s->p.tls, &s->caps, s->is_tls);
+    if (step == TLS_STEP_START) {
+        enter_state(s, ST_STARTTLS);
+        send_line(s, "STARTTLS");
+        return;
+    }
+    if (step == TLS_STEP_FAIL) {
+        dlv_reply_t r;
+        dlv_reply_set(&r, 451, "4.7.5", "TLS required but %s does not offer STARTTLS",
+                      s->p.host);
+        session_fail(s, SESSION_FAIL_TLS, &r);
+        return;
+    }
+    do_auth(s);
+}
+
+static void send_rcpt(session_t *s, size_t i)
+{
+    send_line(s, "RCPT TO:<%s>", s->txn->rcpts[i].address);
+}
+
+static size_t rcpts_accepted(const session_t *s)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < s->txn->nrcpt; i++)
+        n += s->txn->rcpts[i].state == RCPT_ACCEPTED;
+    return n;
+}
+
+static void on_mail_reply(session_t *s)
+{
+    size_t k = s->replies_got++;
+    if (k == 0) {
+        s->mail_ok = s->last.code / 100 == 2;
+        if (!s->mail_ok) {
+            log_info("event=mail_refused %s host=%s code=%u enh=%s", s->ids, s->p.host,
+                     s->last.code, s->last.enhanced);
+            rcpts_settle(s, RCPT_PENDING, &s->last);
+            s->dirty = 1;
+        }
+    } else if (k - 1 < s->txn->nrcpt) {
+        session_rcpt_t *rc = &s->txn->rcpts[k - 1];
+        if (rc->state == RCPT_PENDING) {
+            rc->reply = s->last;
+            if (s->last.code / 100 == 2) {
+                rc->state = RCPT_ACCEPTED;
+            } else {
+                rc->state = RCPT_DONE;
+                rc->outcome = caps_outcome(s->last.code);
+            }
+        }
+    }
+    if (s->replies_got < s->replies_wanted) {
+        if (!s->pipelined) {
+            if (!s->mail_ok) {
+                txn_done(s, 0);
+                return;
+            }
+            loop_timer_start(s->loop, &s->step, s->p.command_timeout_ms);
+            send_rcpt(s, s->replies_got - 1);
+        }
+        return;
+    }
+    if (!s->mail_ok || rcpts_accepted(s) == 0) {
+        s->dirty = 1;
+        txn_done(s, 0);
+        return;
+    }
+    enter_state(s, ST_DATA);
+    send_line(s, "DATA");
+}
+
+static void pump_body(session_t *s)
+{
+    while (s->body_sent < buf_used(&s->body) && conn_out_pending(s->conn) < SESSION_BODY_HIGH) {
+        size_t n = buf_used(&s->body) - s->body_sent;
+        if (n > SESSION_BODY_CHUNK)
+            n = SESSION_BODY_CHUNK;
+        if (conn_write(s->conn, buf_head(&s->body) + s->body_sent, n) < 0) {
+            fail_lost(s, "cannot write to");
+            return;
+        }
+        s->body_sent += n;
+        if (s->state != ST_BODY || s->conn == NULL)
+            return; /* the write found the connection closed */
+    }
+    if (s->body_sent < buf_used(&s->body)) {
+        loop_timer_start(s->loop, &s->pump, SESSION_PUMP_MS);
+        return;
+    }
+    buf_free(&s->body);
+    enter_state(s, ST_DOT);
+}
+
+static void on_final_reply(session_t *s)
+{
+    if (s->state == ST_BODY)
+        log_info("event=early_reply %s host=%s code=%u", s->ids, s->p.host, s->last.code);
+    rcpts_settle(s, RCPT_ACCEPTED, &s->last);
+    if (s->state == ST_BODY) {
+        /* the server answered before the body ended: the connection is out of step */
+        s->dirty = 1;
+        conn_destroy(&s->conn);
+        loop_timer_stop(s->loop, &s->pump);
+        enter_state(s, ST_CLOSED);
+    }
+    txn_done(s, 0);
+}
+
+static void handle_reply(session_t *s)
+{
+    unsigned cls = s->last.code / 100;
+    switch (s->state) {
+    case ST_GREETING:
+        if (cls == 2) {
+            enter_state(s, ST_EHLO);
+            send_line(s, "EHLO %s", s->p.helo);
+        } else {
+            fail_remote(s, "greeting");
+        }
+        return;
+    case ST_EHLO:
+        if (cls == 2) {
+            caps_parse(&s->reply, &s->caps);
+            after_ehlo(s);
+        } else if (cls == 5 && !s->tried_helo && !s->is_tls) {
+            s->tried_helo = 1;
+            enter_state(s, ST_HELO);
+            send_line(s, "HELO %s", s->p.helo);
+        } else {
+            fail_remote(s, "EHLO reply");
+        }
+        return;
+    case ST_HELO:
+        if (cls == 2) {
+            memset(&s->caps, 0, sizeof(s->caps));
+            after_ehlo(s);
+        } else {
+            fail_remote(s, "HELO reply");
+        }
+        return;
+    case ST_STARTTLS:
+        if (s->last.code == 220) {
+            enter_state(s, ST_TLS);
+            if (conn_tls_connect(s->conn, s->p.tls_ctx, s->p.host,
+                                 s->p.tls == POLICY_TLS_REQUIRED) < 0) {
+                dlv_reply_t r;
+                dlv_reply_set(&r, 451, "4.7.5", "cannot start TLS with %s", s->p.host);
+                session_fail(s, s->p.tls == POLICY_TLS_REQUIRED ? SESSION_FAIL_TLS
+                                                                : SESSION_FAIL_TLS_RETRY,
+                             &r);
+            }
+        } else if (s->p.tls == POLICY_TLS_REQUIRED) {
+            dlv_reply_t r;
+            dlv_reply_set(&r, 451, "4.7.5", "TLS required but %s refused STARTTLS: %u %s",
+                          s->p.host, s->last.code, s->last.text);
+            session_fail(s, SESSION_FAIL_TLS, &r);
+        } else {
+            log_info("event=starttls_refused %s host=%s code=%u", s->ids, s->p.host,
+                     s->last.code);
+            do_auth(s);
+        }
+        return;
+    case ST_AUTH:
+        if (s->last.code == 235) {
+            log_info("event=auth_ok %s host=%s user=%s", s->ids, s->p.host,
+                     s->p.auth_username);
+            to_ready(s);
+        } else {
+            dlv_reply_t r;
+            dlv_reply_set(&r, 451, "4.7.0", "authentication to %s failed: %u %s", s->p.host,
+                          s->last.code, s->last.text);
+            session_fail(s, SESSION_FAIL_REMOTE, &r);
+        }
+        return;
+    case ST_MAIL:
+        on_mail_reply(s);
+        return;
+    case ST_DATA:
+        if (s->last.code == 354) {
+            enter_state(s, ST_BODY);
+            buf_init(&s->body, 0);
+            s->body_sent = 0;
+            if (data_stuff(s->txn->body, s->txn->body_len, &s->body) < 0) {
+                fail_lost(s, "cannot prepare the body for");
+                return;
+            }
+            pump_body(s);
+        } else {
+            rcpts_settle(s, RCPT_ACCEPTED, &s->last);
+            s->dirty = 1;
+            txn_done(s, 0);
+        }
+        return;
+    case ST_BODY:
+    case ST_DOT:
+        on_final_reply(s);
+        return;
+    case ST_QUIT: {
+        session_t *self = s;
+        conn_destroy(&s->conn);
+        enter_state(s, ST_CLOSED);
+        session_destroy(&self); /* freed when on_data leaves */
+        return;
+    }
+    default:
+        /* READY, CONNECTING, TLS: nobody asked */
+        log_info("event=unsolicited_reply %s host=%s state=%s code=%u", s->ids, s->p.host,
+                 state_names[s->state], s->last.code);
+        if (s->state == ST_READY) {
+            s->dirty = 1;
+            conn_destroy(&s->conn);
+            enter_state(s, ST_CLOSED);
+        }
+        return;
+    }
+}
+
+/* ---- public ---- */
+
+session_t *session_new(loop_t *loop, const session_params_t *p, const session_handlers_t *h,
+                       void *arg)
+{
+    int fd = sock_connect(&p->addr, NULL);
+    if (fd < 0)
+        return NULL;
+    session_t *s = xcalloc(1, sizeof(*s));
+    s->loop = loop;
+    s->p = *p;
+    s->h = *h;
+    s->arg = arg;
+    snprintf(s->ids, sizeof(s->ids), "%s", p->log_ids ? p->log_ids : "");
+    s->p.log_ids = NULL;
+    sock_addr_ip(&p->addr, s->ip, sizeof(s->ip));
+    buf_init(&s->body, 0);
+    loop_timer_init(&s->step, on_step_timeout, s);
+    loop_timer_init(&s->pump, on_pump, s);
+    loop_timer_init(&s->defer, run_deferred, s);
+    s->state = ST_CONNECTING;
+    s->conn = conn_new(loop, fd, 1, SESSION_IN_LIMIT, &session_conn_handlers, s);
+    if (s->conn == NULL) {
+        int e = errno;
+        free(s);
+        errno = e ? e : ENOMEM;
+        return NULL;
+    }
+    enter_state(s, ST_CONNECTING);
+    log_debug("event=session_connect %s host=%s ip=%s port=%u", s->ids, s->p.host, s->ip,
+              sock_addr_port(&p->addr));
+    return s;
+}
+
+static void session_free(session_t *s)
+{
+    loop_timer_stop(s->loop, &s->step);
+    loop_timer_stop(s->loop, &s->pump);
+    loop_timer_stop(s->loop, &s->defer);
+    conn_destroy(&s->conn);
+    reply_clear(&s->reply);
+    buf_free(&s->body);
+    free(s);
+}
+
+void session_destroy(session_t **p)
+{
+    session_t *s = *p;
+    if (s == NULL)
+        return;
+    *p = NULL;
+    if (s->busy) {
+        s->dead = 1;
+        s->h.on_ready = NULL;
+        s->h.on_failed = NULL;
+        s->h.on_txn_done = NULL;
+        loop_timer_stop(s->loop, &s->defer);
+        return;
+    }
+    session_free(s);
+}
+
+void session_quit(session_t **p)
+{
+    session_t *s = *p;
+    if (s == NULL)
+        return;
+    *p = NULL;
+    s->h.on_ready = NULL;
+    s->h.on_failed = NULL;
+    s->h.on_txn_done = NULL;
+    s->txn = NULL;
+    loop_timer_stop(s->loop, &s->defer);
+    loop_timer_stop(s->loop, &s->pump);
+    if (s->conn == NULL || s->state == ST_CLOSED || s->state == ST_CONNECTING ||
+        s->state == ST_TLS || s->state == ST_BODY) {
+        session_destroy(&s);
+        return;
+    }
+    s->detached = 1;
+    enter_state(s, ST_QUIT);
+    send_line(s, "QUIT");
+}
+
+void session_start(session_t *s, session_txn_t *txn)
+{
+    s->txn = txn;
+    s->replies_got = 0;
+    s->replies_wanted = 1 + txn->nrcpt;
+    s->mail_ok = 0;
+    for (size_t i = 0; i < txn->nrcpt; i++)
+        txn->rcpts[i].state = RCPT_PENDING;
+    dlv_reply_t why;
+    if (caps_mail_check(&s->caps, txn->body_len, txn->smtputf8, &why) < 0) {
+        log_info("event=message_refused_locally %s host=%s code=%u enh=%s reason=\"%s\"",
+                 s->ids, s->p.host, why.code, why.enhanced, why.text);
+        rcpts_settle(s, RCPT_ACCEPTED, &why);
+        txn_done(s, 1);
+        return;
+    }
+    char params[128];
+    caps_mail_params(&s->caps, txn->body_len, txn->eightbit, txn->smtputf8, params,
+                     sizeof(params));
+    s->pipelined = s->caps.pipelining;
+    enter_state(s, ST_MAIL);
+    send_line(s, "MAIL FROM:<%s>%s", txn->mail_from ? txn->mail_from : "", params);
+    if (s->pipelined)
+        for (size_t i = 0; i < txn->nrcpt; i++)
+            send_rcpt(s, i);
+}
+
+int session_is_ready(const session_t *s)
+{
+    return s->state == ST_READY && !s->dirty && s->conn != NULL;
+}
+
+const char *session_host(const session_t *s)
+{
+    return s->p.host;
+}
+
+const char *session_ip(const session_t *s)
+{
+    return s->ip;
+}
+
+const char *session_tls_version(const session_t *s)
+{
+    return s->tls_version;
+}
+
+const char *session_tls_cipher(const session_t *s)
+{
+    return s->tls_cipher;
+}
+
+const dlv_reply_t *session_last_reply(const session_t *s)
+{
+    return &s->last;
+}

@@ -1,0 +1,103 @@
+/*
+ * delivery_session: one outgoing SMTP connection, as an explicit state
+ * machine: connect, greeting, EHLO (HELO fallback), STARTTLS and EHLO
+ * again, AUTH PLAIN, then ready. A ready session is handed a transaction
+ * (MAIL, RCPTs, DATA, body, final reply) and reports each recipient's
+ * outcome; afterwards it is ready again, so a later change can keep it open
+ * for the next task to the same place. It does not pick endpoints, resolve
+ * names, or build bus messages: delivery_task.c does.
+ */
+#ifndef SX_DELIVERY_SESSION_H
+#define SX_DELIVERY_SESSION_H
+
+#include "core/loop.h"
+#include "delivery_caps.h"
+#include "net/sock.h"
+
+#include <openssl/ssl.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SESSION_IN_LIMIT   (128u << 10) /* unread server bytes before it is a protocol error */
+#define SESSION_QUIT_MS    5000         /* how long QUIT waits for 221 */
+#define SESSION_BODY_CHUNK (256u << 10) /* body bytes handed to the connection at once */
+#define SESSION_BODY_HIGH  (1u << 20)   /* no more body while this much is unsent */
+#define SESSION_HOST_MAX   256
+
+typedef struct session session_t;
+
+typedef struct session_params {
+    sock_addr_t addr;           /* where to connect */
+    char host[SESSION_HOST_MAX]; /* the endpoint's name (or IP), for TLS checks and messages */
+    const char *helo;           /* our name in EHLO */
+    tls_policy_t tls;
+    int no_starttls;            /* opportunistic TLS failed here before: stay plaintext */
+    SSL_CTX *tls_ctx;
+    const char *auth_username;  /* NULL or "": no AUTH */
+    const char *auth_password;
+    uint64_t connect_timeout_ms;
+    uint64_t command_timeout_ms;
+    uint64_t data_timeout_ms;
+    const char *log_ids;        /* "msg=... task=..." for every log line */
+} session_params_t;
+
+typedef enum { RCPT_PENDING = 0, RCPT_ACCEPTED, RCPT_DONE } rcpt_state_t;
+
+typedef struct session_rcpt {
+    const char *address;
+    rcpt_state_t state;
+    outcome_t outcome;
+    dlv_reply_t reply;
+} session_rcpt_t;
+
+/* One message to some recipients; the session fills each rcpt's outcome. */
+typedef struct session_txn {
+    const char *mail_from;
+    int smtputf8;
+    int eightbit;
+    const char *body;
+    size_t body_len;
+    session_rcpt_t *rcpts;
+    size_t nrcpt;
+} session_txn_t;
+
+/* Why a session failed before a transaction. */
+typedef enum {
+    SESSION_FAIL_CONNECT = 0, /* refused, unreachable, timed out */
+    SESSION_FAIL_REMOTE,      /* the server said no (greeting, EHLO, STARTTLS, AUTH) */
+    SESSION_FAIL_TLS,         /* required TLS not offered or not verified */
+    SESSION_FAIL_TLS_RETRY,   /* opportunistic TLS failed: a plaintext retry may work */
+    SESSION_FAIL_LOST,        /* connection lost, timeout or garbage from the server */
+} session_fail_t;
+
+typedef struct session_handlers {
+    void (*on_ready)(session_t *s, void *arg);
+    /* Before a transaction: the session is dead; reply says why. */
+    void (*on_failed)(session_t *s, session_fail_t kind, const dlv_reply_t *reply, void *arg);
+    /* The transaction has an outcome for every recipient. */
+    void (*on_txn_done)(session_t *s, void *arg);
+} session_handlers_t;
+
+/*
+ * Start connecting. NULL with errno when the connect cannot even start.
+ * Handlers run later, from the loop, never from inside a session_* call.
+ */
+session_t *session_new(loop_t *loop, const session_params_t *p, const session_handlers_t *h,
+                       void *arg);
+/* Close at once (no QUIT) and free; safe inside a handler. */
+void session_destroy(session_t **s);
+/* Send QUIT and let the session free itself after 221, a close, or SESSION_QUIT_MS. */
+void session_quit(session_t **s);
+
+/* On a ready session: run txn (which must outlive it). */
+void session_start(session_t *s, session_txn_t *txn);
+
+int session_is_ready(const session_t *s);
+const char *session_host(const session_t *s);
+const char *session_ip(const session_t *s);
+const char *session_tls_version(const session_t *s);
+const char *session_tls_cipher(const session_t *s);
+/* The server's reply to the last command (for logs); code 0 when none. */
+const dlv_reply_t *session_last_reply(const session_t *s);
+
+#endif
