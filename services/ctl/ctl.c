@@ -1,7 +1,12 @@
 /*
- * sendarixctl: placeholder.
+ * sendarixctl: the operators' CLI. Everything is in ctl_*.c; main only
+ * hands over the command line and the standard streams.
  */
-int main(void)
+#include "ctl.h"
+
+#include <stdio.h>
+
+int main(int argc, char **argv)
 {
-    return 0;
+    return ctl_main(argc, argv, stdout, stderr);
 }

@@ -1,0 +1,171 @@
+/*
+ * ctl_cmd: the command table of sendarixctl, its usage text and the
+ * dispatcher. A command is a row: name, subcommand, handler, argument,
+ * options and one line of help; adding one is adding a row and a handler
+ * in the file of its topic. Nothing here talks to the bus.
+ */
+#include "ctl.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define USAGE_GLOBAL "[--config FILE] [--json] [--timeout SECONDS]"
+
+static int cmd_help(ctl_t *ctl, const ctl_args_t *args);
+
+static const ctl_opt_spec_t opts_log_search[] = {
+    {"id", CTL_OPT_VALUE},    {"type", CTL_OPT_VALUE},  {"recipient", CTL_OPT_VALUE},
+    {"since", CTL_OPT_VALUE}, {"until", CTL_OPT_VALUE}, {"limit", CTL_OPT_VALUE},
+    {NULL, 0},
+};
+static const ctl_opt_spec_t opts_cred_add[] = {
+    {"tenant", CTL_OPT_VALUE | CTL_OPT_REQUIRED},
+    {"password-stdin", 0},
+    {"password", CTL_OPT_VALUE},
+    {"env", CTL_OPT_VALUE},
+    {"domain", CTL_OPT_VALUE | CTL_OPT_MULTI},
+    {NULL, 0},
+};
+static const ctl_opt_spec_t opts_tenant[] = {
+    {"tenant", CTL_OPT_VALUE},
+    {NULL, 0},
+};
+static const ctl_opt_spec_t opts_tenant_required[] = {
+    {"tenant", CTL_OPT_VALUE | CTL_OPT_REQUIRED},
+    {NULL, 0},
+};
+static const ctl_opt_spec_t opts_sandbox_fail[] = {
+    {"code", CTL_OPT_VALUE | CTL_OPT_REQUIRED},
+    {"seconds", CTL_OPT_VALUE},
+    {"text", CTL_OPT_VALUE},
+    {NULL, 0},
+};
+
+const ctl_command_t ctl_commands[] = {
+    {"status", NULL, ctl_cmd_status, NULL, 0, NULL, "",
+     "ping every service on the bus; exit 1 unless all are up"},
+    {"queue", "show", ctl_cmd_queue_show, "<ID>", 1, NULL, "",
+     "a message's envelope and recipients, from the queue instance holding it"},
+    {"log", "search", ctl_cmd_log_search, NULL, 0, opts_log_search,
+     "[--id ID] [--type T] [--recipient R] [--since ISO] [--until ISO] [--limit N]",
+     "events in time order (limit 1..10000, default 100)"},
+    {"cred", "add", ctl_cmd_cred_add, "<USER>", 1, opts_cred_add,
+     "--tenant T (--password-stdin | --password P) [--env production|staging|development] "
+     "[--domain D]...",
+     "add a login; --password-stdin reads one line"},
+    {"cred", "list", ctl_cmd_cred_list, NULL, 0, opts_tenant, "[--tenant T]",
+     "list logins (never their passwords)"},
+    {"tenant", "add", ctl_cmd_tenant_add, "<NAME>", 1, NULL, "", "add a tenant"},
+    {"tenant", "list", ctl_cmd_tenant_list, NULL, 0, NULL, "", "list tenants and their domains"},
+    {"domain", "add", ctl_cmd_domain_add, "<DOMAIN>", 1, opts_tenant_required, "--tenant T",
+     "add a sending domain to a tenant"},
+    {"domain", "list", ctl_cmd_domain_list, NULL, 0, opts_tenant, "[--tenant T]",
+     "list sending domains"},
+    {"sandbox", "fail", ctl_cmd_sandbox_fail, NULL, 0, opts_sandbox_fail,
+     "--code C --seconds S [--text T]",
+     "make the sandbox refuse connections with code C for S seconds; --code 0 clears"},
+    {"help", NULL, cmd_help, "[COMMAND]", 0, NULL, "", "this text"},
+    {NULL},
+};
+
+static void print_line(FILE *f, const ctl_command_t *c, int indent)
+{
+    char head[256];
+    snprintf(head, sizeof(head), "%s%s%s%s%s", c->name, c->sub ? " " : "", c->sub ? c->sub : "",
+             c->arg ? " " : "", c->arg ? c->arg : "");
+    if (indent) {
+        fprintf(f, "  %s%s%s\n", head, c->usage[0] ? " " : "", c->usage);
+        fprintf(f, "      %s\n", c->summary);
+    } else {
+        fprintf(f, "usage: sendarixctl %s%s%s\n", head, c->usage[0] ? " " : "", c->usage);
+    }
+}
+
+void ctl_print_usage(FILE *f, const ctl_command_t *only)
+{
+    if (only) {
+        print_line(f, only, 0);
+        return;
+    }
+    fprintf(f,
+            "usage: sendarixctl " USAGE_GLOBAL " COMMAND ...\n"
+            "\n"
+            "Operate a Sendarix relay over its bus. The config (--config FILE, else\n"
+            "$SENDARIX_CONFIG, else var/sendarix.conf) says where each service listens.\n"
+            "Options may stand anywhere: --json prints one JSON document; --timeout\n"
+            "bounds each request (default 5 s; status pings wait 1 s unless given).\n"
+            "Exit status: 0 success, 1 failed operation, 2 usage error.\n"
+            "\n"
+            "commands:\n");
+    for (const ctl_command_t *c = ctl_commands; c->name; c++)
+        print_line(f, c, 1);
+}
+
+/* Usage of every row of one command name ("cred": add and list). */
+static void print_named(FILE *f, const char *name)
+{
+    for (const ctl_command_t *c = ctl_commands; c->name; c++)
+        if (strcmp(c->name, name) == 0)
+            print_line(f, c, 0);
+}
+
+static int print_help(ctl_t *ctl, const char *name)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&text, &len);
+    if (mem == NULL)
+        return ctl_fail(ctl, "out of memory");
+    if (name)
+        print_named(mem, name);
+    else
+        ctl_print_usage(mem, NULL);
+    fclose(mem);
+    if (ctl->json) {
+        json_t *doc = json_object();
+        json_object_set_new(doc, "usage", json_string(text));
+        ctl_emit(ctl, doc);
+    } else {
+        fputs(text, ctl->out);
+    }
+    free(text);
+    return CTL_OK;
+}
+
+static int cmd_help(ctl_t *ctl, const ctl_args_t *args)
+{
+    if (args->arg) {
+        for (const ctl_command_t *c = ctl_commands; c->name; c++)
+            if (strcmp(c->name, args->arg) == 0)
+                return print_help(ctl, args->arg);
+        return ctl_usage_error(ctl, args->cmd, "unknown command '%s'", args->arg);
+    }
+    return print_help(ctl, NULL);
+}
+
+int ctl_main(int argc, char **argv, FILE *out, FILE *err)
+{
+    ctl_t ctl = {.out = out, .err = err, .timeout_ms = CTL_TIMEOUT_DEFAULT_MS};
+    ctl_args_t args;
+    char why[CTL_TEXT_MAX];
+    int rc = ctl_parse(&ctl, ctl_commands, argc, argv, &args, why, sizeof(why));
+    if (rc != CTL_OK && args.cmd == NULL && args.name) {
+        /* the command is known but not which of its subcommands: show them all */
+        if (ctl.json) {
+            json_t *doc = json_object();
+            json_object_set_new(doc, "error", json_string(why));
+            ctl_emit(&ctl, doc);
+        }
+        fprintf(err, "sendarixctl: %s\n", why);
+        print_named(err, args.name);
+        return CTL_USAGE;
+    }
+    if (rc != CTL_OK)
+        return ctl_usage_error(&ctl, args.cmd, "%s", why);
+    if (args.help)
+        return print_help(&ctl, args.name);
+    rc = args.cmd->fn(&ctl, &args);
+    ctl_close(&ctl);
+    return rc;
+}

@@ -1,0 +1,20 @@
+/*
+ * ctl_time: ISO 8601 times in UTC for sendarixctl: formatting the times
+ * it prints and parsing --since and --until. Only the forms people
+ * type are accepted: a date, or a date and time with optional seconds,
+ * fraction and zone (Z or +HH:MM); everything else is refused.
+ */
+#ifndef SX_CTL_TIME_H
+#define SX_CTL_TIME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CTL_TIME_ISO_SIZE 32
+
+/* "2024-05-01T12:00:00.123Z" (or without ".123"); returns out. */
+const char *ctl_time_format(uint64_t ms, int with_ms, char *out, size_t size);
+/* 0 and *ms (milliseconds since the epoch, UTC) on success, -1 when malformed. */
+int ctl_time_parse(const char *text, uint64_t *ms);
+
+#endif
