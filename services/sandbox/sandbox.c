@@ -99,8 +99,10 @@ static int conf_check(const service_t *svc, sandbox_conf_t *c)
         return -1;
     }
     if ((c->tls_cert[0] == '\0') != (c->tls_key[0] == '\0')) {
-        conf_fail(svc, c->tls_cert[0] ? "tls_key" : "tls_cert",
-                  "tls_cert and tls_key go together: set both or neither");
+        /* name the one that is set: it has a line to point at */
+        conf_fail(svc, c->tls_cert[0] ? "tls_cert" : "tls_key",
+                  "%s is missing: tls_cert and tls_key go together", c->tls_cert[0] ? "tls_key"
+                                                                          : "tls_cert");
         return -1;
     }
     if (c->hostname[0] == '\0') {
