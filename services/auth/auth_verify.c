@@ -249,9 +249,10 @@ auth_verify_t *auth_api_verify_begin(auth_api_t *api, const PB(AuthLoginVerify) 
         *reply = conclude(api, &v, V_MECHANISM, 0);
         return NULL;
     }
+    /* no stored password holds a NUL, and scrypt would treat "pw\0" as "pw" */
     size_t slen = req ? req->secret.len : 0;
     if (!auth_username_valid(user) || slen > AUTH_PASSWORD_MAX ||
-        (slen > 0 && req->secret.data == NULL)) {
+        (slen > 0 && (req->secret.data == NULL || memchr(req->secret.data, 0, slen)))) {
         *reply = conclude(api, &v, V_BAD_REQUEST, 0);
         return NULL;
     }
