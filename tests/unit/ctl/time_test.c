@@ -1,0 +1,88 @@
+/*
+ * ctl_time: ISO 8601 formatting and the strict parser used for --since
+ * and --until of `log search`. Table-driven.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "ctl_time.h"
+
+static void test_format(void **state)
+{
+    (void)state;
+    char b[CTL_TIME_ISO_SIZE];
+    assert_string_equal(ctl_time_format(0, 1, b, sizeof(b)), "1970-01-01T00:00:00.000Z");
+    assert_string_equal(ctl_time_format(1700000000123ull, 1, b, sizeof(b)),
+                        "2023-11-14T22:13:20.123Z");
+    assert_string_equal(ctl_time_format(1700000000123ull, 0, b, sizeof(b)), "2023-11-14T22:13:20Z");
+    assert_string_equal(ctl_time_format(951782400000ull, 0, b, sizeof(b)), "2000-02-29T00:00:00Z");
+}
+
+static void test_parse_accepts(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *text;
+        uint64_t ms;
+    } cases[] = {
+        {"1970-01-01", 0},
+        {"2023-11-14T22:13:20.123Z", 1700000000123ull},
+        {"2023-11-14T22:13:20Z", 1700000000000ull},
+        {"2023-11-14T22:13:20", 1700000000000ull},
+        {"2023-11-14 22:13:20", 1700000000000ull},
+        {"2023-11-14T22:13Z", 1700000000000ull - 20000},
+        {"2023-11-14T22:13:20.1Z", 1700000000100ull},
+        {"2023-11-14T22:13:20.123456Z", 1700000000123ull},
+        {"2023-11-15T00:13:20+02:00", 1700000000000ull},
+        {"2023-11-14T20:13:20-0200", 1700000000000ull},
+        {"2000-02-29", 951782400000ull},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        uint64_t ms = 1;
+        if (ctl_time_parse(cases[i].text, &ms) != 0)
+            fail_msg("refused %s", cases[i].text);
+        if (ms != cases[i].ms)
+            fail_msg("%s -> %llu, want %llu", cases[i].text, (unsigned long long)ms,
+                     (unsigned long long)cases[i].ms);
+    }
+}
+
+static void test_parse_refuses(void **state)
+{
+    (void)state;
+    static const char *bad[] = {
+        "", "now", "2023", "2023-11", "2023-13-01", "2023-02-29", "2023-11-31", "2023-11-14T",
+        "2023-11-14T25:00", "2023-11-14T22:60", "2023-11-14T22:13:20.Z", "2023-11-14T22:13:20Q",
+        "2023-11-14T22:13:20+2", "1969-12-31", "2023-11-14x", " 2023-11-14", "1700000000000",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        uint64_t ms;
+        if (ctl_time_parse(bad[i], &ms) == 0)
+            fail_msg("accepted \"%s\"", bad[i]);
+    }
+}
+
+static void test_round_trip(void **state)
+{
+    (void)state;
+    char b[CTL_TIME_ISO_SIZE];
+    for (uint64_t ms = 1000000000000ull; ms < 2000000000000ull; ms += 123456789013ull) {
+        uint64_t back;
+        assert_int_equal(ctl_time_parse(ctl_time_format(ms, 1, b, sizeof(b)), &back), 0);
+        assert_int_equal(back, ms);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_format),
+        cmocka_unit_test(test_parse_accepts),
+        cmocka_unit_test(test_parse_refuses),
+        cmocka_unit_test(test_round_trip),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
