@@ -115,8 +115,9 @@ static void answer(auth_ctx_t *ctx, bus_msg_t *msg, int rc, const auth_err_t *er
                    void *reply)
 {
     if (rc < 0) {
-        log_info("event=request_refused body=%s code=%u text=\"%s\"", codec_body_name(msg->env),
-                 err->code, err->text);
+        char text[2 * AUTH_ERR_TEXT_MAX + 8];
+        log_info("event=request_refused body=%s code=%u text=%s", codec_body_name(msg->env),
+                 err->code, log_quote(text, sizeof(text), err->text, strlen(err->text)));
         bus_server_error(ctx->server, &msg->peer, msg->env->request_id, err->code,
                          err->enhanced, "%s", err->text);
     } else {
@@ -227,7 +228,9 @@ int main(int argc, char **argv)
         .cache_max = (size_t)conf.cache_max,
     };
     if (auth_hash_params_check(&api_conf.scrypt, err, sizeof(err)) < 0) {
-        fprintf(stderr, "sendarix-auth: %s: auth: %s\n", conf_path(svc.conf), err);
+        char where[512];
+        fprintf(stderr, "sendarix-auth: %s: auth: %s\n",
+                conf_where(conf_group(svc.conf, "auth"), where, sizeof(where)), err);
         goto out;
     }
     const char *endpoint = service_endpoint(&svc, &svc.ep.auth);

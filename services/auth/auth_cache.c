@@ -1,7 +1,9 @@
 /*
  * auth_cache: a hash table of login keys with an age list. Keys are HMAC
  * outputs, already uniform, so their first bytes pick the bucket. The age
- * list is in insertion order: its head is the entry to evict first.
+ * list is in insertion order: its head is the entry to evict first. No
+ * locking and no timers: callers pass the time, and expiry is checked when
+ * an entry is met.
  */
 #include "auth_cache.h"
 #include "core/alloc.h"

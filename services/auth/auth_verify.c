@@ -6,7 +6,9 @@
  * checked against a dummy hash of the same cost, so neither the reply nor
  * its timing tells which usernames exist. Successful checks go into the
  * login cache; failures never do. Each check is logged (never the secret)
- * and each failure published as an auth_failed event.
+ * and each failure published as an auth_failed event. Not here: hashing
+ * passwords of new credentials (auth_api), threads (auth_worker), rate
+ * limits and lockouts.
  */
 #include "auth_api_int.h"
 #include "core/alloc.h"

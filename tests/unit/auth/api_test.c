@@ -453,6 +453,15 @@ static void test_verify_domain_resolution(void **state)
     assert_int_equal(r->n_domains, 1);
     assert_string_equal(r->domains[0], "z.test");
     auth_api_reply_free(r);
+
+    /* a tenant without domains: the login passes with an empty list */
+    fx_tenant(f, "bare");
+    fx_cred(f, "bare-user", "password-4", "bare", NULL, 0);
+    r = fx_verify(f, "bare-user", "password-4");
+    assert_true(r->ok);
+    assert_string_equal(r->tenant, "bare");
+    assert_int_equal(r->n_domains, 0);
+    auth_api_reply_free(r);
 }
 
 static void test_verify_cache(void **state)
