@@ -41,7 +41,9 @@ static const conf_field_t auth_conf_table[] = {
     F(cache_max, CONF_INT, "10000", 0, 1000000, "verified logins kept; the oldest goes first"),
     F(hash_threads, CONF_INT, "2", 0, AUTH_WORKER_THREADS_MAX,
       "threads that run password hashes; 0 runs them on the loop thread"),
-    F(hash_queue_max, CONF_INT, "1000", 1, 100000,
+    /* 64 waiting at ~7 hashes a second per thread (ln=15): a few seconds, inside ingress's
+     * auth_timeout, so no hash is spent on a login whose client has given up */
+    F(hash_queue_max, CONF_INT, "64", 1, 100000,
       "logins waiting for a hash before new ones get 454 (try later)"),
     {NULL},
 };
