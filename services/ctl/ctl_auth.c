@@ -43,6 +43,10 @@ int ctl_read_password(FILE *in, char *buf, size_t size, char *why, size_t whylen
         snprintf(why, whylen, "empty password refused");
         return -1;
     }
+    if (n > size - 2) {
+        snprintf(why, whylen, "password longer than %zu bytes", size - 2);
+        return -1;
+    }
     return 0;
 }
 
