@@ -218,8 +218,11 @@ static int perr(parse_ctx_t *cx, const config_setting_t *s, const char *key, con
     va_start(ap, fmt);
     vsnprintf(reason, sizeof(reason), fmt, ap);
     va_end(ap);
-    snprintf(cx->err, cx->errlen, "routes[%d]%s%s: %s (at %s)", cx->index, key ? "." : "",
-             key ? key : "", reason, conf_where(s, where, sizeof(where)));
+    conf_where(s, where, sizeof(where));
+    /* text read from a string has no file name: the line alone then */
+    int nofile = strncmp(where, "?:", 2) == 0;
+    snprintf(cx->err, cx->errlen, "routes[%d]%s%s: %s (at %s%s)", cx->index, key ? "." : "",
+             key ? key : "", reason, nofile ? "line " : "", nofile ? where + 2 : where);
     return -1;
 }
 

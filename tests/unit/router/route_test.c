@@ -1,0 +1,268 @@
+/*
+ * route_test: the router's route table: a good config loads with its
+ * defaults and its wire form; each refusal (no routes, duplicate names, bad
+ * host:port, unknown kind or tls, credentials over plaintext, unknown
+ * settings) stops the load with a message naming the route, the setting and
+ * the line; matching takes the first route whose conditions all hold.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "core/conf.h"
+#include "router_route.h"
+
+typedef struct conf {
+    route_table_t *routes;
+} conf_t;
+
+static const conf_field_t table[] = {
+    {"routes", CONF_CUSTOM, offsetof(conf_t, routes), NULL, 0, 0, 0, route_table_parse,
+     route_table_release, "routes"},
+    {NULL},
+};
+
+/* Load "router = { <body> };"; returns the table or NULL with err filled. */
+static route_table_t *load(const char *body, char *err, size_t errlen)
+{
+    char text[4096];
+    snprintf(text, sizeof(text), "router = {\n%s\n};\n", body);
+    conf_file_t *cf = conf_open_string("test.conf", text, err, errlen);
+    if (cf == NULL)
+        return NULL;
+    conf_t c = {0};
+    int rc = conf_section(cf, "router", table, &c, err, errlen);
+    conf_close(&cf);
+    return rc == 0 ? c.routes : NULL;
+}
+
+static void test_good_config(void **state)
+{
+    (void)state;
+    char err[1024] = "";
+    route_table_t *t = load(
+        "routes = (\n"
+        "  { name = \"ses\"; kind = \"smarthost\"; endpoints = [ \"smtp.example.net:587\", "
+        "\"[::1]:2525\", \"192.0.2.7:25\" ];\n"
+        "    tls = \"required\"; auth_username = \"u\"; auth_password = \"p\"; helo = \"out.example.test\";\n"
+        "    match = { sender_domains = [ \"Example.TEST\" ]; tenants = \"acme\"; }; },\n"
+        "  { name = \"mx\"; kind = \"mx\"; },\n"
+        "  { name = \"default\"; endpoints = \"127.0.0.1:2526\"; }\n"
+        ");",
+        err, sizeof(err));
+    assert_non_null(t);
+    assert_int_equal(route_table_count(t), 3);
+
+    const route_t *r = route_table_get(t, 0);
+    assert_string_equal(route_name(r), "ses");
+    assert_int_equal(route_kind(r), ROUTE_SMARTHOST);
+    assert_int_equal(route_tls(r), ROUTE_TLS_REQUIRED);
+    assert_int_equal(route_endpoint_count(r), 3);
+    char ep[300];
+    assert_string_equal(route_endpoint_text(r, 1, ep, sizeof(ep)), "[::1]:2525");
+    PB(DeliveryRoute) *pb = route_pb(r);
+    assert_string_equal(pb->name, "ses");
+    assert_string_equal(pb->tls, "required");
+    assert_string_equal(pb->auth_username, "u");
+    assert_string_equal(pb->auth_password, "p");
+    assert_string_equal(pb->helo, "out.example.test");
+    assert_int_equal(pb->n_endpoints, 3);
+    assert_string_equal(pb->endpoints[0]->host, "smtp.example.net");
+    assert_int_equal(pb->endpoints[0]->port, 587);
+    assert_string_equal(pb->endpoints[1]->host, "::1");
+
+    r = route_table_get(t, 1);
+    assert_int_equal(route_kind(r), ROUTE_MX);
+    assert_int_equal(route_pb(r)->kind, SENDARIX__V1__DELIVERY_ROUTE__KIND__MX);
+    assert_int_equal(route_endpoint_count(r), 0);
+
+    r = route_table_get(t, 2);
+    assert_int_equal(route_tls(r), ROUTE_TLS_OPPORTUNISTIC); /* the default */
+    assert_string_equal(route_pb(r)->tls, "opportunistic");
+    assert_string_equal(route_pb(r)->auth_username, "");
+    assert_null(route_table_get(t, 3));
+    route_table_destroy(&t);
+    assert_null(t);
+    route_table_destroy(&t); /* twice is safe */
+}
+
+typedef struct refusal {
+    const char *body;
+    const char *needle1;
+    const char *needle2;
+} refusal_t;
+
+static const refusal_t refusals[] = {
+    {"", "at least one route", "router.routes"},
+    {"routes = ();", "at least one route", "test.conf:2"},
+    {"routes = { name = \"a\"; };", "expected a list", NULL},
+    {"routes = (\n { name = \"a\"; endpoints = [\"127.0.0.1:25\"]; },\n"
+     " { name = \"a\"; endpoints = [\"127.0.0.1:26\"]; }\n);",
+     "routes[2].name", "already the name of routes[1]"},
+    {"routes = (\n { name = \"a\"; endpoints = [\"127.0.0.1:25\"]; },\n"
+     " { name = \"b\";\n   endpoints = [\"127.0.0.1\"]; }\n);",
+     "routes[2].endpoints", "(at line 5)"},
+    {"routes = ( { name = \"a\"; endpoints = [\"127.0.0.1:0\"]; } );", "routes[1].endpoints",
+     "1..65535"},
+    {"routes = ( { name = \"a\"; endpoints = [\"127.0.0.1:99999\"]; } );", "routes[1].endpoints",
+     NULL},
+    {"routes = ( { name = \"a\"; endpoints = [\"::1:25\"]; } );", "[addr]:port", NULL},
+    {"routes = ( { name = \"a\"; endpoints = [\"[example.org]:25\"]; } );", "brackets", NULL},
+    {"routes = ( { name = \"a\"; endpoints = [\"bad_host!:25\"]; } );",
+     "neither an IP address nor a host name", NULL},
+    {"routes = ( { name = \"a\"; endpoints = [\"host:25x\"]; } );", "port", NULL},
+    {"routes = ( { name = \"a\"; endpoints = []; } );", "at least one endpoint", NULL},
+    {"routes = ( { name = \"a\"; } );", "at least one endpoint", NULL},
+    {"routes = ( { name = \"a\"; kind = \"lmtp\"; endpoints = [\"h:25\"]; } );",
+     "routes[1].kind", "\"smarthost\" or \"mx\""},
+    {"routes = ( { name = \"a\"; tls = \"maybe\"; endpoints = [\"h:25\"]; } );",
+     "routes[1].tls", "\"none\", \"opportunistic\" or \"required\""},
+    {"routes = ( { name = \"a\"; tls = \"none\"; auth_username = \"u\"; auth_password = \"p\"; "
+     "endpoints = [\"h:25\"]; } );",
+     "routes[1].tls", "credentials never cross plaintext"},
+    {"routes = ( { name = \"a\"; auth_username = \"u\"; endpoints = [\"h:25\"]; } );",
+     "auth_password", "go together"},
+    {"routes = ( { endpoints = [\"h:25\"]; } );", "routes[1].name", "needs a name"},
+    {"routes = ( { name = \"a\"; endpoint = [\"h:25\"]; } );", "routes[1].endpoint",
+     "unknown setting"},
+    {"routes = ( { name = \"a\"; endpoints = [\"h:25\"]; match = { domains = [\"x\"]; }; } );",
+     "routes[1].match.domains", "unknown setting"},
+    {"routes = ( { name = \"a\"; endpoints = [\"h:25\"]; "
+     "match = { recipient_domains = [\"not a domain\"]; }; } );",
+     "match.recipient_domains", "not a domain"},
+    {"routes = ( { name = \"a\"; endpoints = [\"h:25\"]; helo = \"no spaces\"; } );",
+     "routes[1].helo", NULL},
+};
+
+static void test_refusals(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(refusals) / sizeof(refusals[0]); i++) {
+        char err[1024] = "";
+        route_table_t *t = load(refusals[i].body, err, sizeof(err));
+        if (t != NULL)
+            fail_msg("case %zu loaded: %s", i, refusals[i].body);
+        if (strstr(err, refusals[i].needle1) == NULL ||
+            (refusals[i].needle2 && strstr(err, refusals[i].needle2) == NULL))
+            fail_msg("case %zu: message \"%s\" lacks \"%s\" / \"%s\"", i, err,
+                     refusals[i].needle1, refusals[i].needle2 ? refusals[i].needle2 : "");
+        /* conf puts the file and line in front of every error */
+        if (strncmp(err, "test.conf:", 10) != 0)
+            fail_msg("case %zu: message \"%s\" does not start with the file", i, err);
+    }
+}
+
+static void test_hostport(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *text;
+        int ok;
+        const char *host;
+        unsigned port;
+    } cases[] = {
+        {"127.0.0.1:25", 1, "127.0.0.1", 25},
+        {"[2001:db8::1]:587", 1, "2001:db8::1", 587},
+        {"smtp.example.net:2525", 1, "smtp.example.net", 2525},
+        {"localhost:1", 1, "localhost", 1},
+        {"localhost:65535", 1, "localhost", 65535},
+        {"localhost:65536", 0, NULL, 0},
+        {"localhost:", 0, NULL, 0},
+        {":25", 0, NULL, 0},
+        {"localhost", 0, NULL, 0},
+        {"[::1]25", 0, NULL, 0},
+        {"[::1:25", 0, NULL, 0},
+        {"2001:db8::1:25", 0, NULL, 0},
+        {"host name:25", 0, NULL, 0},
+        {"localhost:-1", 0, NULL, 0},
+        {"localhost:+25", 0, NULL, 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char host[256] = "", why[256] = "";
+        unsigned port = 0;
+        int rc = route_parse_hostport(cases[i].text, host, sizeof(host), &port, why, sizeof(why));
+        if ((rc == 0) != cases[i].ok)
+            fail_msg("\"%s\": rc %d (%s)", cases[i].text, rc, why);
+        if (cases[i].ok) {
+            assert_string_equal(host, cases[i].host);
+            assert_int_equal(port, cases[i].port);
+        } else {
+            assert_true(why[0] != '\0');
+        }
+    }
+}
+
+static void test_matching(void **state)
+{
+    (void)state;
+    char err[1024] = "";
+    route_table_t *t = load(
+        "routes = (\n"
+        "  { name = \"acme-gmail\"; endpoints = [\"h1:25\"];\n"
+        "    match = { recipient_domains = [\"gmail.com\", \"*.google.com\"]; tenants = [\"acme\"]; }; },\n"
+        "  { name = \"from-news\"; endpoints = [\"h2:25\"];\n"
+        "    match = { sender_domains = [\"news.example.test\"]; }; },\n"
+        "  { name = \"gmail\"; endpoints = [\"h3:25\"]; match = { recipient_domains = \"gmail.com\"; }; },\n"
+        "  { name = \"default\"; endpoints = [\"h4:25\"]; match = { }; },\n"
+        "  { name = \"never\"; endpoints = [\"h5:25\"]; }\n"
+        ");",
+        err, sizeof(err));
+    if (t == NULL)
+        fail_msg("%s", err);
+    static const struct {
+        const char *rcpt_domain, *sender, *tenant, *route;
+    } cases[] = {
+        {"gmail.com", "a@x.test", "acme", "acme-gmail"},
+        {"GMail.COM", "a@x.test", "ACME", "acme-gmail"},       /* no case */
+        {"mail.google.com", "a@x.test", "acme", "acme-gmail"}, /* wildcard below */
+        {"google.com", "a@x.test", "acme", "default"},         /* not the apex */
+        {"gmail.com", "a@x.test", "other", "gmail"},           /* every condition must hold */
+        {"gmail.com", "a@news.example.test", "other", "from-news"}, /* first match wins */
+        {"gmail.com", "a@news.example.test", "acme", "acme-gmail"},
+        {"example.org", "", "", "default"},                    /* null sender */
+        {"example.org", "a@sub.news.example.test", "", "default"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const route_t *r = route_match(t, cases[i].rcpt_domain,
+                                       route_sender_domain(cases[i].sender), cases[i].tenant);
+        assert_non_null(r);
+        if (strcmp(route_name(r), cases[i].route) != 0)
+            fail_msg("case %zu (%s, %s, %s): got %s, want %s", i, cases[i].rcpt_domain,
+                     cases[i].sender, cases[i].tenant, route_name(r), cases[i].route);
+    }
+    route_table_destroy(&t);
+
+    /* without a catch-all, an unmatched job has no route */
+    t = load("routes = ( { name = \"only\"; endpoints = [\"h:25\"]; "
+             "match = { recipient_domains = [\"a.example\"]; }; } );",
+             err, sizeof(err));
+    assert_non_null(t);
+    assert_null(route_match(t, "b.example", "", ""));
+    assert_non_null(route_match(t, "a.example", "", ""));
+    route_table_destroy(&t);
+}
+
+static void test_sender_domain(void **state)
+{
+    (void)state;
+    assert_string_equal(route_sender_domain("a@b.example"), "b.example");
+    assert_string_equal(route_sender_domain("\"a@x\"@b.example"), "b.example");
+    assert_string_equal(route_sender_domain(""), "");
+    assert_string_equal(route_sender_domain(NULL), "");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_good_config), cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_hostport),    cmocka_unit_test(test_matching),
+        cmocka_unit_test(test_sender_domain),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
