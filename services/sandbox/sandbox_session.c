@@ -26,6 +26,7 @@
 #include "net/conn.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,12 +36,13 @@
 #define SESSION_IN_LIMIT      (64u << 10)  /* unread input kept per client */
 #define SESSION_OUT_MAX       (256u << 10) /* unread replies: stop taking commands */
 #define SESSION_DRAIN_POLL_MS 50
-#define SESSION_FEED_MAX      (64u << 10)  /* message octets handled per step */
+#define SESSION_FEED_MAX      (16u << 10)  /* message octets handled per step */
 #define SESSION_BODY_LIMIT    (2 * SESSION_FEED_MAX)
 #define SESSION_RCPT_MAX      1000
 #define SESSION_REPLY_MAX     1024
 #define SESSION_HELO_SHOWN    64           /* octets of the client's name echoed back */
 #define SESSION_LOG_VALUE_MAX 600
+#define SESSION_WATCH_MS      100          /* liveness checks while a reply is held */
 
 typedef enum {
     SESSION_INIT = 0, /* greeted, no HELO/EHLO yet */
@@ -100,7 +102,7 @@ struct session {
     int holding;
     after_t after;
 
-    loop_timer_t slow_timer, drain_timer, idle_timer, reap_timer;
+    loop_timer_t slow_timer, drain_timer, idle_timer, reap_timer, watch_timer;
     int closed;
     const char *close_reason;
     uint64_t started;
@@ -149,7 +151,7 @@ static void txn_reset(session_t *s)
         free(t->rcpts[i]);
     free(t->rcpts);
     memset(t, 0, sizeof(*t));
-    buf_reset(&s->body);
+    buf_free(&s->body); /* an idle session keeps no message buffer */
     if (s->state == SESSION_MAIL || s->state == SESSION_RCPT || s->state == SESSION_DATA ||
         s->state == SESSION_BDAT)
         session_enter(s, s->helo ? SESSION_READY : SESSION_INIT);
@@ -216,6 +218,7 @@ static void session_reply(session_t *s, after_t after, const char *fmt, ...)
         buf_append(&s->held, line, (size_t)n);
         s->holding = 1;
         loop_timer_start(s->ctx->loop, &s->slow_timer, s->ctx->slow_delay_ms);
+        loop_timer_start(s->ctx->loop, &s->watch_timer, SESSION_WATCH_MS);
         return;
     }
     if (conn_write(s->conn, line, (size_t)n) < 0) {
@@ -231,6 +234,7 @@ static void on_slow_timer(loop_t *loop, void *arg)
 {
     session_t *s = arg;
     s->holding = 0;
+    loop_timer_stop(loop, &s->watch_timer);
     if (s->closed)
         return;
     if (buf_used(&s->held) > 0 && conn_write(s->conn, buf_head(&s->held), buf_used(&s->held)) < 0) {
@@ -245,6 +249,26 @@ static void on_slow_timer(loop_t *loop, void *arg)
     session_process(s);
     if (!s->closed)
         conn_read_pause(s->conn, 0); /* input was consumed outside a conn callback */
+}
+
+/*
+ * While a reply is held, nothing is read, and once conn's input is full it
+ * watches the socket for nothing at all; a reset from the peer then shows
+ * only as EPOLLERR/EPOLLHUP, which conn does not act on when it is not
+ * reading. So look at the socket ourselves and end the session.
+ */
+static void on_watch_timer(loop_t *loop, void *arg)
+{
+    session_t *s = arg;
+    if (s->closed || !s->holding)
+        return;
+    struct pollfd p = {.fd = conn_fd(s->conn), .events = 0};
+    if (poll(&p, 1, 0) > 0 && (p.revents & (POLLERR | POLLHUP | POLLNVAL))) {
+        log_debug("sid=%s event=peer_gone_while_held revents=0x%x", s->sid, (unsigned)p.revents);
+        session_end(s, "peer_reset");
+        return;
+    }
+    loop_timer_start(loop, &s->watch_timer, SESSION_WATCH_MS);
 }
 
 /* Replies piled up unread: look again until the client has taken them. */
@@ -983,6 +1007,7 @@ static void session_free(session_t *s)
     loop_timer_stop(ctx->loop, &s->drain_timer);
     loop_timer_stop(ctx->loop, &s->idle_timer);
     loop_timer_stop(ctx->loop, &s->reap_timer);
+    loop_timer_stop(ctx->loop, &s->watch_timer);
     conn_destroy(&s->conn);
     txn_reset(s);
     buf_free(&s->body);
@@ -1018,6 +1043,7 @@ static void session_end(session_t *s, const char *reason)
     loop_timer_stop(ctx->loop, &s->slow_timer);
     loop_timer_stop(ctx->loop, &s->drain_timer);
     loop_timer_stop(ctx->loop, &s->idle_timer);
+    loop_timer_stop(ctx->loop, &s->watch_timer);
     log_info("sid=%s event=disconnect reason=%s state=%s messages=%u duration_ms=%llu", s->sid,
              s->close_reason, state_names[s->state], s->messages,
              (unsigned long long)(loop_now(ctx->loop) - s->started));
@@ -1059,6 +1085,7 @@ session_t *session_start(session_ctx_t *ctx, int fd, const sock_addr_t *peer,
     loop_timer_init(&s->drain_timer, on_drain_timer, s);
     loop_timer_init(&s->idle_timer, on_idle_timer, s);
     loop_timer_init(&s->reap_timer, on_reap_timer, s);
+    loop_timer_init(&s->watch_timer, on_watch_timer, s);
     s->conn = conn_new(ctx->loop, fd, 0, SESSION_IN_LIMIT, &session_handlers, s);
     if (s->conn == NULL) {
         log_warn("sid=%s event=connect_failed peer=%s err=\"%s\"", s->sid, s->peer,
