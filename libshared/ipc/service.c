@@ -175,7 +175,17 @@ const char *service_endpoint(const service_t *svc, const conf_strlist_t *list)
 
 const char *service_store_dir(service_t *svc, char *buf, size_t size)
 {
-    mkdir(svc->relay.state_dir, 0750);
+    /* mkdir -p state_dir; the store itself makes the last level */
+    char path[512];
+    snprintf(path, sizeof(path), "%s", svc->relay.state_dir);
+    for (char *p = path + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            mkdir(path, 0750);
+            *p = '/';
+        }
+    }
+    mkdir(path, 0750);
     snprintf(buf, size, "%s/%s-%s", svc->relay.state_dir, svc->name, svc->instance);
     return buf;
 }
