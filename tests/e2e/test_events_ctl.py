@@ -351,3 +351,25 @@ def test_pushed_events_are_searchable_and_survive_restart(make_relay):
 def msg_status(code, enhanced, text):
     from buslib import msg  # noqa: E402
     return msg("Status", code=code, enhanced=enhanced, text=text)
+
+
+def test_retention_sweep_removes_old_events(make_relay):
+    def edit(text):
+        return text.replace("events = {", 'events = {\n  retention = "1m";\n  sweep_interval = "1s";')
+    r = make_relay(config_edit=edit)
+    r.start(["events"])
+    now = int(time.time() * 1000)
+    mid = "0e2etest00000000ret1"
+    push_events(r, [
+        dict(id="old1", at_ms=now - 300000, type="queued", message_id=mid),
+        dict(id="old2", at_ms=now - 120000, type="deferred", message_id=mid),
+        dict(id="new1", at_ms=now, type="delivered", message_id=mid),
+    ])
+
+    def swept():
+        ids = [e["id"] for e in r.ctl("log", "search", "--id", mid)["events"]]
+        return ids if ids == ["new1"] else None
+    wait_for(swept, timeout=10, what="old events swept")
+    code, _, body = curl(r, "/metrics")
+    assert re.search(r"^sendarix_events_stored 1$", body, re.M)
+    assert "event=sweep deleted=" in r.log("events")
