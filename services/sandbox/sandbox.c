@@ -19,6 +19,7 @@
 #include "sandbox_maildir.h"
 #include "sandbox_server.h"
 
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -138,6 +139,36 @@ static void raise_fd_limit(long long max_connections)
                  (unsigned long long)want);
 }
 
+/* What SIGHUP needs to load the certificate again. */
+typedef struct reload {
+    const sandbox_conf_t *conf;
+    sandbox_server_t *srv;
+    SSL_CTX **tls;
+} reload_t;
+
+/* SIGHUP: read tls_cert and tls_key again; on failure keep serving with the old ones. */
+static void on_sighup(loop_t *loop, int signo, void *arg)
+{
+    (void)loop;
+    (void)signo;
+    reload_t *r = arg;
+    if (r->conf->tls_cert[0] == '\0') {
+        log_info("event=reload tls=none");
+        return;
+    }
+    char err[1024], q[1200];
+    SSL_CTX *fresh = tls_server_ctx(r->conf->tls_cert, r->conf->tls_key, err, sizeof(err));
+    if (fresh == NULL) {
+        log_error("event=tls_reload_failed err=%s", log_quote(q, sizeof(q), err, strlen(err)));
+        return;
+    }
+    sandbox_server_set_tls(r->srv, fresh);
+    tls_ctx_free(r->tls); /* sessions in TLS hold their own reference */
+    *r->tls = fresh;
+    log_info("event=tls_reloaded cert=%s", log_quote(q, sizeof(q), r->conf->tls_cert,
+                                                     strlen(r->conf->tls_cert)));
+}
+
 int main(int argc, char **argv)
 {
     service_t svc;
@@ -201,6 +232,9 @@ int main(int argc, char **argv)
         goto out;
     }
     bus_set_stats(svc.bus, sandbox_server_stats, srv);
+    reload_t reload = {.conf = &conf, .srv = srv, .tls = &tls};
+    if (loop_signal_add(svc.loop, SIGHUP, on_sighup, &reload) < 0)
+        log_warn("event=sighup_unavailable");
     log_info("event=sandbox_ready maildir=%s hostname=%s slow_delay_ms=%llu "
              "max_message_size=%llu idle_timeout_ms=%llu control=%s",
              maildir_path(md), conf.hostname, (unsigned long long)conf.slow_delay,

@@ -6,6 +6,7 @@
 #include "sandbox_session.h"
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "core/id.h"
 #include "core/log.h"
 #include "ipc/bus.h"
 #include "net/sock.h"
@@ -36,7 +37,8 @@ struct sandbox_server {
 /* Turn a connection away without a session: at the connection limit. */
 static void refuse_busy(sandbox_server_t *srv, int fd, const sock_addr_t *peer)
 {
-    char line[512], ip[SOCK_ADDR_MAX];
+    char line[512], ip[SOCK_ADDR_MAX], sid[17];
+    id_session(sid);
     int n = snprintf(line, sizeof(line),
                      "421 4.3.2 %s Error: too many connections, try again later\r\n",
                      srv->hostname);
@@ -45,7 +47,7 @@ static void refuse_busy(sandbox_server_t *srv, int fd, const sock_addr_t *peer)
         log_debug("event=refuse_send_failed err=\"%s\"", strerror(errno));
     close(fd);
     srv->refused_busy++;
-    log_warn("event=connection_refused reason=max_connections peer=%s:%u limit=%zu",
+    log_warn("sid=%s event=connection_refused reason=max_connections peer=%s:%u limit=%zu", sid,
              sock_addr_ip(peer, ip, sizeof(ip)), sock_addr_port(peer), srv->max_connections);
 }
 
@@ -137,6 +139,11 @@ void sandbox_server_destroy(sandbox_server_t **p)
     session_close_all(&srv->ctx);
     free(srv);
     *p = NULL;
+}
+
+void sandbox_server_set_tls(sandbox_server_t *srv, SSL_CTX *tls)
+{
+    srv->ctx.tls = tls;
 }
 
 int sandbox_server_fail_set(sandbox_server_t *srv, unsigned code, uint64_t seconds,

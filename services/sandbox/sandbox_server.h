@@ -36,6 +36,12 @@ sandbox_server_t *sandbox_server_new(loop_t *loop, const sandbox_opts_t *opts, c
 void sandbox_server_destroy(sandbox_server_t **srv);
 
 /*
+ * Use tls for STARTTLS from now on (borrowed; NULL stops offering it).
+ * Sessions already in TLS keep the context they started with.
+ */
+void sandbox_server_set_tls(sandbox_server_t *srv, SSL_CTX *tls);
+
+/*
  * Set the fail mode for new connections (see sandbox_fail.h for the rules).
  * 0 and the wall-clock end in *until_wall_ms (0 when cleared); -1 with a
  * reason in err when the request is invalid.

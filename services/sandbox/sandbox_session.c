@@ -1115,7 +1115,7 @@ session_t *session_start(session_ctx_t *ctx, int fd, const sock_addr_t *peer,
     if (fail_code) {
         s->fail_code = fail_code;
         snprintf(s->fail_text, sizeof(s->fail_text), "%s", text);
-        log_info("sid=%s event=fail_mode code=%u at=rcpt", s->sid, fail_code);
+        log_info("sid=%s event=fail_applied mode=fail_mode code=%u at=rcpt", s->sid, fail_code);
     }
     session_reply(s, AFTER_NONE, "220 %s ESMTP Sendarix sandbox", ctx->hostname);
     return s;

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import smtplib
 import socket
 import ssl
@@ -315,6 +316,31 @@ def test_starttls_discards_pipelined_plaintext(make_relay):
     assert code == 250 and b"STARTTLS" not in b"\n".join(lines)
     expect(c.cmd(b"MAIL FROM:<a@example.test>\r\n"), 250, "2.1.0")
     expect(c.cmd(b"STARTTLS\r\n"), 503, "5.5.1")
+
+
+def test_sighup_reloads_the_certificate(make_relay):
+    r = start_sandbox(make_relay)
+    proc = r.procs["sandbox-1"]
+
+    def tls_works():
+        c = greet(r.sandbox)
+        expect(c.cmd(b"STARTTLS\r\n"), 220, "2.0.0")
+        c.starttls()
+        assert c.cmd(b"EHLO client.test\r\n")[0] == 250
+        c.close()
+
+    proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "event=tls_reloaded" in r.log("sandbox"), timeout=5, what="tls_reloaded")
+    assert proc.poll() is None
+    tls_works()
+    # a broken certificate on disk: refused, the old one stays in use
+    with open(r.cert, "w") as f:
+        f.write("not a certificate\n")
+    proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "event=tls_reload_failed" in r.log("sandbox"), timeout=5,
+             what="tls_reload_failed")
+    assert proc.poll() is None
+    tls_works()
 
 
 def test_bdat_chunks_are_never_commands(make_relay):
@@ -719,3 +745,25 @@ def test_fail_mode_through_sendarixctl(make_relay):
     p = r.ctl_run("sandbox", "fail", "--code", "499", "--seconds", "5")
     assert p.returncode == 1, (p.stdout, p.stderr)
     assert "499" in p.stdout + p.stderr
+
+
+def test_many_clients_at_once_and_a_large_message(make_relay):
+    import concurrent.futures
+    r = start_sandbox(make_relay)
+    big = b"Subject: big\r\n\r\n" + b"".join(
+        b"%07d " % i + bytes((i * 7 + j) % 94 + 33 for j in range(70)) + b"\r\n"
+        for i in range(80000))  # about 6 MB
+
+    def send(i):
+        with smtplib.SMTP("127.0.0.1", r.sandbox, timeout=30) as s:
+            s.sendmail("a@example.test", ["c%d@example.org" % i],
+                       big if i == 0 else b"Subject: %d\r\n\r\nbody %d\r\n" % (i, i))
+        return i
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=60) as ex:
+        assert sorted(ex.map(send, range(120))) == list(range(120))
+    files = r.wait_maildir(120)
+    assert len(files) == 120
+    by_rcpt = {data.split(b"\r\n", 2)[1]: data for _, data in files}
+    assert by_rcpt[b"Delivered-To: c0@example.org"].split(b"\r\n", 2)[2] == big
+    assert by_rcpt[b"Delivered-To: c77@example.org"].endswith(b"\r\n\r\nbody 77\r\n")
