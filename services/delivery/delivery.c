@@ -21,6 +21,7 @@
 #include <string.h>
 
 #define DELIVERY_HEARTBEAT_MS 1000
+#define DELIVERY_HEARTBEAT_RETRY_MS 200
 #define DELIVERY_ROUTERS_MAX  16
 
 typedef struct delivery_conf {
@@ -71,6 +72,7 @@ struct delivery {
     bus_client_t *routers[DELIVERY_ROUTERS_MAX];
     size_t nrouters;
     size_t running_by[DELIVERY_ROUTERS_MAX];
+    int router_up[DELIVERY_ROUTERS_MAX]; /* the last heartbeat went out */
     size_t running;
     work_t *works;           /* every task, running or not */
     work_t *wait_head;       /* FIFO of tasks beyond the slots */
@@ -237,10 +239,18 @@ static void heartbeat(loop_t *loop, void *arg)
         sx_env_t env = PB_INIT(ENVELOPE);
         env.body_case = PB_BODY(DELIVERY_WORKER_READY);
         env.delivery_worker_ready = &ready;
-        if (bus_client_send(dl->routers[i], 0, &env, NULL) < 0)
-            log_debug("event=heartbeat_unsent router=%s", bus_client_endpoint(dl->routers[i]));
+        int ok = bus_client_send(dl->routers[i], 0, &env, NULL) == 0;
+        if (ok != dl->router_up[i])
+            log_info("event=router_%s router=%s", ok ? "up" : "down",
+                     bus_client_endpoint(dl->routers[i]));
+        dl->router_up[i] = ok;
     }
-    loop_timer_start(loop, &dl->heartbeat, DELIVERY_HEARTBEAT_MS);
+    /* a router not reached yet is tried again soon, so a new worker is used at once */
+    size_t up = 0;
+    for (size_t i = 0; i < dl->nrouters; i++)
+        up += dl->router_up[i] != 0;
+    loop_timer_start(loop, &dl->heartbeat,
+                     up == dl->nrouters ? DELIVERY_HEARTBEAT_MS : DELIVERY_HEARTBEAT_RETRY_MS);
 }
 
 static void on_control(bus_server_t *srv, bus_msg_t *msg, void *arg)
@@ -262,7 +272,7 @@ static void delivery_stats(PB(ServicePong) * pong, void *arg)
     bus_pong_stat(pong, "results_lost", "%" PRIu64, dl->results_lost);
     size_t up = 0;
     for (size_t i = 0; i < dl->nrouters; i++)
-        up += bus_client_up(dl->routers[i]);
+        up += dl->router_up[i] != 0;
     bus_pong_stat(pong, "routers_up", "%zu/%zu", up, dl->nrouters);
 }
 
