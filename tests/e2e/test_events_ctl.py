@@ -373,3 +373,29 @@ def test_retention_sweep_removes_old_events(make_relay):
     code, _, body = curl(r, "/metrics")
     assert re.search(r"^sendarix_events_stored 1$", body, re.M)
     assert "event=sweep deleted=" in r.log("events")
+
+
+def test_sandbox_fail_and_clear(make_relay):
+    if not have("sendarix-sandbox"):
+        pytest.skip("sendarix-sandbox is not built")
+    import smtplib
+    r = make_relay()
+    r.start(["events", "sandbox"])
+    doc = r.ctl("sandbox", "fail", "--code", "421", "--seconds", "30", "--text", "drill")
+    assert doc["code"] == 421
+    assert doc["sandboxes"][0]["code"] == 421
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", doc["sandboxes"][0]["until"])
+
+    def greeting():
+        try:
+            with smtplib.SMTP("127.0.0.1", r.sandbox, timeout=5) as s:
+                return s.noop()[0]
+        except smtplib.SMTPConnectError as e:
+            return e.smtp_code
+        except smtplib.SMTPServerDisconnected:
+            return "disconnected"
+    assert greeting() == 421
+
+    text = r.ctl_run("sandbox", "fail", "--code", "0", json_out=False)
+    assert text.returncode == 0 and "cleared" in text.stdout
+    assert greeting() == 250
