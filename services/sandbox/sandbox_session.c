@@ -305,6 +305,8 @@ static void on_idle_timer(loop_t *loop, void *arg)
     s->close_reason = "idle_timeout";
     conn_printf(s->conn, "421 4.4.2 %s Error: timeout exceeded, closing connection\r\n",
                 s->ctx->hostname);
+    if (s->closed)
+        return; /* the write found the peer gone */
     session_enter(s, SESSION_CLOSING);
     /* a client that does not even read this is cut off at the next expiry */
     loop_timer_start(loop, &s->idle_timer, s->ctx->idle_timeout_ms);
