@@ -642,7 +642,13 @@ static void handle_reply(session_t *s)
             }
             pump_body(s);
         } else {
-            rcpts_settle(s, RCPT_ACCEPTED, &s->last);
+            /* only a 4xx or 5xx refuses DATA; anything else is out of step and never
+             * "delivered", since no body went */
+            dlv_reply_t r = s->last;
+            if (cls != 4 && cls != 5)
+                dlv_reply_set(&r, 451, "4.4.2", "unexpected DATA reply from %s: %u %s",
+                              s->p.host, s->last.code, s->last.text);
+            rcpts_settle(s, RCPT_ACCEPTED, &r);
             s->dirty = 1;
             txn_done(s, 0);
         }

@@ -1,0 +1,449 @@
+/*
+ * session_test: the SMTP client state machine against a scripted server in
+ * the same loop (on 127.0.0.1): MAIL and RCPTs leave in one write when
+ * PIPELINING is offered and one at a time when not; HELO follows a 5xx to
+ * EHLO; a 421 greeting fails the session before any transaction; required
+ * TLS without STARTTLS never sends MAIL; no accepted recipient means no
+ * DATA; the body arrives dot-stuffed; a silent server times out with 4.4.2;
+ * SMTPUTF8 mail to a server without it bounces without MAIL; a 2xx to DATA
+ * is never taken for delivery.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "core/buf.h"
+#include "core/loop.h"
+#include "delivery_session.h"
+#include "net/conn.h"
+#include "net/sock.h"
+
+/* One step of the script: when a line starting with expect arrives, send reply. */
+typedef struct step {
+    const char *expect; /* "." stands for the end of data */
+    const char *reply;  /* NULL: say nothing */
+} step_t;
+
+typedef struct server {
+    loop_t *loop;
+    int lfd;
+    unsigned port;
+    conn_t *conn;
+    const char *greeting;
+    const step_t *script;
+    size_t next;
+    int in_data;
+    buf_t seen;     /* every line received, CRLF kept */
+    buf_t data;     /* the raw DATA bytes */
+    int mail_chunk_had_rcpt;
+    int mismatch;
+} server_t;
+
+typedef struct result {
+    int ready, failed, done;
+    session_fail_t kind;
+    dlv_reply_t reply;
+} result_t;
+
+static server_t srv;
+static result_t res;
+static session_t *sess;
+static session_txn_t txn;
+static session_rcpt_t rcpts[4];
+
+static void srv_on_data(conn_t *c, void *arg)
+{
+    (void)arg;
+    buf_t *in = conn_in(c);
+    const char *chunk = buf_head(in);
+    size_t chunk_len = buf_used(in);
+    if (memmem(chunk, chunk_len, "MAIL FROM", 9) && memmem(chunk, chunk_len, "RCPT TO", 7))
+        srv.mail_chunk_had_rcpt = 1;
+    for (;;) {
+        if (srv.in_data) {
+            const char *end = memmem(buf_head(in), buf_used(in), "\r\n.\r\n", 5);
+            if (end == NULL)
+                return;
+            size_t n = (size_t)(end - buf_head(in)) + 5;
+            buf_append(&srv.data, buf_head(in), n);
+            buf_consume(in, n);
+            srv.in_data = 0;
+            buf_append_str(&srv.seen, ".\r\n");
+            const step_t *st = &srv.script[srv.next++];
+            if (strcmp(st->expect, ".") != 0)
+                srv.mismatch = 1;
+            if (st->reply)
+                conn_printf(c, "%s\r\n", st->reply);
+            continue;
+        }
+        long lf = buf_find_lf(in, 0);
+        if (lf < 0)
+            return;
+        char line[1200];
+        size_t n = (size_t)lf + 1;
+        snprintf(line, sizeof(line), "%.*s", (int)n, buf_head(in));
+        buf_consume(in, n);
+        buf_append_str(&srv.seen, line);
+        const step_t *st = &srv.script[srv.next];
+        if (st->expect == NULL || strncmp(line, st->expect, strlen(st->expect)) != 0) {
+            srv.mismatch = 1;
+            conn_printf(c, "500 5.5.1 unexpected\r\n");
+            continue;
+        }
+        srv.next++;
+        if (st->reply)
+            conn_printf(c, "%s\r\n", st->reply);
+        if (st->reply && strncmp(st->reply, "354", 3) == 0)
+            srv.in_data = 1;
+        if (st->reply && strncmp(st->reply, "221", 3) == 0)
+            conn_close_after_flush(c);
+    }
+}
+
+static void srv_on_close(conn_t *c, int err, void *arg)
+{
+    (void)c;
+    (void)err;
+    (void)arg;
+    conn_destroy(&srv.conn);
+}
+
+static const conn_handlers_t srv_handlers = {.on_data = srv_on_data, .on_close = srv_on_close};
+
+static void srv_accept(loop_t *loop, int fd, unsigned events, void *arg)
+{
+    (void)events;
+    (void)arg;
+    sock_addr_t peer;
+    int cfd = sock_accept(fd, &peer);
+    if (cfd < 0)
+        return;
+    srv.conn = conn_new(loop, cfd, 0, 0, &srv_handlers, NULL);
+    conn_printf(srv.conn, "%s\r\n", srv.greeting);
+}
+
+static void on_ready(session_t *s, void *arg)
+{
+    (void)arg;
+    res.ready = 1;
+    session_start(s, &txn);
+}
+
+static void on_failed(session_t *s, session_fail_t kind, const dlv_reply_t *r, void *arg)
+{
+    (void)arg;
+    res.failed = 1;
+    res.kind = kind;
+    res.reply = *r;
+    session_destroy(&sess);
+    (void)s;
+    loop_stop(srv.loop);
+}
+
+static void on_txn_done(session_t *s, void *arg)
+{
+    (void)s;
+    (void)arg;
+    res.done = 1;
+    session_quit(&sess);
+}
+
+static const session_handlers_t handlers = {
+    .on_ready = on_ready, .on_failed = on_failed, .on_txn_done = on_txn_done};
+
+static void give_up(loop_t *loop, void *arg)
+{
+    (void)arg;
+    loop_stop(loop);
+}
+
+/* After the transaction, wait for the QUIT exchange to end (the server closes). */
+static void poll_end(loop_t *loop, void *arg)
+{
+    loop_timer_t *t = arg;
+    if (res.failed || (res.done && srv.conn == NULL)) {
+        loop_stop(loop);
+        return;
+    }
+    loop_timer_start(loop, t, 5);
+}
+
+/* Run one session against the script; tls policy and body given. */
+static void run(const char *greeting, const step_t *script, tls_policy_t tls, const char *body,
+                size_t nrcpt, const char *const *addrs, int smtputf8, uint64_t cmd_timeout)
+{
+    memset(&srv, 0, sizeof(srv));
+    memset(&res, 0, sizeof(res));
+    memset(rcpts, 0, sizeof(rcpts));
+    srv.loop = loop_new();
+    srv.greeting = greeting;
+    srv.script = script;
+    buf_init(&srv.seen, 0);
+    buf_init(&srv.data, 0);
+    char err[128];
+    srv.lfd = sock_listen("127.0.0.1", 0, 16, err, sizeof(err));
+    assert_true(srv.lfd >= 0);
+    sock_addr_t local;
+    sock_local(srv.lfd, &local);
+    srv.port = sock_addr_port(&local);
+    loop_fd_add(srv.loop, srv.lfd, LOOP_READ, srv_accept, NULL);
+
+    for (size_t i = 0; i < nrcpt; i++)
+        rcpts[i].address = addrs[i];
+    memset(&txn, 0, sizeof(txn));
+    txn.mail_from = "a@example.test";
+    txn.smtputf8 = smtputf8;
+    txn.body = body;
+    txn.body_len = strlen(body);
+    txn.rcpts = rcpts;
+    txn.nrcpt = nrcpt;
+
+    session_params_t p;
+    memset(&p, 0, sizeof(p));
+    assert_int_equal(sock_addr_parse("127.0.0.1", srv.port, &p.addr), 0);
+    snprintf(p.host, sizeof(p.host), "127.0.0.1");
+    p.helo = "relay.example.test";
+    p.tls = tls;
+    p.connect_timeout_ms = 2000;
+    p.command_timeout_ms = cmd_timeout;
+    p.data_timeout_ms = cmd_timeout;
+    p.log_ids = "msg=test task=1";
+    sess = session_new(srv.loop, &p, &handlers, NULL);
+    assert_non_null(sess);
+
+    loop_timer_t guard, poll;
+    loop_timer_init(&guard, give_up, NULL);
+    loop_timer_start(srv.loop, &guard, 5000);
+    loop_timer_init(&poll, poll_end, &poll);
+    loop_timer_start(srv.loop, &poll, 5);
+    loop_run(srv.loop);
+    loop_timer_stop(srv.loop, &guard);
+    loop_timer_stop(srv.loop, &poll);
+    session_destroy(&sess);
+    conn_destroy(&srv.conn);
+    loop_fd_remove(srv.loop, srv.lfd);
+    close(srv.lfd);
+    buf_append(&srv.seen, "", 1); /* terminate for strstr */
+    buf_append(&srv.data, "", 1);
+}
+
+static void finish(void)
+{
+    buf_free(&srv.seen);
+    buf_free(&srv.data);
+    loop_destroy(&srv.loop);
+}
+
+static void test_pipelined_delivery(void **state)
+{
+    (void)state;
+    static const step_t script[] = {
+        {"EHLO relay.example.test", "250-mx\r\n250-PIPELINING\r\n250-SIZE 100000\r\n250 8BITMIME"},
+        {"MAIL FROM:<a@example.test> SIZE=", "250 2.1.0 ok"},
+        {"RCPT TO:<one@example.org>", "250 2.1.5 ok"},
+        {"RCPT TO:<two@example.org>", "550 5.1.1 no such user"},
+        {"DATA", "354 go"},
+        {".", "250 2.0.0 queued as X"},
+        {"QUIT", "221 bye"},
+        {NULL, NULL},
+    };
+    const char *addrs[] = {"one@example.org", "two@example.org"};
+    const char *body = "Subject: t\r\n\r\n.starts with a dot\r\n.\r\nend\r\n";
+    run("220 mx ESMTP", script, POLICY_TLS_OPPORTUNISTIC, body, 2, addrs, 0, 2000);
+    assert_true(res.ready);
+    assert_true(res.done);
+    assert_false(res.failed);
+    assert_false(srv.mismatch);
+    assert_true(srv.mail_chunk_had_rcpt); /* MAIL and RCPTs in one write */
+    assert_int_equal(rcpts[0].outcome, OUTCOME_DELIVERED);
+    assert_int_equal(rcpts[0].reply.code, 250);
+    assert_string_equal(rcpts[0].reply.text, "queued as X");
+    assert_int_equal(rcpts[1].outcome, OUTCOME_BOUNCED);
+    assert_string_equal(rcpts[1].reply.enhanced, "5.1.1");
+    assert_non_null(strstr(buf_head(&srv.seen), "SIZE=42"));
+    assert_string_equal(buf_head(&srv.data),
+                        "Subject: t\r\n\r\n..starts with a dot\r\n..\r\nend\r\n.\r\n");
+    assert_int_equal(srv.next, 7); /* QUIT was sent */
+    finish();
+}
+
+static void test_helo_fallback_no_pipelining(void **state)
+{
+    (void)state;
+    static const step_t script[] = {
+        {"EHLO", "502 5.5.1 what"},
+        {"HELO relay.example.test", "250 mx"},
+        {"MAIL FROM:<a@example.test>\r", "250 ok"},
+        {"RCPT TO:<one@example.org>", "451 4.3.0 try later"},
+        {"RCPT TO:<two@example.org>", "250 ok"},
+        {"DATA", "354 go"},
+        {".", "452 4.3.1 full"},
+        {"QUIT", "221 bye"},
+        {NULL, NULL},
+    };
+    const char *addrs[] = {"one@example.org", "two@example.org"};
+    run("220 mx", script, POLICY_TLS_OPPORTUNISTIC, "x\r\n", 2, addrs, 0, 2000);
+    assert_true(res.done);
+    assert_false(srv.mismatch);
+    assert_false(srv.mail_chunk_had_rcpt); /* one command at a time */
+    assert_int_equal(rcpts[0].outcome, OUTCOME_DEFERRED);
+    assert_int_equal(rcpts[0].reply.code, 451);
+    assert_int_equal(rcpts[1].outcome, OUTCOME_DEFERRED);
+    assert_int_equal(rcpts[1].reply.code, 452); /* the final reply applies to the accepted */
+    finish();
+}
+
+static void test_greeting_421(void **state)
+{
+    (void)state;
+    static const step_t script[] = {{NULL, NULL}};
+    const char *addrs[] = {"one@example.org"};
+    run("421 4.3.2 busy", script, POLICY_TLS_NONE, "x\r\n", 1, addrs, 0, 2000);
+    assert_true(res.failed);
+    assert_false(res.ready);
+    assert_int_equal(res.kind, SESSION_FAIL_REMOTE);
+    assert_int_equal(res.reply.code, 421);
+    assert_string_equal(res.reply.enhanced, "4.3.2");
+    finish();
+}
+
+static void test_required_tls_not_offered(void **state)
+{
+    (void)state;
+    static const step_t script[] = {
+        {"EHLO", "250-mx\r\n250 PIPELINING"},
+        {NULL, NULL},
+    };
+    const char *addrs[] = {"one@example.org"};
+    run("220 mx", script, POLICY_TLS_REQUIRED, "x\r\n", 1, addrs, 0, 2000);
+    assert_true(res.failed);
+    assert_int_equal(res.kind, SESSION_FAIL_TLS);
+    assert_int_equal(res.reply.code, 451);
+    assert_string_equal(res.reply.enhanced, "4.7.5");
+    assert_null(strstr(buf_head(&srv.seen), "MAIL"));
+    finish();
+}
+
+static void test_no_recipient_no_data(void **state)
+{
+    (void)state;
+    static const step_t script[] = {
+        {"EHLO", "250-mx\r\n250 PIPELINING"},
+        {"MAIL", "250 ok"},
+        {"RCPT", "550 5.1.1 no"},
+        {"QUIT", "221 bye"},
+        {NULL, NULL},
+    };
+    const char *addrs[] = {"one@example.org"};
+    run("220 mx", script, POLICY_TLS_NONE, "x\r\n", 1, addrs, 0, 2000);
+    assert_true(res.done);
+    assert_false(srv.mismatch);
+    assert_int_equal(rcpts[0].outcome, OUTCOME_BOUNCED);
+    assert_null(strstr(buf_head(&srv.seen), "DATA"));
+    finish();
+}
+
+static void test_mail_refused(void **state)
+{
+    (void)state;
+    static const step_t script[] = {
+        {"EHLO", "250-mx\r\n250 PIPELINING"},
+        {"MAIL", "553 5.7.1 sender refused"},
+        {"RCPT", "503 5.5.1 need MAIL"},
+        {"RCPT", "503 5.5.1 need MAIL"},
+        {"QUIT", "221 bye"},
+        {NULL, NULL},
+    };
+    const char *addrs[] = {"one@example.org", "two@example.org"};
+    run("220 mx", script, POLICY_TLS_NONE, "x\r\n", 2, addrs, 0, 2000);
+    assert_true(res.done);
+    for (size_t i = 0; i < 2; i++) {
+        /* the MAIL reply, not the 503s that follow it, is each recipient's outcome */
+        assert_int_equal(rcpts[i].outcome, OUTCOME_BOUNCED);
+        assert_int_equal(rcpts[i].reply.code, 553);
+    }
+    assert_null(strstr(buf_head(&srv.seen), "DATA"));
+    finish();
+}
+
+static void test_timeout_waiting_for_data_reply(void **state)
+{
+    (void)state;
+    static const step_t script[] = {
+        {"EHLO", "250 mx"},
+        {"MAIL", "250 ok"},
+        {"RCPT", "250 ok"},
+        {"DATA", NULL},
+        {NULL, NULL},
+    };
+    const char *addrs[] = {"one@example.org"};
+    run("220 mx", script, POLICY_TLS_NONE, "x\r\n", 1, addrs, 0, 200);
+    assert_true(res.done);
+    assert_int_equal(rcpts[0].outcome, OUTCOME_DEFERRED);
+    assert_int_equal(rcpts[0].reply.code, 451);
+    assert_string_equal(rcpts[0].reply.enhanced, "4.4.2");
+    assert_string_equal(rcpts[0].reply.text, "timeout waiting for DATA reply from 127.0.0.1");
+    finish();
+}
+
+static void test_smtputf8_not_offered(void **state)
+{
+    (void)state;
+    static const step_t script[] = {
+        {"EHLO", "250-mx\r\n250 8BITMIME"},
+        {"QUIT", "221 bye"},
+        {NULL, NULL},
+    };
+    const char *addrs[] = {"one@example.org"};
+    run("220 mx", script, POLICY_TLS_NONE, "x\r\n", 1, addrs, 1, 2000);
+    assert_true(res.done);
+    assert_int_equal(rcpts[0].outcome, OUTCOME_BOUNCED);
+    assert_int_equal(rcpts[0].reply.code, 550);
+    assert_string_equal(rcpts[0].reply.enhanced, "5.6.7");
+    assert_null(strstr(buf_head(&srv.seen), "MAIL"));
+    finish();
+}
+
+static void test_data_answered_out_of_step(void **state)
+{
+    (void)state;
+    static const step_t script[] = {
+        {"EHLO", "250 mx"},
+        {"MAIL", "250 ok"},
+        {"RCPT", "250 ok"},
+        {"DATA", "221 closing"}, /* the script closes after a 221 */
+        {NULL, NULL},
+    };
+    const char *addrs[] = {"one@example.org"};
+    run("220 mx", script, POLICY_TLS_NONE, "x\r\n", 1, addrs, 0, 2000);
+    assert_true(res.done);
+    /* a 2xx to DATA is not 354: the body never went, so never "delivered" */
+    assert_int_equal(rcpts[0].outcome, OUTCOME_DEFERRED);
+    assert_int_equal(rcpts[0].reply.code, 451);
+    assert_string_equal(rcpts[0].reply.enhanced, "4.4.2");
+    assert_non_null(strstr(rcpts[0].reply.text, "unexpected DATA reply"));
+    finish();
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_pipelined_delivery),
+        cmocka_unit_test(test_helo_fallback_no_pipelining),
+        cmocka_unit_test(test_greeting_421),
+        cmocka_unit_test(test_required_tls_not_offered),
+        cmocka_unit_test(test_no_recipient_no_data),
+        cmocka_unit_test(test_mail_refused),
+        cmocka_unit_test(test_timeout_waiting_for_data_reply),
+        cmocka_unit_test(test_smtputf8_not_offered),
+        cmocka_unit_test(test_data_answered_out_of_step),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
