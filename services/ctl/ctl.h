@@ -41,12 +41,12 @@ typedef int (*ctl_handler_fn)(ctl_t *ctl, const ctl_args_t *args);
 
 typedef struct ctl_command {
     const char *name;
-    const char *sub;        /* NULL: the command has no subcommand */
+    const char *sub; /* NULL: the command has no subcommand */
     ctl_handler_fn fn;
-    const char *arg;        /* the one positional argument ("<ID>"), or NULL */
+    const char *arg; /* the one positional argument ("<ID>"), or NULL */
     int arg_required;
     const ctl_opt_spec_t *opts; /* terminated by {NULL}; may be NULL */
-    const char *usage;      /* the options, as shown after "name sub arg" */
+    const char *usage;          /* the options, as shown after "name sub arg" */
     const char *summary;
 } ctl_command_t;
 
@@ -57,11 +57,11 @@ typedef struct ctl_opt_value {
 
 struct ctl_args {
     const ctl_command_t *cmd;
-    const char *name;  /* the command word as typed, once known */
-    const char *arg;   /* the positional argument, or NULL */
+    const char *name; /* the command word as typed, once known */
+    const char *arg;  /* the positional argument, or NULL */
     ctl_opt_value_t opts[CTL_OPTS_MAX];
     size_t nopts;
-    int help;          /* --help or -h was given */
+    int help; /* --help or -h was given */
 };
 
 struct ctl {
@@ -126,9 +126,9 @@ typedef enum {
 
 typedef struct ctl_call {
     const char *endpoint;
-    sx_env_t *req;          /* the caller's; must live until ctl_calls_run returns */
+    sx_env_t *req; /* the caller's; must live until ctl_calls_run returns */
     ctl_call_state_t state;
-    sx_env_t *reply;        /* owned; freed by ctl_calls_free */
+    sx_env_t *reply; /* owned; freed by ctl_calls_free */
     /* private to ctl_bus.c */
     struct ctl_batch *batch;
     bus_client_t *client;
@@ -152,8 +152,8 @@ const char *ctl_call_problem(const ctl_t *ctl, const ctl_call_t *call, char *buf
  * expected case; otherwise the failure (down, timeout, Error text,
  * unexpected body) is printed with what (e.g. "auth") and CTL_FAIL returned.
  */
-int ctl_call_one(ctl_t *ctl, const char *what, const char *endpoint, sx_env_t *req,
-                 int expect_case, sx_env_t **reply);
+int ctl_call_one(ctl_t *ctl, const char *what, const char *endpoint, sx_env_t *req, int expect_case,
+                 sx_env_t **reply);
 
 /* ---- ctl_auth.c ---- */
 

@@ -84,8 +84,7 @@ static const ctl_command_t *find_plain(const ctl_command_t *table, const char *n
     return NULL;
 }
 
-static const ctl_command_t *find_sub(const ctl_command_t *table, const char *name,
-                                     const char *sub)
+static const ctl_command_t *find_sub(const ctl_command_t *table, const char *name, const char *sub)
 {
     for (const ctl_command_t *c = table; c->name; c++)
         if (c->sub && strcmp(c->name, name) == 0 && strcmp(c->sub, sub) == 0)
@@ -257,8 +256,8 @@ int ctl_parse(ctl_t *ctl, const ctl_command_t *table, int argc, char **argv, ctl
             snprintf(why, whylen, "option '--%.*s' takes no value", (int)len, name);
             return CTL_USAGE;
         }
-        int rc = g ? set_global(ctl, args, g, value, why, whylen)
-                   : add_opt(args, o, value, why, whylen);
+        int rc =
+            g ? set_global(ctl, args, g, value, why, whylen) : add_opt(args, o, value, why, whylen);
         if (rc != CTL_OK)
             return rc;
     }

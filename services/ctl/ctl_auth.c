@@ -58,8 +58,7 @@ static const char *auth_endpoint(const ctl_t *ctl)
 static int check_name(ctl_t *ctl, const ctl_args_t *args, const char *what, const char *v)
 {
     if (v == NULL || v[0] == '\0' || strlen(v) > CTL_NAME_MAX)
-        return ctl_usage_error(ctl, args->cmd, "%s must be 1 to %d characters", what,
-                               CTL_NAME_MAX);
+        return ctl_usage_error(ctl, args->cmd, "%s must be 1 to %d characters", what, CTL_NAME_MAX);
     return CTL_OK;
 }
 
@@ -96,9 +95,8 @@ int ctl_cmd_cred_add(ctl_t *ctl, const ctl_args_t *args)
         while (environments[i] && strcmp(environments[i], env) != 0)
             i++;
         if (environments[i] == NULL)
-            return ctl_usage_error(ctl, args->cmd,
-                                   "--env must be production, staging or development, not '%s'",
-                                   env);
+            return ctl_usage_error(
+                ctl, args->cmd, "--env must be production, staging or development, not '%s'", env);
     }
     const char *domains[CTL_DOMAINS_MAX + 1];
     size_t nd = ctl_opt_all(args, "domain", domains, CTL_DOMAINS_MAX + 1);
@@ -137,8 +135,8 @@ int ctl_cmd_cred_add(ctl_t *ctl, const ctl_args_t *args)
     req.body_case = PB_BODY(AUTH_CREDENTIAL_ADD);
     req.auth_credential_add = &add;
     sx_env_t *reply;
-    int rc = ctl_call_one(ctl, "auth", auth_endpoint(ctl), &req,
-                          PB_BODY(AUTH_CREDENTIAL_ADD_REPLY), &reply);
+    int rc = ctl_call_one(ctl, "auth", auth_endpoint(ctl), &req, PB_BODY(AUTH_CREDENTIAL_ADD_REPLY),
+                          &reply);
     explicit_bzero(password, sizeof(password));
     if (rc != CTL_OK)
         return rc;
@@ -210,8 +208,8 @@ int ctl_cmd_tenant_add(ctl_t *ctl, const ctl_args_t *args)
     req.body_case = PB_BODY(AUTH_TENANT_ADD);
     req.auth_tenant_add = &add;
     sx_env_t *reply;
-    int rc = ctl_call_one(ctl, "auth", auth_endpoint(ctl), &req, PB_BODY(AUTH_TENANT_ADD_REPLY),
-                          &reply);
+    int rc =
+        ctl_call_one(ctl, "auth", auth_endpoint(ctl), &req, PB_BODY(AUTH_TENANT_ADD_REPLY), &reply);
     if (rc != CTL_OK)
         return rc;
     const PB(Tenant) *t = reply->auth_tenant_add_reply->tenant;
@@ -296,8 +294,8 @@ int ctl_cmd_domain_add(ctl_t *ctl, const ctl_args_t *args)
     req.body_case = PB_BODY(AUTH_DOMAIN_ADD);
     req.auth_domain_add = &add;
     sx_env_t *reply;
-    int rc = ctl_call_one(ctl, "auth", auth_endpoint(ctl), &req, PB_BODY(AUTH_DOMAIN_ADD_REPLY),
-                          &reply);
+    int rc =
+        ctl_call_one(ctl, "auth", auth_endpoint(ctl), &req, PB_BODY(AUTH_DOMAIN_ADD_REPLY), &reply);
     if (rc != CTL_OK)
         return rc;
     const PB(AuthDomainAddReply) *r = reply->auth_domain_add_reply;

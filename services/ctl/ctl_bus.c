@@ -16,9 +16,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#define CTL_RETRY_MS   20
-#define CTL_GUARD_MS   500 /* past every deadline: stop the loop whatever happened */
-#define CTL_CONFIG_DEF "var/sendarix.conf"
+#define CTL_RETRY_MS     20
+#define CTL_PARALLEL_MAX 24  /* sockets at once; the loop watches at most 32 */
+#define CTL_GUARD_MS     500 /* past every deadline: stop the loop whatever happened */
+#define CTL_CONFIG_DEF   "var/sendarix.conf"
 
 typedef struct ctl_batch {
     loop_t *loop;
@@ -126,7 +127,7 @@ static void on_guard(loop_t *loop, void *arg)
     loop_stop(loop);
 }
 
-void ctl_calls_run(ctl_t *ctl, ctl_call_t *calls, size_t n, uint64_t timeout_ms)
+static void calls_run_chunk(ctl_t *ctl, ctl_call_t *calls, size_t n, uint64_t timeout_ms)
 {
     ctl_batch_t b = {.loop = ctl->loop, .remaining = n, .calls = calls, .n = n};
     loop_timer_init(&b.guard, on_guard, &b);
@@ -153,6 +154,14 @@ void ctl_calls_run(ctl_t *ctl, ctl_call_t *calls, size_t n, uint64_t timeout_ms)
         bus_client_destroy(&calls[i].client); /* drops any late reply */
         calls[i].batch = NULL;
     }
+}
+
+void ctl_calls_run(ctl_t *ctl, ctl_call_t *calls, size_t n, uint64_t timeout_ms)
+{
+    /* the loop watches a bounded number of ZeroMQ sockets: ask in waves */
+    for (size_t i = 0; i < n; i += CTL_PARALLEL_MAX)
+        calls_run_chunk(ctl, calls + i, n - i < CTL_PARALLEL_MAX ? n - i : CTL_PARALLEL_MAX,
+                        timeout_ms);
 }
 
 void ctl_calls_free(ctl_call_t *calls, size_t n)
@@ -192,8 +201,8 @@ const char *ctl_call_problem(const ctl_t *ctl, const ctl_call_t *call, char *buf
     return buf;
 }
 
-int ctl_call_one(ctl_t *ctl, const char *what, const char *endpoint, sx_env_t *req,
-                 int expect_case, sx_env_t **reply)
+int ctl_call_one(ctl_t *ctl, const char *what, const char *endpoint, sx_env_t *req, int expect_case,
+                 sx_env_t **reply)
 {
     *reply = NULL;
     if (endpoint == NULL)

@@ -5,6 +5,7 @@
  * in the file of its topic. Nothing here talks to the bus.
  */
 #include "ctl.h"
+#include "ctl_json.h"
 
 #include <jansson.h>
 #include <stdlib.h>
@@ -15,8 +16,12 @@
 static int cmd_help(ctl_t *ctl, const ctl_args_t *args);
 
 static const ctl_opt_spec_t opts_log_search[] = {
-    {"id", CTL_OPT_VALUE},    {"type", CTL_OPT_VALUE},  {"recipient", CTL_OPT_VALUE},
-    {"since", CTL_OPT_VALUE}, {"until", CTL_OPT_VALUE}, {"limit", CTL_OPT_VALUE},
+    {"id", CTL_OPT_VALUE},
+    {"type", CTL_OPT_VALUE},
+    {"recipient", CTL_OPT_VALUE},
+    {"since", CTL_OPT_VALUE},
+    {"until", CTL_OPT_VALUE},
+    {"limit", CTL_OPT_VALUE},
     {NULL, 0},
 };
 static const ctl_opt_spec_t opts_cred_add[] = {
@@ -88,16 +93,15 @@ void ctl_print_usage(FILE *f, const ctl_command_t *only)
         print_line(f, only, 0);
         return;
     }
-    fprintf(f,
-            "usage: sendarixctl " USAGE_GLOBAL " COMMAND ...\n"
-            "\n"
-            "Operate a Sendarix relay over its bus. The config (--config FILE, else\n"
-            "$SENDARIX_CONFIG, else var/sendarix.conf) says where each service listens.\n"
-            "Options may stand anywhere: --json prints one JSON document; --timeout\n"
-            "bounds each request (default 5 s; status pings wait 1 s unless given).\n"
-            "Exit status: 0 success, 1 failed operation, 2 usage error.\n"
-            "\n"
-            "commands:\n");
+    fprintf(f, "usage: sendarixctl " USAGE_GLOBAL " COMMAND ...\n"
+               "\n"
+               "Operate a Sendarix relay over its bus. The config (--config FILE, else\n"
+               "$SENDARIX_CONFIG, else var/sendarix.conf) says where each service listens.\n"
+               "Options may stand anywhere: --json prints one JSON document; --timeout\n"
+               "bounds each request (default 5 s; status pings wait 1 s unless given).\n"
+               "Exit status: 0 success, 1 failed operation, 2 usage error.\n"
+               "\n"
+               "commands:\n");
     for (const ctl_command_t *c = ctl_commands; c->name; c++)
         print_line(f, c, 1);
 }
@@ -154,7 +158,7 @@ int ctl_main(int argc, char **argv, FILE *out, FILE *err)
         /* the command is known but not which of its subcommands: show them all */
         if (ctl.json) {
             json_t *doc = json_object();
-            json_object_set_new(doc, "error", json_string(why));
+            json_object_set_new(doc, "error", ctl_json_str(why));
             ctl_emit(&ctl, doc);
         }
         fprintf(err, "sendarixctl: %s\n", why);

@@ -16,6 +16,8 @@
 #define LOG_LIMIT_DEFAULT 100
 #define LOG_LIMIT_MAX     10000
 #define LOG_FILTER_MAX    320
+#define LOG_ID_MAX        64
+#define LOG_TYPE_MAX      32
 
 static int event_cmp(const void *a, const void *b)
 {
@@ -50,8 +52,7 @@ static void print_event(FILE *f, const PB(Event) * ev)
     fprintf(f, " svc=%s/%s", ev->service ? ev->service : "-", ev->instance ? ev->instance : "-");
     for (size_t i = 0; i < ev->n_attrs; i++)
         if (ev->attrs[i] && ev->attrs[i]->key && *ev->attrs[i]->key)
-            fprintf(f, " %s=%s", ev->attrs[i]->key,
-                    ev->attrs[i]->value ? ev->attrs[i]->value : "");
+            fprintf(f, " %s=%s", ev->attrs[i]->key, ev->attrs[i]->value ? ev->attrs[i]->value : "");
     fputc('\n', f);
 }
 
@@ -62,17 +63,15 @@ static int build_search(ctl_t *ctl, const ctl_args_t *args, PB(EventSearch) * s)
     s->message_id = (char *)(ctl_opt(args, "id") ? ctl_opt(args, "id") : "");
     s->type = (char *)(ctl_opt(args, "type") ? ctl_opt(args, "type") : "");
     s->recipient = (char *)(ctl_opt(args, "recipient") ? ctl_opt(args, "recipient") : "");
-    if (strlen(s->message_id) > 64 || strlen(s->type) > 32 ||
+    if (strlen(s->message_id) > LOG_ID_MAX || strlen(s->type) > LOG_TYPE_MAX ||
         strlen(s->recipient) > LOG_FILTER_MAX)
         return ctl_usage_error(ctl, args->cmd, "--id, --type or --recipient is too long");
     if ((v = ctl_opt(args, "since")) && ctl_time_parse(v, &s->since_ms) < 0)
-        return ctl_usage_error(ctl, args->cmd,
-                               "--since '%s' is not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)",
-                               v);
+        return ctl_usage_error(
+            ctl, args->cmd, "--since '%s' is not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)", v);
     if ((v = ctl_opt(args, "until")) && ctl_time_parse(v, &s->until_ms) < 0)
-        return ctl_usage_error(ctl, args->cmd,
-                               "--until '%s' is not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)",
-                               v);
+        return ctl_usage_error(
+            ctl, args->cmd, "--until '%s' is not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)", v);
     if (s->since_ms && s->until_ms && s->since_ms > s->until_ms)
         return ctl_usage_error(ctl, args->cmd, "--since is after --until");
     unsigned long limit = LOG_LIMIT_DEFAULT;

@@ -4,6 +4,7 @@
  * sentence also goes to stderr, so scripts and people both see it.
  */
 #include "ctl.h"
+#include "ctl_json.h"
 
 #include <jansson.h>
 #include <stdarg.h>
@@ -15,8 +16,7 @@ static void emit_error_doc(ctl_t *ctl, const char *text)
     if (!ctl->json)
         return;
     json_t *doc = json_object();
-    json_t *s = json_string(text);
-    json_object_set_new(doc, "error", s ? s : json_string("error text is not UTF-8"));
+    json_object_set_new(doc, "error", ctl_json_str(text));
     ctl_emit(ctl, doc);
 }
 

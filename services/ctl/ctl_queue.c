@@ -98,10 +98,9 @@ int ctl_cmd_queue_show(ctl_t *ctl, const ctl_args_t *args)
         } else if (problem[0] == '\0') {
             /* the first real problem is the one reported if no instance has the message */
             snprintf(problem, sizeof(problem), "queue instance %zu: %s", i + 1,
-                     err ? err
-                     : c->state == CTL_CALL_OK
-                         ? "unexpected reply"
-                         : ctl_call_problem(ctl, c, why, sizeof(why)));
+                     err                       ? err
+                     : c->state == CTL_CALL_OK ? "unexpected reply"
+                                               : ctl_call_problem(ctl, c, why, sizeof(why)));
         }
     }
     if (found) {

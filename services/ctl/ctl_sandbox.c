@@ -20,8 +20,8 @@ int ctl_cmd_sandbox_fail(ctl_t *ctl, const ctl_args_t *args)
     unsigned long code, seconds = 0;
     const char *v = ctl_opt(args, "code"), *text = ctl_opt(args, "text");
     if (ctl_parse_uint(v, 0, 599, &code) < 0 || (code != 0 && code < 400))
-        return ctl_usage_error(ctl, args->cmd, "--code must be 0 or a code from 400 to 599, not '%s'",
-                               v);
+        return ctl_usage_error(ctl, args->cmd,
+                               "--code must be 0 or a code from 400 to 599, not '%s'", v);
     v = ctl_opt(args, "seconds");
     if (code != 0 && v == NULL)
         return ctl_usage_error(ctl, args->cmd, "missing option --seconds");
@@ -72,10 +72,9 @@ int ctl_cmd_sandbox_fail(ctl_t *ctl, const ctl_args_t *args)
             json_array_append_new(list, o);
         } else if (problem[0] == '\0') {
             snprintf(problem, sizeof(problem), "sandbox instance %zu: %s", i + 1,
-                     err ? err
-                     : c->state == CTL_CALL_OK
-                         ? "unexpected reply"
-                         : ctl_call_problem(ctl, c, why, sizeof(why)));
+                     err                       ? err
+                     : c->state == CTL_CALL_OK ? "unexpected reply"
+                                               : ctl_call_problem(ctl, c, why, sizeof(why)));
         }
     }
     if (problem[0]) {

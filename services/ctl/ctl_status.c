@@ -25,8 +25,8 @@ static size_t collect(const endpoints_t *ep, status_target_t *targets, ctl_call_
         const char *name;
         const conf_strlist_t *list;
     } lists[] = {
-        {"ingress", &ep->ingress},   {"auth", &ep->auth},         {"queue", &ep->queue},
-        {"router", &ep->router},     {"delivery", &ep->delivery}, {"events", &ep->events},
+        {"ingress", &ep->ingress}, {"auth", &ep->auth},         {"queue", &ep->queue},
+        {"router", &ep->router},   {"delivery", &ep->delivery}, {"events", &ep->events},
         {"sandbox", &ep->sandbox},
     };
     size_t n = 0;
@@ -43,8 +43,8 @@ static size_t collect(const endpoints_t *ep, status_target_t *targets, ctl_call_
 
 static size_t endpoint_count(const endpoints_t *ep)
 {
-    return ep->ingress.n + ep->auth.n + ep->queue.n + ep->router.n + ep->delivery.n +
-           ep->events.n + ep->sandbox.n;
+    return ep->ingress.n + ep->auth.n + ep->queue.n + ep->router.n + ep->delivery.n + ep->events.n +
+           ep->sandbox.n;
 }
 
 static void print_text(ctl_t *ctl, json_t *list, size_t up, size_t down)
@@ -72,8 +72,7 @@ static void print_text(ctl_t *ctl, json_t *list, size_t up, size_t down)
                     uptime);
         } else {
             const char *why = json_string_value(json_object_get(s, "error"));
-            fprintf(ctl->out, "%-10s %-4s %-5s %-8s %s\n", svc, inst, "down", "-",
-                    why ? why : "-");
+            fprintf(ctl->out, "%-10s %-4s %-5s %-8s %s\n", svc, inst, "down", "-", why ? why : "-");
         }
     }
     fprintf(ctl->out, "%zu up, %zu down\n", up, down);
@@ -107,8 +106,8 @@ int ctl_cmd_status(ctl_t *ctl, const ctl_args_t *args)
         const PB(ServicePong) *pong = NULL;
         char why[CTL_TEXT_MAX];
         const char *problem = NULL;
-        if (calls[i].state == CTL_CALL_OK &&
-            calls[i].reply->body_case == PB_BODY(SERVICE_PONG) && calls[i].reply->service_pong)
+        if (calls[i].state == CTL_CALL_OK && calls[i].reply->body_case == PB_BODY(SERVICE_PONG) &&
+            calls[i].reply->service_pong)
             pong = calls[i].reply->service_pong;
         else if (calls[i].state == CTL_CALL_OK)
             problem = "unexpected reply to a ping";

@@ -30,8 +30,8 @@ static const conf_field_t events_table[] = {
      3650LL * 86400000, 0, NULL, NULL, "how long events are kept"},
     {"sweep_interval", CONF_DURATION, offsetof(events_conf_t, sweep_interval_ms), "60s", 1000,
      86400000, 0, NULL, NULL, "how often expired events are looked for"},
-    {"http_address", CONF_STRING, offsetof(events_conf_t, http_address), "127.0.0.1", 0, 0, 0,
-     NULL, NULL, "address of the HTTP API, /metrics and /healthz"},
+    {"http_address", CONF_STRING, offsetof(events_conf_t, http_address), "127.0.0.1", 0, 0, 0, NULL,
+     NULL, "address of the HTTP API, /metrics and /healthz"},
     {"http_port", CONF_INT, offsetof(events_conf_t, http_port), "8025", 0, 65535, 0, NULL, NULL,
      "port of the HTTP API; 0 turns HTTP off"},
     {NULL},
@@ -81,8 +81,9 @@ static int app_start(events_app_t *app)
     const char *ingest_ep = service_endpoint(svc, &svc->ep.events_ingest);
     const char *api_ep = service_endpoint(svc, &svc->ep.events);
     if (ingest_ep == NULL || api_ep == NULL) {
-        fprintf(stderr, "sendarix-events: %s: bus.events and bus.events_ingest need an endpoint "
-                        "for instance %s\n",
+        fprintf(stderr,
+                "sendarix-events: %s: bus.events and bus.events_ingest need an endpoint "
+                "for instance %s\n",
                 svc->config_path, svc->instance);
         return -1;
     }
@@ -99,9 +100,9 @@ static int app_start(events_app_t *app)
         return -1;
     }
     if (app->conf.http_port) {
-        app->http = events_http_new(svc->loop, app->conf.http_address,
-                                    (unsigned)app->conf.http_port, app->store, app->ingest, err,
-                                    sizeof(err));
+        app->http =
+            events_http_new(svc->loop, app->conf.http_address, (unsigned)app->conf.http_port,
+                            app->store, app->ingest, err, sizeof(err));
         if (app->http == NULL) {
             fprintf(stderr, "sendarix-events: %s\n", err);
             return -1;

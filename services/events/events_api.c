@@ -63,8 +63,7 @@ void events_api_reply_free(events_api_reply_t *r)
 static void metric_type(const char *type, uint64_t count, void *arg)
 {
     /* types are letters, digits, '_', '-' and '.' (events_store checks): no escaping needed */
-    buf_printf(arg, "sendarix_events_total{type=\"%s\"} %llu\n", type,
-               (unsigned long long)count);
+    buf_printf(arg, "sendarix_events_total{type=\"%s\"} %llu\n", type, (unsigned long long)count);
 }
 
 static void handle_metrics(evstore_t *st, const evingest_t *in, events_api_reply_t *r)

@@ -17,8 +17,8 @@ void events_bus_on_publish(bus_pull_t *pl, bus_msg_t *msg, void *arg)
     const char *s = msg->env->sender ? msg->env->sender : "";
     if (msg->env->body_case != PB_BODY(EVENT_PUBLISH) || msg->env->event_publish == NULL ||
         msg->env->event_publish->event == NULL) {
-        log_warn("event=bus_unexpected socket=ingest body=%s from=%s",
-                 codec_body_name(msg->env), log_quote(sender, sizeof(sender), s, strlen(s)));
+        log_warn("event=bus_unexpected socket=ingest body=%s from=%s", codec_body_name(msg->env),
+                 log_quote(sender, sizeof(sender), s, strlen(s)));
         return;
     }
     evingest_add(in, msg->env->event_publish->event);

@@ -328,8 +328,7 @@ int evstore_query_check(const evstore_query_t *q, char *why, size_t whylen)
         return -1;
     }
     if (q->limit > EVSTORE_LIMIT_MAX) {
-        snprintf(why, whylen, "limit %u is above the maximum of %d", q->limit,
-                 EVSTORE_LIMIT_MAX);
+        snprintf(why, whylen, "limit %u is above the maximum of %d", q->limit, EVSTORE_LIMIT_MAX);
         return -1;
     }
     if (q->since_ms && q->until_ms && q->since_ms > q->until_ms) {
@@ -345,7 +344,7 @@ typedef struct search_ctx {
     const evstore_query_t *q;
     evstore_result_t *out;
     uint32_t limit;
-    size_t plen;   /* message key prefix length; 0 when walking time keys */
+    size_t plen; /* message key prefix length; 0 when walking time keys */
     size_t cap;
 } search_ctx_t;
 
@@ -441,8 +440,7 @@ int evstore_search(evstore_t *st, const evstore_query_t *q, evstore_result_t *ou
     } else {
         uint8_t start[8];
         put_be64(start, q->since_ms);
-        rc = store_scan(txn, st->db_events, NULL, 0, start, sizeof(start), search_time_each,
-                        &cx);
+        rc = store_scan(txn, st->db_events, NULL, 0, start, sizeof(start), search_time_each, &cx);
     }
     store_abort(&txn);
     if (rc < 0) {

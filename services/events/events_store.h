@@ -16,13 +16,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define EVSTORE_ID_MAX        64      /* event ids and message ids, bytes */
-#define EVSTORE_TYPE_MAX      32      /* event type names, bytes */
-#define EVSTORE_FILTER_MAX    320     /* recipient filter, bytes */
+#define EVSTORE_ID_MAX        64          /* event ids and message ids, bytes */
+#define EVSTORE_TYPE_MAX      32          /* event type names, bytes */
+#define EVSTORE_FILTER_MAX    320         /* recipient filter, bytes */
 #define EVSTORE_EVENT_MAX     (64u << 10) /* one packed event */
 #define EVSTORE_LIMIT_DEFAULT 100
 #define EVSTORE_LIMIT_MAX     10000
-#define EVSTORE_SCAN_MAX      200000  /* events one search may examine */
+#define EVSTORE_SCAN_MAX      200000 /* events one search may examine */
 #define EVSTORE_TIME_KEY_MAX  (8 + EVSTORE_ID_MAX)
 #define EVSTORE_MSG_KEY_MAX   (EVSTORE_ID_MAX + 1 + 8 + EVSTORE_ID_MAX)
 
@@ -78,9 +78,9 @@ typedef struct evstore_query {
 typedef struct evstore_result {
     PB(Event) * *events; /* in time order; owned */
     size_t n;
-    size_t bytes;        /* packed size of the events returned */
-    size_t scanned;      /* events examined */
-    int truncated;       /* more would match: limit, byte cap or scan budget reached */
+    size_t bytes;   /* packed size of the events returned */
+    size_t scanned; /* events examined */
+    int truncated;  /* more would match: limit, byte cap or scan budget reached */
 } evstore_result_t;
 
 /* 0 when q is a valid query; -1 with the reason (for a 400 reply). */

@@ -247,10 +247,14 @@ static void test_main_exit_codes(void **state)
     run_free(&r);
 
     static const char *bad_values[] = {
-        "log search --limit 0",         "log search --limit 10001",
-        "log search --since yesterday", "log search --since 2024-02-02 --until 2024-02-01",
-        "sandbox fail --code 250 --seconds 5", "sandbox fail --code 421",
-        "sandbox fail --code 421 --seconds 0",  "sandbox fail --code abc --seconds 3",
+        "log search --limit 0",
+        "log search --limit 10001",
+        "log search --since yesterday",
+        "log search --since 2024-02-02 --until 2024-02-01",
+        "sandbox fail --code 250 --seconds 5",
+        "sandbox fail --code 421",
+        "sandbox fail --code 421 --seconds 0",
+        "sandbox fail --code abc --seconds 3",
         "help nosuch",
     };
     for (size_t i = 0; i < sizeof(bad_values) / sizeof(bad_values[0]); i++) {
@@ -301,8 +305,8 @@ static void test_main_config_missing(void **state)
     json_error_t jerr;
     json_t *doc = json_loads(r.out, 0, &jerr);
     assert_non_null(doc);
-    assert_non_null(strstr(json_string_value(json_object_get(doc, "error")),
-                           "/nonexistent/sendarix.conf"));
+    assert_non_null(
+        strstr(json_string_value(json_object_get(doc, "error")), "/nonexistent/sendarix.conf"));
     json_decref(doc);
     assert_non_null(strstr(r.err, "cannot open"));
     run_free(&r);
@@ -319,12 +323,9 @@ static void test_main_config_missing(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_globals_anywhere),
-        cmocka_unit_test(test_commands_and_options),
-        cmocka_unit_test(test_usage_errors),
-        cmocka_unit_test(test_help_flag),
-        cmocka_unit_test(test_main_exit_codes),
-        cmocka_unit_test(test_main_help),
+        cmocka_unit_test(test_globals_anywhere),    cmocka_unit_test(test_commands_and_options),
+        cmocka_unit_test(test_usage_errors),        cmocka_unit_test(test_help_flag),
+        cmocka_unit_test(test_main_exit_codes),     cmocka_unit_test(test_main_help),
         cmocka_unit_test(test_main_config_missing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -24,9 +24,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define T0        1700000000000ull
-#define MAX_ARGS  32
-#define FAKE_MAX  16
+#define T0       1700000000000ull
+#define MAX_ARGS 32
+#define FAKE_MAX 16
 
 typedef struct fake fake_t;
 
@@ -156,8 +156,7 @@ static void auth_request(bus_server_t *srv, bus_msg_t *msg)
         const PB(AuthDomainAdd) *d = msg->env->auth_domain_add;
         tenant_t *t = find_tenant(d->tenant);
         if (t == NULL) {
-            bus_server_error(srv, &msg->peer, rid, 404, "5.1.0", "tenant %s not found",
-                             d->tenant);
+            bus_server_error(srv, &msg->peer, rid, 404, "5.1.0", "tenant %s not found", d->tenant);
             return;
         }
         snprintf(t->domains[t->ndomains++], 64, "%s", d->domain);
@@ -172,8 +171,7 @@ static void auth_request(bus_server_t *srv, bus_msg_t *msg)
     case PB_BODY(AUTH_CREDENTIAL_ADD): {
         const PB(AuthCredentialAdd) *a = msg->env->auth_credential_add;
         if (find_tenant(a->tenant) == NULL) {
-            bus_server_error(srv, &msg->peer, rid, 404, "5.1.0", "tenant %s not found",
-                             a->tenant);
+            bus_server_error(srv, &msg->peer, rid, 404, "5.1.0", "tenant %s not found", a->tenant);
             return;
         }
         snprintf(fake.last_password, sizeof(fake.last_password), "%s", a->password);
@@ -353,8 +351,9 @@ static void write_config(const char *path, const char *bus_body)
 {
     FILE *f = fopen(path, "w");
     assert_non_null(f);
-    fprintf(f, "# written by cli_test\nrelay = { hostname = \"x\"; };\nbus = {\n%s};\n"
-               "queue = { some_setting_ctl_ignores = 1; };\n",
+    fprintf(f,
+            "# written by cli_test\nrelay = { hostname = \"x\"; };\nbus = {\n%s};\n"
+            "queue = { some_setting_ctl_ignores = 1; };\n",
             bus_body);
     fclose(f);
 }
@@ -490,7 +489,7 @@ static void test_status(void **state)
     assert_int_equal(json_array_size(list), 9); /* events_ingest and router_workers left out */
     assert_int_equal(json_integer_value(json_object_get(r.doc, "up")), 6);
     assert_int_equal(json_integer_value(json_object_get(r.doc, "down")), 3);
-    static const char *order[] = {"ingress", "auth",     "queue",  "queue",  "router",
+    static const char *order[] = {"ingress",  "auth",   "queue",  "queue",  "router",
                                   "delivery", "events", "events", "sandbox"};
     static const int up[] = {0, 1, 1, 1, 0, 0, 1, 1, 1};
     static const char *inst[] = {"1", "1", "1", "2", "1", "1", "1", "2", "1"};
@@ -633,8 +632,7 @@ static void test_log_search(void **state)
     expect(&r, 0);
     list = json_object_get(r.doc, "events");
     assert_int_equal(json_array_size(list), 3);
-    assert_string_equal(json_string_value(json_object_get(json_array_get(list, 2), "id")),
-                        "ev-c");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(list, 2), "id")), "ev-c");
     run_free(&r);
 
     r = ctl(NULL, "log search --id m1 --config %s", fake.config_up);
@@ -678,8 +676,7 @@ static void test_queue_show(void **state)
 
     r = ctl(NULL, "--json queue show zz --config %s", fake.config_up);
     expect(&r, 1);
-    assert_string_equal(json_string_value(json_object_get(r.doc, "error")),
-                        "message zz not found");
+    assert_string_equal(json_string_value(json_object_get(r.doc, "error")), "message zz not found");
     run_free(&r);
 
     r = ctl(NULL, "queue show m1 --config %s", fake.config_up);
@@ -728,12 +725,9 @@ static void test_service_down(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_status),
-        cmocka_unit_test(test_tenant_domain_cred),
-        cmocka_unit_test(test_log_search),
-        cmocka_unit_test(test_queue_show),
-        cmocka_unit_test(test_sandbox_fail),
-        cmocka_unit_test(test_service_down),
+        cmocka_unit_test(test_status),       cmocka_unit_test(test_tenant_domain_cred),
+        cmocka_unit_test(test_log_search),   cmocka_unit_test(test_queue_show),
+        cmocka_unit_test(test_sandbox_fail), cmocka_unit_test(test_service_down),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -196,7 +196,9 @@ static void test_queue_show(void **state)
     last.code = 451;
     last.enhanced = "4.7.1";
     last.text = "greylisted";
-    PB(QueueRecipientState) r0 = PB_INIT(QUEUE_RECIPIENT_STATE), r1 = PB_INIT(QUEUE_RECIPIENT_STATE);
+    PB(QueueRecipientState)
+    r0 = PB_INIT(QUEUE_RECIPIENT_STATE),
+    r1 = PB_INIT(QUEUE_RECIPIENT_STATE);
     r0.index = 0;
     r0.address = "a@example.test";
     r0.state = "delivered";
@@ -208,7 +210,7 @@ static void test_queue_show(void **state)
     r1.next_attempt_ms = T0 + 60000;
     r1.last_reply = &last;
     r1.last_remote = "mx.example.test";
-    PB(QueueRecipientState) *rcpts[] = {&r0, &r1};
+    PB(QueueRecipientState) * rcpts[] = {&r0, &r1};
     PB(QueueMessageShowReply) rep = PB_INIT(QUEUE_MESSAGE_SHOW_REPLY);
     rep.envelope = &e;
     rep.recipients = rcpts;

@@ -179,7 +179,8 @@ static void test_metrics(void **state)
     assert_non_null(strstr(text, "sendarix_events_total{type=\"accepted\"} 2\n"));
     assert_non_null(strstr(text, "sendarix_events_total{type=\"delivered\"} 2\n"));
     assert_non_null(strstr(text, "sendarix_events_total{type=\"queued\"} 1\n"));
-    assert_non_null(strstr(text, "# TYPE sendarix_events_stored gauge\nsendarix_events_stored 5\n"));
+    assert_non_null(
+        strstr(text, "# TYPE sendarix_events_stored gauge\nsendarix_events_stored 5\n"));
     const char *bytes = strstr(text, "\nsendarix_events_store_bytes ");
     assert_non_null(bytes);
     assert_true(strtoull(bytes + strlen("\nsendarix_events_store_bytes "), NULL, 10) > 0);
@@ -241,9 +242,9 @@ static void test_events_bad_parameters(void **state)
 {
     fixture_t *f = *state;
     static const events_api_param_t bad[][1] = {
-        {{"limit", "0"}},        {{"limit", "10001"}},   {{"limit", "ten"}},
-        {{"limit", "-5"}},       {{"since", "yesterday"}}, {{"until", "2023-02-30"}},
-        {{"colour", "blue"}},    {{"limit", NULL}},
+        {{"limit", "0"}},     {{"limit", "10001"}},     {{"limit", "ten"}},
+        {{"limit", "-5"}},    {{"since", "yesterday"}}, {{"until", "2023-02-30"}},
+        {{"colour", "blue"}}, {{"limit", NULL}},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         json_t *doc = get_json(f, "/api/v1/events", bad[i], 1, 400);

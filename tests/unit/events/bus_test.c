@@ -23,8 +23,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define T0         1700000000000ull
-#define WAIT_MS    5000
+#define T0      1700000000000ull
+#define WAIT_MS 5000
 
 typedef struct fixture {
     char dir[400];
@@ -128,8 +128,7 @@ static int run_until(fixture_t *f, cond_fn cond)
     return w.met;
 }
 
-static void push_event(fixture_t *f, const char *id, uint64_t at, const char *type,
-                       const char *msg)
+static void push_event(fixture_t *f, const char *id, uint64_t at, const char *type, const char *msg)
 {
     PB(Event) ev = PB_INIT(EVENT);
     ev.id = (char *)id;
