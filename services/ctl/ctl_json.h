@@ -3,7 +3,7 @@
  * One function per shape, each returning a new reference, so tests can
  * check the documents without a running relay. Times are ISO 8601 UTC
  * strings (null when unset); text from services that is not UTF-8 is
- * printed with '?' in place of the foreign bytes.
+ * printed with '?' in place of the foreign bytes. Nothing here prints.
  */
 #ifndef SX_CTL_JSON_H
 #define SX_CTL_JSON_H

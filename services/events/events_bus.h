@@ -3,7 +3,8 @@
  * arrives on the PULL socket and goes to events_ingest; EventSearch
  * arrives on the ROUTER socket and is answered from events_store with an
  * EventSearchReply, or an Error (400 bad query, 500 store failure).
- * ServicePing is answered by the bus itself.
+ * ServicePing is answered by the bus itself. It neither stores nor
+ * searches: events_ingest and events_store do.
  */
 #ifndef SX_EVENTS_BUS_H
 #define SX_EVENTS_BUS_H

@@ -2,7 +2,8 @@
  * events_http: the HTTP server of the events service, libmicrohttpd run
  * inside the service's own loop (no threads of its own): its epoll fd is
  * watched by the loop, MHD_run() is called when it is readable and on a
- * loop timer set from MHD_get_timeout(). Requests go to events_api.
+ * loop timer set from MHD_get_timeout(). What a path answers is decided
+ * in events_api, not here.
  */
 #ifndef SX_EVENTS_HTTP_H
 #define SX_EVENTS_HTTP_H

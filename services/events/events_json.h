@@ -3,7 +3,8 @@
  * shape is the one sendarixctl prints for `log search --json`: id, at
  * (ISO 8601 with milliseconds, UTC), type, service, instance, message_id,
  * recipient, rcpt_index, sender, tenant, reply ({code, enhanced, text} or
- * null), attempt, remote_host, session_id and attrs (an object).
+ * null), attempt, remote_host, session_id and attrs (an object). JSON is
+ * only written here, never read back.
  */
 #ifndef SX_EVENTS_JSON_H
 #define SX_EVENTS_JSON_H
