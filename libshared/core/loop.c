@@ -23,7 +23,6 @@
 #include <zmq.h>
 
 #define LOOP_MAX_EVENTS   256
-#define LOOP_ZMQ_MAX      32
 #define LOOP_SIGNAL_MAX   8
 #define LOOP_TAG_ZMQ      (1ull << 62)
 #define LOOP_TAG_SIGNAL   (1ull << 61)
@@ -61,8 +60,8 @@ struct loop {
     loop_fd_t *fds;
     size_t nfds;
 
-    loop_zmq_t zmq[LOOP_ZMQ_MAX];
-    size_t nzmq;
+    loop_zmq_t *zmq;
+    size_t nzmq, zmq_cap;
 
     loop_timer_t **heap;
     size_t heap_len, heap_cap;
@@ -96,6 +95,7 @@ void loop_destroy(loop_t **p)
     if (loop->sigfd >= 0)
         close(loop->sigfd);
     free(loop->fds);
+    free(loop->zmq);
     free(loop->heap);
     free(loop);
     *p = NULL;
@@ -183,8 +183,10 @@ void loop_fd_remove(loop_t *loop, int fd)
 
 int loop_zmq_add(loop_t *loop, void *socket, loop_zmq_fn fn, void *arg)
 {
-    if (loop->nzmq >= LOOP_ZMQ_MAX)
-        return -1;
+    if (loop->nzmq == loop->zmq_cap) {
+        loop->zmq_cap = loop->zmq_cap ? loop->zmq_cap * 2 : 16;
+        loop->zmq = xrealloc(loop->zmq, loop->zmq_cap * sizeof(*loop->zmq));
+    }
     int fd;
     size_t len = sizeof(fd);
     if (zmq_getsockopt(socket, ZMQ_FD, &fd, &len) < 0)
@@ -316,6 +318,9 @@ void loop_timer_stop(loop_t *loop, loop_timer_t *t)
 void loop_timer_start(loop_t *loop, loop_timer_t *t, uint64_t delay_ms)
 {
     loop_timer_stop(loop, t);
+    /* a fresh clock: timers started before the first turn, or late in a
+     * long one, must not fire early */
+    loop->now = clock_mono_ms();
     t->when = loop->now + delay_ms;
     t->seq = loop->timer_seq++;
     if (loop->heap_len == loop->heap_cap) {

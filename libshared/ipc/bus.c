@@ -292,6 +292,13 @@ static void msg_release(bus_msg_t *msg)
     zmq_msg_close(&msg->payload);
 }
 
+sx_env_t *bus_msg_take_env(bus_msg_t *msg)
+{
+    sx_env_t *env = msg->env;
+    msg->env = NULL;
+    return env;
+}
+
 void bus_msg_take_payload(bus_msg_t *msg, zmq_msg_t *dst)
 {
     zmq_msg_init(dst);
@@ -526,6 +533,7 @@ int bus_client_request(bus_client_t *cl, sx_env_t *env, zmq_msg_t *payload, uint
                   codec_body_name(env), zmq_strerror(errno));
         return -1;
     }
+    cl->unavailable = 0;
     client_wait_t *w = xmalloc(sizeof(*w));
     w->fn = fn;
     w->arg = arg;
@@ -543,6 +551,7 @@ int bus_client_send(bus_client_t *cl, uint64_t request_id, sx_env_t *env, zmq_ms
             cl->unavailable = 1;
         return -1;
     }
+    cl->unavailable = 0;
     return 0;
 }
 

@@ -65,6 +65,8 @@ void bus_set_stats(bus_t *bus, bus_stats_fn fn, void *arg);
 /* "service/instance", the sender name on every envelope. */
 const char *bus_name(const bus_t *bus);
 
+/* Keep the decoded envelope beyond the handler (free it with codec_free). */
+sx_env_t *bus_msg_take_env(bus_msg_t *msg);
 /* Move the payload out of a message (no copy); dst must be uninitialised. */
 void bus_msg_take_payload(bus_msg_t *msg, zmq_msg_t *dst);
 

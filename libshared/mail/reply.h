@@ -1,8 +1,8 @@
 /*
  * reply: SMTP replies as a client reads them (RFC 5321 4.2): one or more
  * lines "NNN-text" ending with "NNN text", with the enhanced status code
- * (RFC 3463) taken from the first line when present. Also the
- * classification of a reply into the outcome a relay acts on.
+ * (RFC 3463) taken from the first line when present. What a reply means
+ * for a delivery is decided by delivery, not here.
  */
 #ifndef SX_REPLY_H
 #define SX_REPLY_H

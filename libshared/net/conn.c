@@ -41,6 +41,10 @@ struct conn {
     int closed;    /* on_close already reported */
     int busy;      /* inside a callback */
     int dead;      /* destroy requested inside a callback */
+    int user_call; /* inside one of our functions called by the owner */
+    int close_pending; /* a close found during a user call, reported next turn */
+    int close_err;
+    int eof_pending;   /* the peer closed after bytes not yet handed over (errno + 1) */
     int read_wants_write;  /* SSL_read needs the socket writable */
     int write_wants_read;  /* SSL_write needs the socket readable */
     loop_timer_t kick;     /* runs buffered TLS input after a resume */
@@ -50,9 +54,28 @@ static void conn_event(loop_t *loop, int fd, unsigned events, void *arg);
 static void conn_flush(conn_t *c);
 static void conn_update(conn_t *c);
 
+static void conn_free(conn_t *c);
+
+/*
+ * The zero-delay timer: reports a close found while the owner was calling
+ * us (so on_close never runs inside conn_write and friends, and the owner's
+ * objects stay valid until its call returns), or runs TLS input that
+ * OpenSSL buffered while reading was paused.
+ */
 static void conn_kick(loop_t *loop, void *arg)
 {
-    conn_event(loop, ((conn_t *)arg)->fd, LOOP_READ, arg);
+    conn_t *c = arg;
+    if (c->close_pending) {
+        c->close_pending = 0;
+        c->busy++;
+        if (c->h->on_close)
+            c->h->on_close(c, c->close_err, c->arg);
+        c->busy--;
+        if (c->dead)
+            conn_free(c);
+        return;
+    }
+    conn_event(loop, c->fd, LOOP_READ, c);
 }
 
 conn_t *conn_new(loop_t *loop, int fd, int connecting, size_t in_limit, const conn_handlers_t *h,
@@ -149,10 +172,17 @@ int conn_tls_verified(const conn_t *c)
 static int report_close(conn_t *c, int err)
 {
     if (c->closed)
-        return 0;
+        return -1;
     c->closed = 1;
-    loop_fd_modify(c->loop, c->fd, 0);
+    /* out of epoll: a dead socket must not wake the loop again */
+    loop_fd_remove(c->loop, c->fd);
     c->interest = 0;
+    if (c->user_call) {
+        c->close_pending = 1;
+        c->close_err = err;
+        loop_timer_start(c->loop, &c->kick, 0);
+        return -1;
+    }
     if (c->h->on_close)
         c->h->on_close(c, err, c->arg);
     return -1;
@@ -185,23 +215,32 @@ static int conn_read(conn_t *c)
                     c->read_wants_write = 1;
                     break;
                 }
-                if (e == SSL_ERROR_ZERO_RETURN)
-                    return report_close(c, 0);
-                char why[256];
-                log_debug("event=tls_read_failed fd=%d err=\"%s\"", c->fd,
-                          tls_last_error(why, sizeof(why)));
-                return report_close(c, e == SSL_ERROR_SYSCALL && errno ? errno : EPROTO);
+                int err = 0;
+                if (e != SSL_ERROR_ZERO_RETURN) {
+                    char why[256];
+                    err = e == SSL_ERROR_SYSCALL && errno ? errno : EPROTO;
+                    log_debug("event=tls_read_failed fd=%d err=\"%s\"", c->fd,
+                              tls_last_error(why, sizeof(why)));
+                }
+                if (got) {
+                    c->eof_pending = err + 1; /* deliver the bytes first */
+                    break;
+                }
+                return report_close(c, err);
             }
             n = r;
         } else {
             n = read(c->fd, chunk, sizeof(chunk));
-            if (n == 0)
-                return report_close(c, 0);
-            if (n < 0) {
-                if (errno == EAGAIN || errno == EINTR)
+            if (n <= 0 && !(n < 0 && (errno == EAGAIN || errno == EINTR))) {
+                int err = n == 0 ? 0 : errno;
+                if (got) {
+                    c->eof_pending = err + 1;
                     break;
-                return report_close(c, errno);
+                }
+                return report_close(c, err);
             }
+            if (n < 0)
+                break;
         }
         if (buf_append(&c->in, chunk, (size_t)n) < 0)
             return report_close(c, ENOBUFS);
@@ -262,9 +301,10 @@ int conn_write(conn_t *c, const void *p, size_t n)
         return -1;
     }
     if (!c->busy) {
+        c->user_call++;
         conn_flush(c);
-        if (!c->closed)
-            conn_update(c);
+        c->user_call--;
+        conn_update(c);
     }
     return 0;
 }
@@ -339,17 +379,26 @@ static int tls_setup(conn_t *c, SSL_CTX *ctx, int server)
     return 0;
 }
 
+/* Flush the plaintext and, when it is all out, begin the handshake. */
+static int tls_start_now(conn_t *c)
+{
+    if (c->busy)
+        return 0; /* conn_event does it when the callback returns */
+    int rc = 0;
+    c->user_call++;
+    conn_flush(c);
+    if (!c->closed && buf_used(&c->out) == 0 && tls_begin(c) < 0)
+        rc = -1;
+    c->user_call--;
+    conn_update(c);
+    return rc;
+}
+
 int conn_tls_accept(conn_t *c, SSL_CTX *ctx)
 {
     if (tls_setup(c, ctx, 1) < 0)
         return -1;
-    if (!c->busy) {
-        conn_flush(c);
-        if (buf_used(&c->out) == 0 && tls_begin(c) < 0)
-            return -1;
-        conn_update(c);
-    }
-    return 0;
+    return tls_start_now(c);
 }
 
 int conn_tls_connect(conn_t *c, SSL_CTX *ctx, const char *host, int verify)
@@ -357,7 +406,9 @@ int conn_tls_connect(conn_t *c, SSL_CTX *ctx, const char *host, int verify)
     if (tls_setup(c, ctx, 0) < 0)
         return -1;
     c->tls_verify = verify;
-    if (host && *host)
+    sock_addr_t literal;
+    /* SNI carries names only (RFC 6066 3) */
+    if (host && *host && sock_addr_parse(host, 0, &literal) < 0)
         SSL_set_tlsext_host_name(c->ssl, host);
     if (verify) {
         SSL_set_verify(c->ssl, SSL_VERIFY_PEER, NULL);
@@ -367,13 +418,7 @@ int conn_tls_connect(conn_t *c, SSL_CTX *ctx, const char *host, int verify)
     } else {
         SSL_set_verify(c->ssl, SSL_VERIFY_NONE, NULL);
     }
-    if (!c->busy) {
-        conn_flush(c);
-        if (buf_used(&c->out) == 0 && tls_begin(c) < 0)
-            return -1;
-        conn_update(c);
-    }
-    return 0;
+    return tls_start_now(c);
 }
 
 /* ---- the event handler ---- */
@@ -434,7 +479,7 @@ static void conn_event(loop_t *loop, int fd, unsigned events, void *arg)
 
     if (c->tls != TLS_HANDSHAKE && c->tls != TLS_PENDING) {
         int readable = (events & LOOP_READ) || (c->read_wants_write && (events & LOOP_WRITE));
-        if (readable) {
+        if (readable && want_read(c)) {
             int r = conn_read(c);
             if (r < 0 || c->dead)
                 goto out;
@@ -443,12 +488,28 @@ static void conn_event(loop_t *loop, int fd, unsigned events, void *arg)
                 if (c->dead || c->closed)
                     goto out;
             }
+            if (c->eof_pending) {
+                report_close(c, c->eof_pending - 1);
+                goto out;
+            }
+        } else if ((events & LOOP_ERROR) && buf_used(&c->out) == 0) {
+            /* a reset or hang-up while we are not reading: nothing else will
+             * ever tell us, and the error would wake the loop forever */
+            int err = sock_connect_result(c->fd);
+            report_close(c, err ? err : ECONNRESET);
+            goto out;
         }
     }
 
+    size_t before = buf_used(&c->out);
     conn_flush(c);
     if (c->closed || c->dead)
         goto out;
+    if (before > 0 && buf_used(&c->out) == 0 && c->h->on_drain && c->tls != TLS_PENDING) {
+        c->h->on_drain(c, c->arg);
+        if (c->closed || c->dead)
+            goto out;
+    }
     /* STARTTLS: the plaintext reply is out, the handshake may begin */
     if (c->tls == TLS_PENDING && buf_used(&c->out) == 0) {
         if (tls_begin(c) < 0 || c->dead)
@@ -481,9 +542,10 @@ void conn_close_after_flush(conn_t *c)
     c->closing = 1;
     if (c->busy)
         return;
+    c->user_call++;
     conn_flush(c);
     if (!c->closed && buf_used(&c->out) == 0)
         report_close(c, 0);
-    else
-        conn_update(c);
+    c->user_call--;
+    conn_update(c);
 }

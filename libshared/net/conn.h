@@ -6,7 +6,11 @@
  * knows nothing of SMTP.
  *
  * Callbacks may call conn_destroy(); the conn then stops touching itself and
- * is freed when the callback returns. Writes made inside a callback are sent
+ * is freed when the callback returns. on_close and on_data never run inside
+ * a call the owner makes (conn_write, conn_close_after_flush...): a close
+ * found there is reported on the next loop turn, so the owner's objects stay
+ * valid until its own call returns. (on_tls may report a failed handshake
+ * from inside conn_tls_accept/connect.) Writes made inside a callback are sent
  * together when it returns, so a pipelined burst of replies leaves in one
  * write instead of one per reply.
  */
@@ -27,6 +31,7 @@ typedef struct conn_handlers {
     void (*on_close)(conn_t *c, int err, void *arg);      /* EOF (0) or errno; destroy it */
     void (*on_connected)(conn_t *c, int err, void *arg);  /* outgoing connect finished */
     void (*on_tls)(conn_t *c, int ok, const char *why, void *arg); /* handshake finished */
+    void (*on_drain)(conn_t *c, void *arg); /* output left over from a write has all gone */
 } conn_handlers_t;
 
 /* Wrap an accepted or connecting fd (the conn closes it). in_limit caps unread input. */

@@ -313,3 +313,16 @@ void store_stats(store_t *st, store_stats_t *out)
         mdb_txn_abort(txn);
     }
 }
+
+size_t store_db_entries(store_t *st, unsigned dbi)
+{
+    MDB_txn *txn;
+    MDB_stat ds;
+    size_t n = 0;
+    if (mdb_txn_begin(st->env, NULL, MDB_RDONLY, &txn) == 0) {
+        if (mdb_stat(txn, dbi, &ds) == 0)
+            n = ds.ms_entries;
+        mdb_txn_abort(txn);
+    }
+    return n;
+}

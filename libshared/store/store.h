@@ -65,8 +65,9 @@ long store_scan(store_txn_t *txn, unsigned dbi, const void *prefix, size_t plen,
 /*
  * Run fn inside a write transaction and commit it. When the map is full, the
  * transaction is aborted, the map grown and fn run again, so fn must only
- * read and write through txn. fn returns 0 to commit, anything else to abort
- * (returned as is).
+ * read and write through txn. fn returns 0 to commit, a STORE_* code from a
+ * failed call to abort with it, or a value above 100 of its own to abort
+ * (returned as is, never confused with a STORE_* code).
  */
 typedef int (*store_write_fn)(store_txn_t *txn, void *arg);
 int store_write(store_t *st, store_write_fn fn, void *arg);
@@ -78,6 +79,8 @@ typedef struct store_stats {
     unsigned grows;
 } store_stats_t;
 void store_stats(store_t *st, store_stats_t *out);
+/* Entries in one named database. */
+size_t store_db_entries(store_t *st, unsigned dbi);
 
 const char *store_strerror(int rc);
 
