@@ -250,14 +250,21 @@ void queue_on_commit(queue_t *q, bus_msg_t *msg)
     c->peer = msg->peer;
     c->request_id = rid;
     sx_strlcpy(c->id, e->message_id, sizeof(c->id));
-    c->parts = xcalloc(have + 1, sizeof(zmq_msg_t));
+    c->parts = xcalloc(have + 2, sizeof(zmq_msg_t));
+    if (req->prepend.len > 0) {
+        /* header lines decided at the end of data go in front of everything */
+        zmq_msg_init_size(&c->parts[0], req->prepend.len);
+        memcpy(zmq_msg_data(&c->parts[0]), req->prepend.data, req->prepend.len);
+        c->body_size += req->prepend.len;
+        c->nparts = 1;
+    }
     if (u) {
         for (uint32_t i = 0; i < have; i++) {
-            zmq_msg_init(&c->parts[i]);
-            zmq_msg_move(&c->parts[i], &u->chunks[i]);
-            c->body_size += zmq_msg_size(&c->parts[i]);
+            zmq_msg_t *part = &c->parts[c->nparts++];
+            zmq_msg_init(part);
+            zmq_msg_move(part, &u->chunks[i]);
+            c->body_size += zmq_msg_size(part);
         }
-        c->nparts = have;
         *link = u->next;
         upload_free(q, u); /* its chunks were moved: only bookkeeping is freed */
     }
