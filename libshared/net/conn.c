@@ -386,10 +386,16 @@ static int tls_start_now(conn_t *c)
         return 0; /* conn_event does it when the callback returns */
     int rc = 0;
     c->user_call++;
+    c->busy++; /* on_tls may destroy the conn: free it only once we are done */
     conn_flush(c);
     if (!c->closed && buf_used(&c->out) == 0 && tls_begin(c) < 0)
         rc = -1;
+    c->busy--;
     c->user_call--;
+    if (c->dead) {
+        conn_free(c);
+        return -1;
+    }
     conn_update(c);
     return rc;
 }
