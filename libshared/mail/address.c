@@ -17,6 +17,45 @@ static int is_atext(unsigned char c)
     return isalnum(c) || (c && strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL);
 }
 
+/*
+ * 1 if s[0..n) is well-formed UTF-8 (RFC 3629): no stray or missing
+ * continuation bytes, no overlong forms, surrogates or code points past
+ * U+10FFFF. SMTPUTF8 allows UTF-8, not any byte above 0x7f.
+ */
+static int utf8_valid(const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = p[i];
+        size_t len;
+        unsigned char lo = 0x80, hi = 0xbf; /* allowed range of the second byte */
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if (c >= 0xc2 && c <= 0xdf) {
+            len = 2;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            len = 3;
+            lo = c == 0xe0 ? 0xa0 : 0x80;
+            hi = c == 0xed ? 0x9f : 0xbf;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            len = 4;
+            lo = c == 0xf0 ? 0x90 : 0x80;
+            hi = c == 0xf4 ? 0x8f : 0xbf;
+        } else {
+            return 0;
+        }
+        if (n - i < len || p[i + 1] < lo || p[i + 1] > hi)
+            return 0;
+        for (size_t k = 2; k < len; k++)
+            if (p[i + k] < 0x80 || p[i + k] > 0xbf)
+                return 0;
+        i += len;
+    }
+    return 1;
+}
+
 static int is_label_char(unsigned char c, int allow_utf8)
 {
     return isalnum(c) || c == '-' || (allow_utf8 && c >= 0x80);
@@ -26,6 +65,8 @@ int address_domain_valid(const char *d, int allow_utf8)
 {
     size_t n = strlen(d);
     if (n == 0 || n > ADDR_DOMAIN_MAX)
+        return 0;
+    if (allow_utf8 && !utf8_valid(d, n))
         return 0;
     size_t label = 0;
     for (size_t i = 0; i < n; i++) {
@@ -213,6 +254,8 @@ addr_status_t address_parse(const char *text, int allow_null, int allow_utf8, ma
         return memchr(path, '!', plen) ? ADDR_ROUTE : ADDR_SYNTAX;
     if (llen > ADDR_LOCAL_MAX)
         return ADDR_TOO_LONG;
+    if (utf8 && !utf8_valid(path, (size_t)llen))
+        return ADDR_SYNTAX;
     const char *dom = path + llen + 1;
     size_t dlen = plen - (size_t)llen - 1;
     if (dlen == 0 || dlen > ADDR_DOMAIN_MAX)

@@ -50,6 +50,14 @@ static const good_case_t good[] = {
     {"<\"\xe2\x82\xac uro\"@example.org>", 0, 1, "\"\xe2\x82\xac uro\"", "example.org", 0, 1},
     {"<\xf0\x9f\x93\xa7@\xe4\xbe\x8b\xe3\x81\x88.jp>", 0, 1, "\xf0\x9f\x93\xa7",
      "\xe4\xbe\x8b\xe3\x81\x88.jp", 0, 1},
+    /* the edges of each UTF-8 length: U+0080, U+07FF, U+0800, U+D7FF, U+E000, U+FFFF,
+     * U+10000, U+10FFFF */
+    {"<\xc2\x80\xdf\xbf\xe0\xa0\x80\xed\x9f\xbf\xee\x80\x80\xef\xbf\xbf\xf0\x90\x80\x80"
+     "\xf4\x8f\xbf\xbf@example.org>",
+     0, 1,
+     "\xc2\x80\xdf\xbf\xe0\xa0\x80\xed\x9f\xbf\xee\x80\x80\xef\xbf\xbf\xf0\x90\x80\x80"
+     "\xf4\x8f\xbf\xbf",
+     "example.org", 0, 1},
     {"<>", 1, 0, NULL, NULL, 0, 0},
     {"  <>", 1, 1, NULL, NULL, 0, 0},
 };
@@ -201,6 +209,17 @@ static const bad_case_t bad[] = {
     {"<us\xc3\xa9r@example.org>", 0, 0, ADDR_UTF8},
     {"<user@ex\xc3\xa4mple.org>", 0, 0, ADDR_UTF8},
     {"<\"\xc3\xa9\"@example.org>", 0, 0, ADDR_UTF8},
+    /* bytes that are not UTF-8 at all, even with SMTPUTF8 */
+    {"<\xff@example.org>", 0, 1, ADDR_SYNTAX},
+    {"<a\xc3@example.org>", 0, 1, ADDR_SYNTAX},          /* cut sequence */
+    {"<\xc0\xaf@example.org>", 0, 1, ADDR_SYNTAX},       /* overlong "/" */
+    {"<\xe0\x80\xae@example.org>", 0, 1, ADDR_SYNTAX},   /* overlong "." */
+    {"<\xed\xa0\x80@example.org>", 0, 1, ADDR_SYNTAX},   /* surrogate */
+    {"<\xf4\x90\x80\x80@example.org>", 0, 1, ADDR_SYNTAX}, /* past U+10FFFF */
+    {"<\x80@example.org>", 0, 1, ADDR_SYNTAX},           /* lone continuation */
+    {"<\"\xfe\"@example.org>", 0, 1, ADDR_SYNTAX},
+    {"<a@ex\xffmple.org>", 0, 1, ADDR_SYNTAX},
+    {"<a@\xe4\xbe.org>", 0, 1, ADDR_SYNTAX},
 };
 
 static void test_refused(void **state)
@@ -338,6 +357,7 @@ static void test_domain_valid(void **state)
         {"[192.0.2.1]", 0, 0},
         {"b\xc3\xbc" "cher.example", 0, 0},
         {"b\xc3\xbc" "cher.example", 1, 1},
+        {"b\xfc" "cher.example", 1, 0}, /* Latin-1, not UTF-8 */
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
         if (address_domain_valid(cases[i].d, cases[i].utf8) != cases[i].ok)
