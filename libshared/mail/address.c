@@ -308,6 +308,8 @@ int address_xtext_decode(const char *src, char *dst, size_t size)
                 return -1;
             char hex[3] = {p[1], p[2], 0};
             c = (char)strtol(hex, NULL, 16);
+            if (c == '\0')
+                return -1; /* would silently cut the decoded text short */
             p += 2;
         } else if ((unsigned char)c < 33 || (unsigned char)c > 126 || c == '=') {
             return -1;

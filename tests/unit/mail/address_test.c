@@ -397,6 +397,8 @@ static void test_xtext(void **state)
         {"a\x7f", -1, NULL},
         {"a\x01", -1, NULL},
         {"\xc3\xa9", -1, NULL},
+        {"a+00b", -1, NULL}, /* a NUL cannot be handed over in a C string */
+        {"+00", -1, NULL},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char out[64];
