@@ -68,6 +68,10 @@ reply_status_t reply_read(buf_t *in, smtp_reply_t *out)
         if (!isdigit((unsigned char)l[0]) || !isdigit((unsigned char)l[1]) ||
             !isdigit((unsigned char)l[2]))
             return REPLY_BAD;
+        /* RFC 5321 4.2.1: every line of a reply carries the same code, so a
+         * "250-" line cannot turn a final "550" into a success */
+        if (lines > 1 && memcmp(l, base, 3) != 0)
+            return REPLY_BAD;
         char sep = len > 3 ? l[3] : ' ';
         if (sep == '\r')
             sep = ' ';

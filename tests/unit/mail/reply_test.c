@@ -198,11 +198,14 @@ static void test_bad(void **state)
         " 250 OK\r\n",
         "250-first\r\nhello\r\n",
         "250-first\r\n25\r\n",
+        /* every line of one reply carries the same code */
+        "250-first\r\n550 second\r\n",
+        "250-first\r\n251-second\r\n250 third\r\n",
         NULL, /* a line over the limit, no newline yet */
         NULL, /* a line over the limit, with its newline */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        const char *text = bad[i] ? bad[i] : i == 8 ? longline : longlf;
+        const char *text = bad[i] ? bad[i] : i == 10 ? longline : longlf;
         buf_t in;
         buf_init(&in, 0);
         buf_append_str(&in, text);
