@@ -25,8 +25,12 @@ static int emit(data_reader_t *r, const char *p, size_t n, buf_t *out)
     if (r->too_big)
         return 0;
     if (r->max_size && r->size + n > r->max_size) {
+        /* keep the first max_size octets and drop the rest, so what is kept
+         * does not depend on how the bytes were split into reads */
         r->too_big = 1;
-        return 0;
+        n = (size_t)(r->max_size - r->size);
+        if (n == 0)
+            return 0;
     }
     r->size += n;
     return buf_append(out, p, n);
