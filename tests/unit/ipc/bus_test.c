@@ -174,8 +174,9 @@ static void on_reply(bus_msg_t *reply, bus_status_t status, void *arg)
                      reply->env->error->status->text);
         f->payload_len[i] = zmq_msg_size(&reply->payload);
         f->payload_ok[i] = f->payload_expect &&
-                           memcmp(zmq_msg_data(&reply->payload), f->payload_expect,
-                                  f->payload_len[i]) == 0;
+                           (f->payload_len[i] == 0 ||
+                            memcmp(zmq_msg_data(&reply->payload), f->payload_expect,
+                                   f->payload_len[i]) == 0);
     } else {
         assert_null(reply);
     }

@@ -98,7 +98,7 @@ static void test_read_cases(void **state)
                 fail_msg("case %zu chunk %zu: done %d consumed %ld", i, chunk, r.done,
                          r.consumed);
             if (buf_used(&out) != strlen(c->out) ||
-                memcmp(buf_head(&out), c->out, buf_used(&out)) != 0)
+                (buf_used(&out) && memcmp(buf_head(&out), c->out, buf_used(&out)) != 0))
                 fail_msg("case %zu chunk %zu: wrong output", i, chunk);
             assert_int_equal(r.size, strlen(c->out));
             assert_int_equal(r.bare, c->bare);
@@ -312,7 +312,7 @@ static void test_stuff_round_trip(void **state)
         /* the body comes back, with a CRLF added when it did not end in one */
         int ends_crlf = n >= 2 && body[n - 2] == '\r' && body[n - 1] == '\n';
         size_t want = n + (n && !ends_crlf ? 2 : 0);
-        if (buf_used(&out) != want || memcmp(buf_head(&out), body, n) != 0)
+        if (buf_used(&out) != want || (n && memcmp(buf_head(&out), body, n) != 0))
             fail_msg("round trip %d: %zu bytes back for %zu", iter, buf_used(&out), n);
         if (want > n)
             assert_memory_equal(buf_head(&out) + n, "\r\n", 2);
