@@ -7,7 +7,7 @@ SX_BUILD="$SX_ROOT/build"
 # Debian packages needed to build and run the relay.
 SX_BUILD_PACKAGES=(build-essential cmake pkg-config openssl
   libzmq3-dev libprotobuf-c-dev protobuf-c-compiler liblmdb-dev libconfig-dev libssl-dev
-  libcmocka-dev libmicrohttpd-dev libjansson-dev libc-ares-dev)
+  libcmocka-dev libmicrohttpd-dev libjansson-dev libc-ares-dev libcurl4-openssl-dev)
 
 sx_log() { printf '%s\n' "$*" >&2; }
 

@@ -120,6 +120,16 @@ static const conf_field_t ingress_table[] = {
        "time auth has to answer a login"),
     IF("queue_timeout", CONF_DURATION, queue_timeout, "30s", 100, 600000,
        "time queue has to confirm a chunk or a commit"),
+    IF("max_header_size", CONF_SIZE, max_header_size, "256K", 1024, 64LL << 20,
+       "largest header block of a message; beyond it 552 5.3.4"),
+    IF("max_connections_per_ip", CONF_INT, max_connections_per_ip, "50", 1, 1000000,
+       "concurrent connections from one client address"),
+    IF("max_junk_commands", CONF_INT, max_junk_commands, "100", 1, 100000,
+       "commands without a message (NOOP, RSET, VRFY, errors...) before the session ends"),
+    IF("max_auth_failures", CONF_INT, max_auth_failures, "3", 1, 100,
+       "failed AUTH attempts in one session before it ends"),
+    {"scan", CONF_CUSTOM, offsetof(ingress_conf_t, scan), NULL, 0, 0, 0, scan_conf_parse,
+     scan_conf_release, "content scanner before the 250 (see ingress_scan.h)"},
     {NULL},
 };
 
@@ -216,6 +226,8 @@ static void ingress_stats(PB(ServicePong) * pong, void *arg)
     bus_pong_stat(pong, "rejected", "%llu", (unsigned long long)ing->rejected);
     bus_pong_stat(pong, "auth_ok", "%llu", (unsigned long long)ing->auth_ok);
     bus_pong_stat(pong, "auth_failed", "%llu", (unsigned long long)ing->auth_failed);
+    bus_pong_stat(pong, "rate_limited", "%llu", (unsigned long long)ing->rate_limited);
+    bus_pong_stat(pong, "spam_rejected", "%llu", (unsigned long long)ing->scanned_spam);
 }
 
 static int legacy_networks(ingress_t *ing)
@@ -267,6 +279,7 @@ int main(int argc, char **argv)
     const char *api = service_endpoint(&svc, &svc.ep.ingress);
     if (api && (ing.api = bus_server_new(svc.bus, api, ingress_request, &ing)) == NULL)
         goto out;
+    ing.scanner = scanner_new(svc.loop, &ing.conf.scan);
     bus_set_stats(svc.bus, ingress_stats, &ing);
     loop_signal_add(svc.loop, SIGHUP, on_sighup, &ing);
     if (listeners_open(&ing) < 0)
@@ -274,6 +287,8 @@ int main(int argc, char **argv)
     rc = service_run(&svc) == 0 ? 0 : 1;
 out:
     session_close_all(&ing);
+    scanner_destroy(&ing.scanner);
+    limits_fini(&ing);
     for (size_t i = 0; i < ing.nlisteners; i++) {
         loop_fd_remove(svc.loop, ing.listeners[i].fd);
         close(ing.listeners[i].fd);

@@ -12,6 +12,7 @@
 #include "mail/smtp_data.h"
 #include "net/cidr.h"
 #include "net/conn.h"
+#include "ingress_scan.h"
 
 #include <openssl/ssl.h>
 #include <stdint.h>
@@ -48,6 +49,11 @@ typedef struct ingress_conf {
     uint64_t data_timeout;
     uint64_t auth_timeout;
     uint64_t queue_timeout;
+    uint64_t max_header_size;
+    long long max_connections_per_ip;
+    long long max_junk_commands;
+    long long max_auth_failures;
+    scan_conf_t scan;
 } ingress_conf_t;
 
 typedef struct ingress_listener {
@@ -71,9 +77,16 @@ typedef struct ingress {
     size_t next_queue;
     struct session *sessions;   /* all live sessions */
     size_t nsessions;
+    struct ip_count **ip_counts; /* connections per client address */
+    size_t ip_buckets;
+    scanner_t *scanner;          /* NULL: no content scanning */
     /* counters for ServicePong */
-    uint64_t connections, accepted, rejected, auth_ok, auth_failed;
+    uint64_t connections, accepted, rejected, auth_ok, auth_failed, rate_limited, scanned_spam;
 } ingress_t;
+
+typedef struct session session_t;
+/* MAIL's rate check finished: ok, or the reply to give. */
+typedef void (*rate_done_fn)(session_t *s, int ok, const char *reply);
 
 typedef enum {
     SS_CONNECTED = 0, /* greeting sent, waiting for EHLO/HELO */
@@ -112,8 +125,12 @@ typedef struct session {
     char username[129];
     char tenant[65];
     conf_strlist_t domains;  /* sending domains allowed for this login */
-    int auth_mech;           /* AUTH in progress: 1 PLAIN, 2 LOGIN */
+    int auth_mech;           /* AUTH in progress: AUTH_MECH_* of ingress_auth.c */
     char auth_user[256];     /* LOGIN: username between steps */
+    int auth_failures;       /* in this session */
+    rate_done_fn rate_done;  /* MAIL waiting on its rate check */
+    char auth_error[320];    /* the refusal to give after a bearer-token error challenge */
+    int junk;                /* commands since the last message */
 
     /* the transaction */
     char msgid[ID_BUF_SIZE];
@@ -143,6 +160,12 @@ typedef struct session {
     int bdat_prev_cr;
     int data_error;          /* 0, or the reply already decided for this message */
     int commit_pending;      /* end of data reached, commit waits for a chunk reply */
+    buf_t header;            /* the client's header block, up to max_header_size */
+    int header_done;         /* its blank line has been seen */
+    buf_t scan_copy;         /* the whole message for the scanner, up to its max_size */
+    int scan_too_big;
+    scan_job_t *scan_job;
+    char *prepend;           /* header lines decided at the end (scan verdict) */
 
     struct session *prev, *next;
 } session_t;
@@ -159,6 +182,8 @@ void session_arm(session_t *s);
 void session_resume(session_t *s);
 void session_close(session_t *s);
 const char *role_name(listener_role_t r);
+/* 1 if this login may send as domain (always on the legacy role). */
+int session_domain_allowed(const session_t *s, const char *domain);
 
 /* ---- AUTH (ingress_auth.c) ---- */
 void auth_command(session_t *s, char *args);
@@ -174,5 +199,18 @@ void data_abandon(session_t *s);
 
 /* ---- queue instances ---- */
 bus_client_t *ingress_pick_queue(ingress_t *ing, bus_client_t *not_this);
+
+/* ---- limits (ingress_limits.c) ---- */
+/* Count a new connection from ip; 0 when within max_connections_per_ip. */
+int limits_connection_open(ingress_t *ing, const char *ip);
+void limits_connection_close(ingress_t *ing, const char *ip);
+void limits_fini(ingress_t *ing);
+/* A command that is not part of a message; 1 when the session must end. */
+int limits_junk(session_t *s);
+
+/* ---- MAIL's rate check (ingress_auth.c) ---- */
+/* Ask auth whether one more message may go; done runs later (or the
+ * session waits). Returns -1 when auth cannot be asked: go on. */
+int auth_rate_check(session_t *s, rate_done_fn done);
 
 #endif

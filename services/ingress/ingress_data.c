@@ -11,6 +11,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "mail/header.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -27,6 +28,7 @@
 #define DERR_LONG_LINE 3
 #define DERR_QUEUE     4
 #define DERR_STORAGE   5
+#define DERR_HEADER    6
 
 static void send_commit(session_t *s);
 
@@ -88,11 +90,50 @@ static void received_header(session_t *s)
 static void text_begin(session_t *s)
 {
     buf_reset(&s->body);
+    buf_reset(&s->header);
+    buf_reset(&s->scan_copy);
+    s->header_done = 0;
+    s->scan_too_big = 0;
     s->chunks_sent = 0;
     s->commit_pending = 0;
     s->data_error = DERR_NONE;
     received_header(s);
     s->body_total = buf_used(&s->body);
+    if (s->ing->scanner)
+        buf_append(&s->scan_copy, buf_head(&s->body), buf_used(&s->body));
+}
+
+/*
+ * Message bytes (after dot-unstuffing) were added: keep the client's header
+ * block while it lasts, to check its size and its From:, and a copy of the
+ * whole message for the content scanner while it fits.
+ */
+static void text_appended(session_t *s, const char *p, size_t n)
+{
+    if (n == 0)
+        return;
+    if (!s->header_done) {
+        size_t from = buf_used(&s->header) > 3 ? buf_used(&s->header) - 3 : 0;
+        buf_append(&s->header, p, n);
+        long end = header_block_end(buf_head(&s->header) + from, buf_used(&s->header) - from);
+        if (end >= 0 && from + (size_t)end <= s->ing->conf.max_header_size + 2) {
+            s->header_done = 1;
+            s->header.len = s->header.off + from + (size_t)end;
+        } else if (end >= 0 || buf_used(&s->header) > s->ing->conf.max_header_size) {
+            s->header_done = 1;
+            buf_free(&s->header);
+            if (s->data_error == DERR_NONE)
+                s->data_error = DERR_HEADER;
+        }
+    }
+    if (s->ing->scanner && !s->scan_too_big) {
+        if (buf_used(&s->scan_copy) + n > s->ing->conf.scan.max_size) {
+            s->scan_too_big = 1;
+            buf_free(&s->scan_copy);
+        } else {
+            buf_append(&s->scan_copy, p, n);
+        }
+    }
 }
 
 void data_begin(session_t *s)
@@ -118,11 +159,19 @@ void data_abandon(session_t *s)
         env.queue_message_abort = &ab;
         bus_client_send(s->queue, 0, &env, NULL);
     }
+    if (s->scan_job) {
+        scan_cancel(s->scan_job);
+        s->scan_job = NULL;
+    }
+    free(s->prepend);
+    s->prepend = NULL;
     s->chunks_sent = 0;
     s->commit_pending = 0;
     s->bdat_left = 0;
     s->bdat_open = 0;
     buf_free(&s->body);
+    buf_free(&s->header);
+    buf_free(&s->scan_copy);
 }
 
 /* ---- chunks ---- */
@@ -213,6 +262,10 @@ static void reply_data_error(session_t *s, int err)
     case DERR_STORAGE:
         session_reply(s, "452 4.3.1 Insufficient system storage, try again later");
         break;
+    case DERR_HEADER:
+        session_reply(s, "552 5.3.4 Message header exceeds %llu octets",
+                      (unsigned long long)s->ing->conf.max_header_size);
+        break;
     default:
         session_reply(s, "451 4.3.0 Queue unavailable, message not accepted, try again later");
         break;
@@ -231,6 +284,7 @@ static void on_commit_reply(bus_msg_t *reply, bus_status_t status, void *arg)
         PB(Status) *st = reply->env->queue_message_commit_reply->status;
         if (st->code == 250) {
             s->ing->accepted++;
+            s->junk = 0;
             session_reply(s, "250 2.0.0 OK: queued as %s", s->msgid);
             log_info("sid=%s msg=%s event=accepted from=<%s> rcpts=%zu size=%llu user=%s "
                      "tenant=%s",
@@ -313,6 +367,10 @@ static void send_commit(session_t *s)
     PB(QueueMessageCommit) commit = PB_INIT(QUEUE_MESSAGE_COMMIT);
     commit.envelope = &e;
     commit.chunks = s->chunks_sent;
+    if (s->prepend) {
+        commit.prepend.data = (uint8_t *)s->prepend;
+        commit.prepend.len = strlen(s->prepend);
+    }
     sx_env_t env = PB_INIT(ENVELOPE);
     env.body_case = PB_BODY(QUEUE_MESSAGE_COMMIT);
     env.queue_message_commit = &commit;
@@ -355,7 +413,90 @@ static void send_commit(session_t *s)
     s->waiting = 1;
 }
 
-/* The whole text has arrived: refuse it or commit it. */
+/* Commit now, or once the chunk in flight is confirmed. */
+static void commit_when_ready(session_t *s)
+{
+    s->waiting = 1;
+    if (s->req_id) {
+        s->commit_pending = 1;
+        return;
+    }
+    send_commit(s);
+}
+
+typedef struct from_check {
+    const session_t *s;
+    char refused[300];
+    int count;
+} from_check_t;
+
+static void from_address(const char *addr, void *arg)
+{
+    from_check_t *fc = arg;
+    fc->count++;
+    const char *at = strrchr(addr, '@');
+    if (fc->refused[0] == '\0' && (at == NULL || !session_domain_allowed(fc->s, at + 1)))
+        sx_strlcpy(fc->refused, addr, sizeof(fc->refused));
+}
+
+/* Sender policy on the From: header; 0 when it passes (or there is none to check). */
+static int from_policy(session_t *s)
+{
+    if (s->role == ROLE_LEGACY || !s->header_done)
+        return 0;
+    char value[HEADER_VALUE_MAX];
+    int n = header_field(buf_head(&s->header), buf_used(&s->header), "From", value,
+                         sizeof(value));
+    if (n == 0)
+        return 0;
+    if (n > 1) {
+        session_reply(s, "550 5.6.0 Message refused: more than one From: header");
+        return -1;
+    }
+    from_check_t fc = {.s = s};
+    if (header_addresses(value, from_address, &fc) <= 0) {
+        session_reply(s, "553 5.7.1 Message refused: the From: header does not hold a "
+                         "readable address");
+        return -1;
+    }
+    if (fc.refused[0]) {
+        log_info("sid=%s msg=%s event=from_refused user=%s from=<%s>", s->sid, s->msgid,
+                 s->username, fc.refused);
+        session_reply(s, "553 5.7.1 Message refused: From: address <%s> is not in a sending "
+                         "domain of this login",
+                      fc.refused);
+        return -1;
+    }
+    return 0;
+}
+
+static void on_scan(const scan_verdict_t *v, void *arg)
+{
+    session_t *s = arg;
+    s->scan_job = NULL;
+    buf_free(&s->scan_copy);
+    if (v->action == SCAN_REJECT || v->action == SCAN_TEMPFAIL) {
+        if (v->action == SCAN_REJECT)
+            s->ing->scanned_spam++;
+        log_info("sid=%s msg=%s event=scan_refused action=%s score=%.2f threshold=%.2f", s->sid,
+                 s->msgid, v->action == SCAN_REJECT ? "reject" : "tempfail", v->score,
+                 v->threshold);
+        if (v->action == SCAN_REJECT)
+            session_reply(s, "554 5.7.1 %s", v->reason);
+        else
+            session_reply(s, "451 4.7.1 %s", v->reason);
+        s->ing->rejected++;
+        data_abandon(s);
+        finish_transaction(s);
+        session_resume(s);
+        return;
+    }
+    if (v->headers && v->headers[0])
+        s->prepend = xstrdup(v->headers);
+    commit_when_ready(s);
+}
+
+/* The whole text has arrived: refuse it, have it scanned, or commit it. */
 static void text_end(session_t *s)
 {
     if (s->data_error != DERR_NONE && s->data_error != DERR_QUEUE &&
@@ -365,12 +506,29 @@ static void text_end(session_t *s)
         finish_transaction(s);
         return;
     }
-    s->waiting = 1;
-    if (s->req_id) {
-        s->commit_pending = 1; /* after the chunk in flight is confirmed */
+    if (s->data_error == DERR_NONE && from_policy(s) < 0) {
+        s->ing->rejected++;
+        data_abandon(s);
+        finish_transaction(s);
         return;
     }
-    send_commit(s);
+    if (s->ing->scanner && s->data_error == DERR_NONE) {
+        const char **rcpts = xcalloc(s->nrcpts ? s->nrcpts : 1, sizeof(char *));
+        for (size_t i = 0; i < s->nrcpts; i++)
+            rcpts[i] = s->rcpts[i].address;
+        scan_meta_t meta = {.message_id = s->msgid, .tenant = s->tenant, .client_ip = s->ip,
+                            .helo = s->helo, .mail_from = s->mail_from, .rcpts = rcpts,
+                            .nrcpts = s->nrcpts, .username = s->username};
+        uint64_t len = s->scan_too_big ? s->ing->conf.scan.max_size + 1 : buf_used(&s->scan_copy);
+        s->scan_job = scan_start(s->ing->scanner, s->scan_too_big ? NULL : buf_head(&s->scan_copy),
+                                 (size_t)len, &meta, on_scan, s);
+        free(rcpts);
+        if (s->scan_job) {
+            s->waiting = 1;
+            return;
+        }
+    }
+    commit_when_ready(s);
 }
 
 /* ---- DATA ---- */
@@ -381,7 +539,10 @@ static int data_feed_text(session_t *s)
     size_t n = buf_used(in);
     if (n == 0)
         return 0;
+    size_t before = buf_used(&s->body);
     long used = data_reader_feed(&s->reader, buf_head(in), n, &s->body);
+    if (used >= 0 && buf_used(&s->body) > before)
+        text_appended(s, buf_head(&s->body) + before, buf_used(&s->body) - before);
     if (used < 0) {
         s->data_error = DERR_STORAGE;
         used = (long)n;
@@ -460,6 +621,8 @@ static int bdat_feed(session_t *s)
             s->data_error = DERR_TOO_BIG;
         if (s->data_error == DERR_NONE && buf_append(&s->body, p, n) < 0)
             s->data_error = DERR_STORAGE;
+        if (s->data_error == DERR_NONE)
+            text_appended(s, p, n);
         s->reader.size += n;
         maybe_send_chunk(s);
     }

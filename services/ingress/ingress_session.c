@@ -19,6 +19,7 @@
 #include <strings.h>
 
 #define SESSION_IN_LIMIT (256u << 10) /* unread input held while a step runs */
+#define AUTH_LINE_MAX    12288
 
 static const char *const state_names[] = {"connected", "ready", "mail", "rcpt", "data",
                                           "bdat",      "auth",  "tls",  "closing"};
@@ -64,11 +65,14 @@ static void session_free(session_t *s)
 {
     ingress_t *ing = s->ing;
     loop_timer_stop(ing->svc->loop, &s->timer);
+    limits_connection_close(ing, s->ip);
     data_abandon(s);
     if (s->req_id && s->req_client)
         bus_client_cancel(s->req_client, s->req_id);
     conn_destroy(&s->conn);
     buf_free(&s->body);
+    buf_free(&s->header);
+    buf_free(&s->scan_copy);
     conf_strlist_free(&s->domains);
     free(s->rcpts);
     if (s->prev)
@@ -136,6 +140,7 @@ typedef void (*cmd_fn)(session_t *s, char *args);
 
 #define CMD_BEFORE_HELO 1u /* allowed before EHLO/HELO */
 #define CMD_BEFORE_TLS  2u /* allowed on the submission role before STARTTLS */
+#define CMD_JUNK        4u /* carries no message: counted against max_junk_commands */
 
 typedef struct command {
     const char *name;
@@ -183,7 +188,7 @@ static void cmd_ehlo_helo(session_t *s, char *args, int esmtp)
     if (tls_available(s))
         session_reply(s, "250-STARTTLS");
     if (auth_offered(s) && !s->authed)
-        session_reply(s, "250-AUTH PLAIN LOGIN");
+        session_reply(s, "250-AUTH PLAIN LOGIN XOAUTH2 OAUTHBEARER");
     session_reply(s, "250 CHUNKING");
 }
 
@@ -220,14 +225,19 @@ static void cmd_starttls(session_t *s, char *args)
     }
 }
 
-static int sender_allowed(const session_t *s, const mail_addr_t *a)
+int session_domain_allowed(const session_t *s, const char *domain)
 {
-    if (s->role == ROLE_LEGACY || a->is_null)
+    if (s->role == ROLE_LEGACY)
         return 1;
     for (size_t i = 0; i < s->domains.n; i++)
-        if (strcasecmp(s->domains.v[i], a->domain) == 0)
+        if (strcasecmp(s->domains.v[i], domain) == 0)
             return 1;
     return 0;
+}
+
+static int sender_allowed(const session_t *s, const mail_addr_t *a)
+{
+    return a->is_null || session_domain_allowed(s, a->domain);
 }
 
 static void reply_address_error(session_t *s, addr_status_t st, const char *what)
@@ -250,6 +260,28 @@ static void reply_address_error(session_t *s, addr_status_t st, const char *what
                       strcmp(what, "Sender") == 0 ? 7 : 3, what);
         break;
     }
+}
+
+/* MAIL passed every check: the transaction begins. */
+static void mail_accept(session_t *s)
+{
+    id_new(s->msgid);
+    session_enter_state(s, SS_MAIL);
+    log_info("sid=%s msg=%s event=mail from=<%s> size=%llu", s->sid, s->msgid, s->mail_from,
+             (unsigned long long)s->declared_size);
+    session_reply(s, "250 2.1.0 Sender <%s> OK", s->mail_from);
+}
+
+static void mail_rate_done(session_t *s, int ok, const char *reply)
+{
+    if (ok) {
+        mail_accept(s);
+        return;
+    }
+    s->ing->rate_limited++;
+    log_info("sid=%s event=rate_limited user=%s tenant=%s", s->sid, s->username, s->tenant);
+    s->mail_from[0] = '\0';
+    session_reply(s, "%s", reply);
 }
 
 static void cmd_mail(session_t *s, char *args)
@@ -339,7 +371,6 @@ static void cmd_mail(session_t *s, char *args)
         session_reply(s, "451 4.3.0 Queue unavailable, try again later");
         return;
     }
-    id_new(s->msgid);
     sx_strlcpy(s->mail_from, a.full, sizeof(s->mail_from));
     s->smtputf8 = utf8;
     s->eightbit = eightbit;
@@ -347,10 +378,8 @@ static void cmd_mail(session_t *s, char *args)
     sx_strlcpy(s->dsn_ret, ret, sizeof(s->dsn_ret));
     sx_strlcpy(s->dsn_envid, envid, sizeof(s->dsn_envid));
     s->nrcpts = 0;
-    session_enter_state(s, SS_MAIL);
-    log_info("sid=%s msg=%s event=mail from=<%s> size=%llu", s->sid, s->msgid, s->mail_from,
-             (unsigned long long)size);
-    session_reply(s, "250 2.1.0 Sender <%s> OK", a.full);
+    if (auth_rate_check(s, mail_rate_done) < 0)
+        mail_accept(s);
 }
 
 static int notify_valid(const char *v)
@@ -491,19 +520,19 @@ static void cmd_bdat(session_t *s, char *args)
 }
 
 static const command_t commands[] = {
-    {"EHLO", cmd_ehlo, CMD_BEFORE_HELO | CMD_BEFORE_TLS},
-    {"HELO", cmd_helo, CMD_BEFORE_HELO | CMD_BEFORE_TLS},
+    {"EHLO", cmd_ehlo, CMD_BEFORE_HELO | CMD_BEFORE_TLS | CMD_JUNK},
+    {"HELO", cmd_helo, CMD_BEFORE_HELO | CMD_BEFORE_TLS | CMD_JUNK},
     {"STARTTLS", cmd_starttls, CMD_BEFORE_TLS},
     {"AUTH", cmd_auth, 0},
     {"MAIL", cmd_mail, 0},
     {"RCPT", cmd_rcpt, 0},
     {"DATA", cmd_data, 0},
     {"BDAT", cmd_bdat, 0},
-    {"RSET", cmd_rset, CMD_BEFORE_HELO | CMD_BEFORE_TLS},
-    {"NOOP", cmd_noop, CMD_BEFORE_HELO | CMD_BEFORE_TLS},
+    {"RSET", cmd_rset, CMD_BEFORE_HELO | CMD_BEFORE_TLS | CMD_JUNK},
+    {"NOOP", cmd_noop, CMD_BEFORE_HELO | CMD_BEFORE_TLS | CMD_JUNK},
     {"QUIT", cmd_quit, CMD_BEFORE_HELO | CMD_BEFORE_TLS},
-    {"VRFY", cmd_vrfy, 0},
-    {"HELP", cmd_help, CMD_BEFORE_HELO | CMD_BEFORE_TLS},
+    {"VRFY", cmd_vrfy, CMD_JUNK},
+    {"HELP", cmd_help, CMD_BEFORE_HELO | CMD_BEFORE_TLS | CMD_JUNK},
     {NULL, NULL, 0},
 };
 
@@ -523,8 +552,11 @@ static void session_command(session_t *s, char *line)
     }
     if (cmd == NULL) {
         session_reply(s, "500 5.5.1 Error: command not recognized");
+        limits_junk(s);
         return;
     }
+    if (cmd->flags & CMD_JUNK && limits_junk(s))
+        return;
     /* BDAT carries its chunk whatever the verdict: bdat_command consumes it */
     if (cmd->fn == cmd_bdat) {
         cmd->fn(s, args);
@@ -550,6 +582,10 @@ static int next_line(session_t *s, char *line, size_t size)
     for (;;) {
         long lf = buf_find_lf(in, 0);
         size_t max = (size_t)s->ing->conf.max_line;
+        /* RFC 4954 4: AUTH lines (bearer tokens) may reach 12288 octets */
+        if (s->state == SS_AUTH ||
+            (buf_used(in) >= 5 && strncasecmp(buf_head(in), "AUTH ", 5) == 0))
+            max = AUTH_LINE_MAX;
         if (lf < 0) {
             if (buf_used(in) > max) {
                 /* an over-long line: drop what we have, and the rest up to LF */
@@ -582,7 +618,7 @@ static int next_line(session_t *s, char *line, size_t size)
 /* Process buffered input until it runs out or a step must wait. */
 static void session_process(session_t *s)
 {
-    char line[4096];
+    char line[AUTH_LINE_MAX + 1];
     while (!s->waiting && s->conn && s->state != SS_CLOSING && s->state != SS_TLS) {
         if (s->state == SS_DATA || s->state == SS_BDAT) {
             if (!data_feed(s))
@@ -671,6 +707,8 @@ void session_start(ingress_t *ing, int fd, const sock_addr_t *peer, listener_rol
     id_session(s->sid);
     sock_addr_ip(peer, s->ip, sizeof(s->ip));
     buf_init(&s->body, 0);
+    buf_init(&s->header, 0);
+    buf_init(&s->scan_copy, 0);
     loop_timer_init(&s->timer, session_timeout, s);
     s->conn = conn_new(ing->svc->loop, fd, 0, SESSION_IN_LIMIT, &session_handlers, s);
     if (s->conn == NULL) {
@@ -686,6 +724,14 @@ void session_start(ingress_t *ing, int fd, const sock_addr_t *peer, listener_rol
     log_info("sid=%s event=connect ip=%s role=%s", s->sid, s->ip, role_name(role));
 
     const char *host = ing->svc->relay.hostname;
+    if (limits_connection_open(ing, s->ip) < 0) {
+        log_info("sid=%s event=refused ip=%s reason=connections_per_ip", s->sid, s->ip);
+        session_reply(s, "421 4.7.0 %s Too many connections from your address, try again later",
+                      host);
+        session_enter_state(s, SS_CLOSING);
+        conn_close_after_flush(s->conn);
+        return;
+    }
     if ((long long)ing->nsessions > ing->conf.max_connections) {
         session_reply(s, "421 4.7.0 %s Too many connections, try again later", host);
         session_enter_state(s, SS_CLOSING);
