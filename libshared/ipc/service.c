@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -127,6 +128,12 @@ int service_init(service_t *svc, const char *name, int argc, char **argv)
     if (svc->bus == NULL) {
         fprintf(stderr, "sendarix-%s: cannot start the event loop or bus\n", name);
         return -1;
+    }
+    /* a relay holds thousands of sockets: take every descriptor allowed */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
     }
     loop_signal_add(svc->loop, SIGTERM, on_stop_signal, svc);
     loop_signal_add(svc->loop, SIGINT, on_stop_signal, svc);
