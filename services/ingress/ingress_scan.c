@@ -53,6 +53,8 @@ struct scanner {
     loop_timer_t timer; /* curl's one timeout */
     scan_conf_t conf;   /* a private copy */
     scan_job_t *jobs;   /* live jobs */
+    int busy;           /* inside a socket or timer handler */
+    int dead;           /* destroyed from a done callback: freed when the handler ends */
 };
 
 struct scan_job {
@@ -636,11 +638,13 @@ static size_t on_reply_bytes(char *p, size_t size, size_t nmemb, void *arg)
 
 /* ---- curl inside the loop ---- */
 
+static void scanner_free(scanner_t *sc);
+
 static void scanner_check_done(scanner_t *sc)
 {
     CURLMsg *m;
     int left;
-    while ((m = curl_multi_info_read(sc->multi, &left)) != NULL) {
+    while (!sc->dead && (m = curl_multi_info_read(sc->multi, &left)) != NULL) {
         if (m->msg != CURLMSG_DONE)
             continue;
         char *priv = NULL;
@@ -664,8 +668,11 @@ static void on_socket_ready(loop_t *loop, int fd, unsigned events, void *arg)
         flags |= CURL_CSELECT_OUT;
     if (events & LOOP_ERROR)
         flags |= CURL_CSELECT_ERR;
+    sc->busy++;
     curl_multi_socket_action(sc->multi, fd, flags, &running);
     scanner_check_done(sc);
+    if (--sc->busy == 0 && sc->dead)
+        scanner_free(sc);
 }
 
 static void on_timer(loop_t *loop, void *arg)
@@ -673,8 +680,11 @@ static void on_timer(loop_t *loop, void *arg)
     (void)loop;
     scanner_t *sc = arg;
     int running;
+    sc->busy++;
     curl_multi_socket_action(sc->multi, CURL_SOCKET_TIMEOUT, 0, &running);
     scanner_check_done(sc);
+    if (--sc->busy == 0 && sc->dead)
+        scanner_free(sc);
 }
 
 /* curl says which events it wants on a socket; a non-NULL socketp marks a watched fd. */
@@ -759,19 +769,32 @@ scanner_t *scanner_new(loop_t *loop, const scan_conf_t *conf)
     return sc;
 }
 
-void scanner_destroy(scanner_t **p)
+static void scanner_free(scanner_t *sc)
 {
-    scanner_t *sc = *p;
-    if (sc == NULL)
-        return;
-    while (sc->jobs)
-        job_free(sc->jobs);
     loop_timer_stop(sc->loop, &sc->timer);
     curl_multi_cleanup(sc->multi); /* closes kept connections: their watches go */
     loop_timer_stop(sc->loop, &sc->timer);
     scan_conf_release(&sc->conf);
     free(sc);
+}
+
+/*
+ * Jobs still running are dropped without their done. Safe from inside a
+ * done callback: the scanner is then freed once that handler returns.
+ */
+void scanner_destroy(scanner_t **p)
+{
+    scanner_t *sc = *p;
+    if (sc == NULL)
+        return;
     *p = NULL;
+    while (sc->jobs)
+        job_free(sc->jobs);
+    if (sc->busy) {
+        sc->dead = 1;
+        return;
+    }
+    scanner_free(sc);
 }
 
 /* Set up the transfer; -1 leaves the job to complete as a failure. */

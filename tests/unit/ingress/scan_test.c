@@ -962,6 +962,50 @@ static void test_done_may_start_next_and_destroy_with_jobs(void **state)
     assert_int_equal(results[1].done, 0);
 }
 
+/* done destroying the scanner while other jobs are in flight */
+static scanner_t *doomed;
+static void on_done_destroy(const scan_verdict_t *v, void *arg)
+{
+    on_done(v, arg);
+    scanner_destroy(&doomed);
+    loop_stop(loop);
+}
+
+static void test_done_may_destroy_scanner(void **state)
+{
+    (void)state;
+    static const canned_t c[] = {{"Q1", R_REPLY, 200, "{\"score\": 1}"}, {"slow", R_HANG, 0, NULL}};
+    srv.table = c;
+    srv.ntable = 2;
+    scan_conf_t conf;
+    make_conf(&conf, "/checkv2");
+    conf.max_size = 1024;
+    for (int round = 0; round < 2; round++) {
+        memset(results, 0, sizeof(results));
+        ndone = 0;
+        guard_fired = 0;
+        doomed = scanner_new(loop, &conf);
+        scan_meta_t m = {.message_id = "Q1"};
+        scan_meta_t slow = {.message_id = "slow"};
+        char big[2048] = "";
+        if (round == 0) /* from a transfer, with more of them finished or running */
+            for (int i = 0; i < 4; i++)
+                scan_start(doomed, message, sizeof(message) - 1, &m, on_done_destroy, &results[i]);
+        else /* from the next-turn delivery of a message over max_size */
+            scan_start(doomed, big, sizeof(big), &m, on_done_destroy, &results[0]);
+        scan_start(doomed, message, sizeof(message) - 1, &slow, on_done_destroy, &results[5]);
+        loop_timer_start(loop, &guard, 5000);
+        loop_run(loop);
+        loop_timer_stop(loop, &guard);
+        assert_false(guard_fired);
+        assert_null(doomed);
+        assert_int_equal(ndone, 1);
+        run_for(99, 300); /* nothing else completes, nothing touches the freed scanner */
+        assert_int_equal(ndone, 1);
+        assert_int_equal(results[5].done, 0);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -986,6 +1030,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_several_jobs_at_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_done_may_start_next_and_destroy_with_jobs, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_done_may_destroy_scanner, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
