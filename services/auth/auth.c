@@ -1,12 +1,15 @@
 /*
- * auth: the sendarix-auth daemon. Owns credentials, tenants and sending
- * domains in its LMDB store and answers on its bus server (bus.auth):
- * AuthLoginVerify from ingress, and the management requests from
- * sendarixctl. This file holds main, the config table and the bus glue;
- * what the answers are is auth_api/auth_verify, the store is auth_store,
- * and slow hashes run on the auth_worker pool.
+ * auth: the sendarix-auth daemon. Owns credentials, tenants, sending
+ * domains and the day counters of the rate limits in its LMDB store and
+ * answers on its bus server (bus.auth): AuthLoginVerify and AuthRateCheck
+ * from ingress, and the management requests from sendarixctl. This file
+ * holds main, the config table, the bus glue and the timer that writes
+ * changed day counters (at most once a second); what the answers are is
+ * auth_api/auth_manage/auth_verify, the store is auth_store, and slow
+ * hashes and token checks run on the auth_worker pool.
  */
 #include "auth_api.h"
+#include "auth_jwt.h"
 #include "auth_store.h"
 #include "auth_worker.h"
 #include "core/alloc.h"
@@ -18,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define RATE_FLUSH_MS 1000 /* day counters are written at most this often */
+
 typedef struct auth_conf {
     long long scrypt_ln;
     long long scrypt_r;
@@ -26,10 +31,18 @@ typedef struct auth_conf {
     long long cache_max;
     long long hash_threads;
     long long hash_queue_max;
+    long long lockout_failures;
+    uint64_t lockout_window;
+    uint64_t lockout_duration;
+    long long lockout_table_max;
+    long long rate_table_max;
+    auth_jwt_issuers_t *oauth_issuers;
 } auth_conf_t;
 
 #define F(name, type, def, min, max, doc)                                                      \
     {#name, type, offsetof(auth_conf_t, name), def, min, max, 0, NULL, NULL, doc}
+#define C(name, parse, release, doc)                                                           \
+    {#name, CONF_CUSTOM, offsetof(auth_conf_t, name), NULL, 0, 0, 0, parse, release, doc}
 
 static const conf_field_t auth_conf_table[] = {
     F(scrypt_ln, CONF_INT, "15", AUTH_SCRYPT_LN_MIN, AUTH_SCRYPT_LN_MAX,
@@ -45,6 +58,19 @@ static const conf_field_t auth_conf_table[] = {
      * auth_timeout, so no hash is spent on a login whose client has given up */
     F(hash_queue_max, CONF_INT, "64", 1, 100000,
       "logins waiting for a hash before new ones get 454 (try later)"),
+    F(lockout_failures, CONF_INT, "5", 0, AUTH_LOCKOUT_FAILURES_MAX,
+      "failed logins from one client or for one user that lock it out; 0 turns lockouts off"),
+    F(lockout_window, CONF_DURATION, "10m", 1000, 86400000,
+      "failures older than this no longer count"),
+    F(lockout_duration, CONF_DURATION, "15m", 1000, 86400000,
+      "how long a lockout lasts (counters are in memory: a restart clears them)"),
+    F(lockout_table_max, CONF_INT, "100000", 100, 10000000,
+      "clients and users whose failures are tracked at once; the oldest goes first"),
+    F(rate_table_max, CONF_INT, "100000", 16, 10000000,
+      "credentials and tenants whose rate windows are kept in memory"),
+    C(oauth_issuers, auth_jwt_conf_parse, auth_jwt_conf_release,
+      "issuers whose bearer tokens (XOAUTH2, OAUTHBEARER) are accepted: a list of groups "
+      "{ issuer; audience; algorithm (HS256, RS256, ES256); secret or public_key }"),
     {NULL},
 };
 
@@ -53,6 +79,7 @@ typedef struct auth_ctx {
     auth_api_t *api;
     auth_worker_t *worker; /* NULL: hash on the loop thread */
     bus_server_t *server;
+    loop_timer_t rate_flush;
 } auth_ctx_t;
 
 /* A login check waiting for a worker. */
@@ -128,6 +155,17 @@ static void answer(auth_ctx_t *ctx, bus_msg_t *msg, int rc, const auth_err_t *er
     auth_api_reply_free(reply);
 }
 
+/* One management request: call the handler, answer with its reply or its error. */
+#define HANDLE(BODY, field, fn, REPLY_BODY, reply_field, Reply)                                \
+    case PB_BODY(BODY): {                                                                      \
+        PB(Reply) *r;                                                                          \
+        rc = fn(ctx->api, e->field, &r, &err);                                                 \
+        env.body_case = PB_BODY(REPLY_BODY);                                                   \
+        env.reply_field = r;                                                                   \
+        answer(ctx, msg, rc, &err, &env, r);                                                   \
+        break;                                                                                 \
+    }
+
 static void on_request(bus_server_t *srv, bus_msg_t *msg, void *arg)
 {
     (void)srv;
@@ -141,52 +179,50 @@ static void on_request(bus_server_t *srv, bus_msg_t *msg, void *arg)
     case PB_BODY(AUTH_LOGIN_VERIFY):
         handle_verify(ctx, msg);
         break;
-    case PB_BODY(AUTH_TENANT_ADD): {
-        PB(AuthTenantAddReply) *r;
-        rc = auth_api_tenant_add(ctx->api, e->auth_tenant_add, &r, &err);
-        env.body_case = PB_BODY(AUTH_TENANT_ADD_REPLY);
-        env.auth_tenant_add_reply = r;
-        answer(ctx, msg, rc, &err, &env, r);
-        break;
-    }
-    case PB_BODY(AUTH_TENANT_LIST): {
-        PB(AuthTenantListReply) *r;
-        rc = auth_api_tenant_list(ctx->api, e->auth_tenant_list, &r, &err);
-        env.body_case = PB_BODY(AUTH_TENANT_LIST_REPLY);
-        env.auth_tenant_list_reply = r;
-        answer(ctx, msg, rc, &err, &env, r);
-        break;
-    }
-    case PB_BODY(AUTH_DOMAIN_ADD): {
-        PB(AuthDomainAddReply) *r;
-        rc = auth_api_domain_add(ctx->api, e->auth_domain_add, &r, &err);
-        env.body_case = PB_BODY(AUTH_DOMAIN_ADD_REPLY);
-        env.auth_domain_add_reply = r;
-        answer(ctx, msg, rc, &err, &env, r);
-        break;
-    }
-    case PB_BODY(AUTH_CREDENTIAL_ADD): {
-        PB(AuthCredentialAddReply) *r;
-        rc = auth_api_credential_add(ctx->api, e->auth_credential_add, &r, &err);
-        env.body_case = PB_BODY(AUTH_CREDENTIAL_ADD_REPLY);
-        env.auth_credential_add_reply = r;
-        answer(ctx, msg, rc, &err, &env, r);
-        break;
-    }
-    case PB_BODY(AUTH_CREDENTIAL_LIST): {
-        PB(AuthCredentialListReply) *r;
-        rc = auth_api_credential_list(ctx->api, e->auth_credential_list, &r, &err);
-        env.body_case = PB_BODY(AUTH_CREDENTIAL_LIST_REPLY);
-        env.auth_credential_list_reply = r;
-        answer(ctx, msg, rc, &err, &env, r);
-        break;
-    }
+        HANDLE(AUTH_RATE_CHECK, auth_rate_check, auth_api_rate_check, AUTH_RATE_CHECK_REPLY,
+               auth_rate_check_reply, AuthRateCheckReply)
+        HANDLE(AUTH_TENANT_ADD, auth_tenant_add, auth_api_tenant_add, AUTH_TENANT_ADD_REPLY,
+               auth_tenant_add_reply, AuthTenantAddReply)
+        HANDLE(AUTH_TENANT_LIST, auth_tenant_list, auth_api_tenant_list, AUTH_TENANT_LIST_REPLY,
+               auth_tenant_list_reply, AuthTenantListReply)
+        HANDLE(AUTH_DOMAIN_ADD, auth_domain_add, auth_api_domain_add, AUTH_DOMAIN_ADD_REPLY,
+               auth_domain_add_reply, AuthDomainAddReply)
+        HANDLE(AUTH_DOMAIN_LIST, auth_domain_list, auth_api_domain_list, AUTH_DOMAIN_LIST_REPLY,
+               auth_domain_list_reply, AuthDomainListReply)
+        HANDLE(AUTH_CREDENTIAL_ADD, auth_credential_add, auth_api_credential_add,
+               AUTH_CREDENTIAL_ADD_REPLY, auth_credential_add_reply, AuthCredentialAddReply)
+        HANDLE(AUTH_CREDENTIAL_LIST, auth_credential_list, auth_api_credential_list,
+               AUTH_CREDENTIAL_LIST_REPLY, auth_credential_list_reply, AuthCredentialListReply)
+        HANDLE(AUTH_CREDENTIAL_ROTATE, auth_credential_rotate, auth_api_credential_rotate,
+               AUTH_CREDENTIAL_ROTATE_REPLY, auth_credential_rotate_reply,
+               AuthCredentialRotateReply)
+        HANDLE(AUTH_CREDENTIAL_REVOKE, auth_credential_revoke, auth_api_credential_revoke,
+               AUTH_CREDENTIAL_REVOKE_REPLY, auth_credential_revoke_reply,
+               AuthCredentialRevokeReply)
+        HANDLE(AUTH_ALLOW_ADD, auth_allow_add, auth_api_allow_add, AUTH_ALLOW_REPLY,
+               auth_allow_reply, AuthAllowReply)
+        HANDLE(AUTH_ALLOW_REMOVE, auth_allow_remove, auth_api_allow_remove, AUTH_ALLOW_REPLY,
+               auth_allow_reply, AuthAllowReply)
+        HANDLE(AUTH_ALLOW_LIST, auth_allow_list, auth_api_allow_list, AUTH_ALLOW_REPLY,
+               auth_allow_reply, AuthAllowReply)
+        HANDLE(AUTH_LIMIT_SET, auth_limit_set, auth_api_limit_set, AUTH_LIMIT_SET_REPLY,
+               auth_limit_set_reply, AuthLimitSetReply)
     default:
         log_warn("event=request_refused body=%s reason=unsupported", codec_body_name(e));
         bus_server_error(ctx->server, &msg->peer, e->request_id, 400, "5.5.1",
                          "auth does not answer %s", codec_body_name(e));
         break;
     }
+    if (auth_api_rate_pending(ctx->api) && !loop_timer_active(&ctx->rate_flush))
+        loop_timer_start(ctx->svc->loop, &ctx->rate_flush, RATE_FLUSH_MS);
+}
+
+/* Write the day counters that changed since the last time; try again later on failure. */
+static void on_rate_flush(loop_t *loop, void *arg)
+{
+    auth_ctx_t *ctx = arg;
+    if (auth_api_rate_flush(ctx->api) < 0)
+        loop_timer_start(loop, &ctx->rate_flush, RATE_FLUSH_MS);
 }
 
 static void on_stats(PB(ServicePong) * pong, void *arg)
@@ -199,6 +235,12 @@ static void on_stats(PB(ServicePong) * pong, void *arg)
     bus_pong_stat(pong, "verify_ok", "%llu", (unsigned long long)s.verify_ok);
     bus_pong_stat(pong, "verify_failed", "%llu", (unsigned long long)s.verify_failed);
     bus_pong_stat(pong, "verify_busy", "%llu", (unsigned long long)s.verify_busy);
+    bus_pong_stat(pong, "verify_locked", "%llu", (unsigned long long)s.verify_locked);
+    bus_pong_stat(pong, "lockouts", "%llu", (unsigned long long)s.lockouts);
+    bus_pong_stat(pong, "lockout_entries", "%zu", s.lockout_entries);
+    bus_pong_stat(pong, "rate_counted", "%llu", (unsigned long long)s.rate_counted);
+    bus_pong_stat(pong, "rate_refused", "%llu", (unsigned long long)s.rate_refused);
+    bus_pong_stat(pong, "rate_unwritten", "%zu", s.rate_dirty);
     bus_pong_stat(pong, "cache_hits", "%llu", (unsigned long long)s.cache_hits);
     bus_pong_stat(pong, "cache_entries", "%zu", s.cache_entries);
     bus_pong_stat(pong, "hash_pending", "%zu",
@@ -228,6 +270,10 @@ int main(int argc, char **argv)
         .scrypt = {(unsigned)conf.scrypt_ln, (unsigned)conf.scrypt_r, (unsigned)conf.scrypt_p},
         .cache_ttl_ms = conf.cache_ttl,
         .cache_max = (size_t)conf.cache_max,
+        .lockout = {(unsigned)conf.lockout_failures, conf.lockout_window, conf.lockout_duration,
+                    (size_t)conf.lockout_table_max},
+        .rate_names_max = (size_t)conf.rate_table_max,
+        .oauth = conf.oauth_issuers,
     };
     if (auth_hash_params_check(&api_conf.scrypt, err, sizeof(err)) < 0) {
         char where[512];
@@ -261,6 +307,7 @@ int main(int argc, char **argv)
             goto out;
         }
     }
+    loop_timer_init(&ctx.rate_flush, on_rate_flush, &ctx);
     ctx.server = bus_server_new(svc.bus, endpoint, on_request, &ctx);
     if (ctx.server == NULL) {
         fprintf(stderr, "sendarix-auth: cannot bind %s\n", endpoint);
@@ -268,10 +315,15 @@ int main(int argc, char **argv)
     }
     bus_set_stats(svc.bus, on_stats, &ctx);
     log_info("event=auth_ready store=%s tenants=%zu credentials=%zu scrypt_ln=%lld "
-             "hash_threads=%lld cache_max=%lld cache_ttl_ms=%llu",
+             "hash_threads=%lld cache_max=%lld cache_ttl_ms=%llu lockout_failures=%lld "
+             "oauth_issuers=%zu",
              dir, auth_store_tenant_count(st), auth_store_cred_count(st), conf.scrypt_ln,
-             conf.hash_threads, conf.cache_max, (unsigned long long)conf.cache_ttl);
+             conf.hash_threads, conf.cache_max, (unsigned long long)conf.cache_ttl,
+             conf.lockout_failures, auth_jwt_issuers_count(conf.oauth_issuers));
     rc = service_run(&svc) == 0 ? 0 : 1;
+    loop_timer_stop(svc.loop, &ctx.rate_flush);
+    if (auth_api_rate_pending(ctx.api))
+        auth_api_rate_flush(ctx.api);
 out:
     bus_set_stats(svc.bus, NULL, NULL);
     auth_worker_destroy(&ctx.worker);

@@ -16,7 +16,7 @@
 
 enum { REC_TENANT = 'T', REC_DOMAIN = 'D', REC_CRED = 'C' };
 
-enum { DOMAIN_F_TENANT = 1, DOMAIN_F_CREATED = 2 };
+enum { DOMAIN_F_TENANT = 1, DOMAIN_F_CREATED = 2, DOMAIN_F_VERIFIED = 3 };
 enum { TENANT_F_PUBLIC = 1 };
 
 /* ---- little-endian integers ---- */
@@ -191,7 +191,8 @@ int auth_record_domain_encode(const auth_domain_rec_t *d, buf_t *out)
         rec_field(out, DOMAIN_F_TENANT, d->tenant, strnlen(d->tenant, AUTH_TENANT_MAX)) < 0 ||
         rec_u64(out, DOMAIN_F_CREATED, d->created_at_ms) < 0)
         return -1;
-    return 0;
+    uint8_t verified = d->verified ? 1 : 0;
+    return rec_field(out, DOMAIN_F_VERIFIED, &verified, 1);
 }
 
 int auth_record_domain_decode(const void *data, size_t len, auth_domain_rec_t *out)
@@ -202,6 +203,7 @@ int auth_record_domain_decode(const void *data, size_t len, auth_domain_rec_t *o
     size_t n;
     int rc, have_tenant = 0;
     memset(out, 0, sizeof(*out));
+    out->verified = 1; /* written before the flag existed */
     if (rec_open(data, len, REC_DOMAIN, &r) < 0)
         return -1;
     while ((rc = rec_next(&r, &tag, &v, &n)) == 1) {
@@ -214,12 +216,25 @@ int auth_record_domain_decode(const void *data, size_t len, auth_domain_rec_t *o
         } else if (tag == DOMAIN_F_CREATED) {
             if (field_u64(v, n, &out->created_at_ms) < 0)
                 return -1;
+        } else if (tag == DOMAIN_F_VERIFIED) {
+            if (n != 1 || v[0] > 1)
+                return -1;
+            out->verified = v[0];
         }
     }
     return rc < 0 || !have_tenant ? -1 : 0;
 }
 
 /* ---- credential ---- */
+
+static void secret_wipe(auth_secret_t *s)
+{
+    if (s->hash) {
+        memset(s->hash, 0, strlen(s->hash));
+        free(s->hash);
+        s->hash = NULL;
+    }
+}
 
 void auth_cred_init(auth_cred_t *c)
 {
@@ -235,12 +250,8 @@ void auth_cred_clear(auth_cred_t *c)
     if (c->pub)
         PB_FN(credential, free_unpacked)(c->pub, NULL);
     c->pub = NULL;
-    for (size_t i = 0; i < c->n_secrets; i++) {
-        if (c->secrets[i].hash) {
-            memset(c->secrets[i].hash, 0, strlen(c->secrets[i].hash));
-            free(c->secrets[i].hash);
-        }
-    }
+    for (size_t i = 0; i < c->n_secrets; i++)
+        secret_wipe(&c->secrets[i]);
     free(c->secrets);
     c->secrets = NULL;
     c->n_secrets = 0;
@@ -267,6 +278,38 @@ static size_t password_count(const auth_cred_t *c)
     for (size_t i = 0; i < c->n_secrets; i++)
         n += c->secrets[i].kind == AUTH_SECRET_PASSWORD;
     return n;
+}
+
+static int secret_live(const auth_secret_t *s, uint64_t now_ms)
+{
+    return s->expires_at_ms == 0 || s->expires_at_ms > now_ms;
+}
+
+size_t auth_cred_live_passwords(const auth_cred_t *c, uint64_t now_ms)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < c->n_secrets; i++)
+        n += c->secrets[i].kind == AUTH_SECRET_PASSWORD && secret_live(&c->secrets[i], now_ms);
+    return n;
+}
+
+void auth_cred_prune(auth_cred_t *c, uint64_t now_ms)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < c->n_secrets; i++) {
+        if (secret_live(&c->secrets[i], now_ms))
+            c->secrets[kept++] = c->secrets[i];
+        else
+            secret_wipe(&c->secrets[i]);
+    }
+    c->n_secrets = kept;
+}
+
+void auth_cred_drop_secrets(auth_cred_t *c)
+{
+    for (size_t i = 0; i < c->n_secrets; i++)
+        secret_wipe(&c->secrets[i]);
+    c->n_secrets = 0;
 }
 
 static int secret_encode(buf_t *out, const auth_secret_t *s)
@@ -325,6 +368,11 @@ static int cred_public_ok(const PB(Credential) * p)
         return 0;
     for (size_t i = 0; i < p->n_domains; i++)
         if (!text_ok(p->domains[i], AUTH_DOMAIN_MAX))
+            return 0;
+    if (p->n_allowed_networks > AUTH_CRED_NETWORKS_MAX)
+        return 0;
+    for (size_t i = 0; i < p->n_allowed_networks; i++)
+        if (!text_ok(p->allowed_networks[i], AUTH_NETWORK_MAX))
             return 0;
     return 1;
 }

@@ -30,13 +30,15 @@
 #define AUTH_DOMAIN_MAX       255
 #define AUTH_CRED_DOMAINS_MAX 100 /* sending domains named on one credential */
 #define AUTH_SECRETS_MAX      8   /* live secrets on one credential (rotation) */
+#define AUTH_CRED_NETWORKS_MAX 64 /* client networks allowed on one credential */
+#define AUTH_NETWORK_MAX      49  /* "ffff:...:ffff/128", normalised */
 
 /* Field tags of a credential record. */
 enum {
     AUTH_CRED_F_PUBLIC = 1,     /* packed Credential message */
     AUTH_CRED_F_GENERATION = 2, /* u64: changes on every write of the credential */
     AUTH_CRED_F_SECRET = 3,     /* one per live secret, see auth_secret_t */
-    AUTH_CRED_F_NETWORKS = 4,   /* reserved: client networks allowed to log in */
+    AUTH_CRED_F_NETWORKS = 4,   /* reserved; networks live in the public part */
     AUTH_CRED_F_UPDATED = 5,    /* u64 wall ms of the last write */
 };
 
@@ -56,7 +58,8 @@ typedef struct auth_secret {
 } auth_secret_t;
 
 typedef struct auth_cred {
-    PB(Credential) * pub; /* username, tenant, environment, created, revoked, domains */
+    PB(Credential) * pub; /* username, tenant, environment, created, revoked, domains,
+                             networks, limits, rotated */
     uint64_t generation;
     uint64_t updated_at_ms;
     auth_secret_t *secrets;
@@ -64,9 +67,15 @@ typedef struct auth_cred {
     buf_t unknown;        /* fields of a newer format, written back as they were */
 } auth_cred_t;
 
+/*
+ * A sending domain. A record written before the verified flag existed
+ * decodes as verified: the domain was usable then, and an upgrade must not
+ * stop a tenant's mail.
+ */
 typedef struct auth_domain_rec {
     char tenant[AUTH_TENANT_MAX + 1];
     uint64_t created_at_ms;
+    int verified;
 } auth_domain_rec_t;
 
 /* An empty credential (pub allocated, no secrets). */
@@ -75,6 +84,13 @@ void auth_cred_clear(auth_cred_t *c);
 /* Append a secret (hash copied); -1 when the credential has AUTH_SECRETS_MAX already. */
 int auth_cred_add_secret(auth_cred_t *c, uint8_t kind, const char *hash, uint64_t created_at_ms,
                          uint64_t expires_at_ms);
+
+/* Password secrets that still work at now_ms (wall clock). */
+size_t auth_cred_live_passwords(const auth_cred_t *c, uint64_t now_ms);
+/* Drop secrets whose expiry has passed (their hashes wiped). */
+void auth_cred_prune(auth_cred_t *c, uint64_t now_ms);
+/* Drop every secret (revoke). */
+void auth_cred_drop_secrets(auth_cred_t *c);
 
 /* Encoders append to out and return 0, or -1 when the record would pass AUTH_RECORD_MAX. */
 int auth_record_tenant_encode(const PB(Tenant) * t, buf_t *out);

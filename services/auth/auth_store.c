@@ -20,7 +20,7 @@
 
 struct auth_store {
     store_t *st;
-    unsigned tenants, domains, tenant_domains, credentials, meta;
+    unsigned tenants, domains, tenant_domains, credentials, rate_day, meta;
     size_t n_tenants;
     size_t n_creds;
 };
@@ -98,6 +98,7 @@ auth_store_t *auth_store_open(const char *dir, char *err, size_t errlen)
         store_db(as->st, "domains", &as->domains) != STORE_OK ||
         store_db(as->st, "tenant_domains", &as->tenant_domains) != STORE_OK ||
         store_db(as->st, "credentials", &as->credentials) != STORE_OK ||
+        store_db(as->st, "rate_day", &as->rate_day) != STORE_OK ||
         store_db(as->st, "meta", &as->meta) != STORE_OK) {
         set_err(err, errlen, "%s: cannot open the named databases", dir);
         goto fail;
@@ -301,6 +302,19 @@ int auth_store_tenant_exists(auth_store_t *st, const char *name)
     return rc == STORE_OK ? 1 : rc == STORE_NOTFOUND ? 0 : -1;
 }
 
+/* Decode a tenant record and check it is the one its key names. */
+static PB(Tenant) * tenant_decode_checked(const void *key, size_t klen, const store_val_t *val)
+{
+    PB(Tenant) *t = auth_record_tenant_decode(val->data, val->len);
+    if (t == NULL || strlen(t->name) != klen || memcmp(t->name, key, klen) != 0) {
+        if (t)
+            PB_FN(tenant, free_unpacked)(t, NULL);
+        log_corrupt("tenants", key, klen);
+        return NULL;
+    }
+    return t;
+}
+
 typedef struct tenant_list {
     auth_store_t *as;
     store_txn_t *txn;
@@ -312,13 +326,9 @@ typedef struct tenant_list {
 static int tenant_list_fn(const store_val_t *key, const store_val_t *val, void *arg)
 {
     tenant_list_t *l = arg;
-    PB(Tenant) *t = auth_record_tenant_decode(val->data, val->len);
-    if (t == NULL || strlen(t->name) != key->len || memcmp(t->name, key->data, key->len) != 0) {
-        if (t)
-            PB_FN(tenant, free_unpacked)(t, NULL);
-        log_corrupt("tenants", key->data, key->len);
+    PB(Tenant) *t = tenant_decode_checked(key->data, key->len, val);
+    if (t == NULL)
         return 0;
-    }
     if (tenant_domains(l->as, l->txn, t->name, &t->domains, &t->n_domains) != AUTH_ST_OK) {
         PB_FN(tenant, free_unpacked)(t, NULL);
         l->failed = 1;
@@ -350,17 +360,107 @@ auth_st_t auth_store_tenant_list(auth_store_t *st, PB(Tenant) * **out, size_t *n
     return AUTH_ST_OK;
 }
 
+auth_st_t auth_store_tenant_get(auth_store_t *st, const char *name, PB(Tenant) * *out)
+{
+    *out = NULL;
+    store_txn_t *txn = store_begin(st->st, 0);
+    if (txn == NULL)
+        return AUTH_ST_ERROR;
+    store_val_t v;
+    size_t klen = strlen(name);
+    auth_st_t rc = map_store(store_get(txn, st->tenants, name, klen, &v));
+    if (rc == AUTH_ST_OK) {
+        PB(Tenant) *t = tenant_decode_checked(name, klen, &v);
+        if (t == NULL)
+            rc = AUTH_ST_CORRUPT;
+        else if ((rc = tenant_domains(st, txn, name, &t->domains, &t->n_domains)) != AUTH_ST_OK)
+            PB_FN(tenant, free_unpacked)(t, NULL);
+        else
+            *out = t;
+    }
+    store_abort(&txn);
+    return rc;
+}
+
+typedef struct tenant_limits {
+    auth_store_t *as;
+    const char *name;
+    uint32_t per_minute, per_day;
+    auth_st_t result;
+    char *err;
+    size_t errlen;
+} tenant_limits_t;
+
+static int tenant_limits_fn(store_txn_t *txn, void *arg)
+{
+    tenant_limits_t *a = arg;
+    size_t klen = strlen(a->name);
+    store_val_t v;
+    a->result = AUTH_ST_OK;
+    int rc = store_get(txn, a->as->tenants, a->name, klen, &v);
+    if (rc == STORE_NOTFOUND) {
+        a->result = AUTH_ST_NOTFOUND;
+        set_err(a->err, a->errlen, "tenant %s not found", a->name);
+        return -1;
+    }
+    if (rc != STORE_OK)
+        return rc;
+    PB(Tenant) *t = tenant_decode_checked(a->name, klen, &v);
+    if (t == NULL) {
+        a->result = AUTH_ST_CORRUPT;
+        set_err(a->err, a->errlen, "the record of tenant %s is unreadable", a->name);
+        return -1;
+    }
+    t->rate_per_minute = a->per_minute;
+    t->rate_per_day = a->per_day;
+    buf_t b;
+    buf_init(&b, AUTH_RECORD_MAX);
+    rc = auth_record_tenant_encode(t, &b) < 0 ? STORE_ERROR
+                                              : put_encoded(txn, a->as->tenants, a->name, &b);
+    buf_free(&b);
+    PB_FN(tenant, free_unpacked)(t, NULL);
+    return rc;
+}
+
+auth_st_t auth_store_tenant_set_limits(auth_store_t *st, const char *name, uint32_t per_minute,
+                                       uint32_t per_day, char *err, size_t errlen)
+{
+    tenant_limits_t a = {.as = st, .name = name, .per_minute = per_minute, .per_day = per_day,
+                         .err = err, .errlen = errlen};
+    int rc = store_write(st->st, tenant_limits_fn, &a);
+    if (a.result != AUTH_ST_OK)
+        return a.result;
+    if (rc != STORE_OK) {
+        set_err(err, errlen, "cannot write the tenant: %s", store_strerror(rc));
+        return map_store(rc) == AUTH_ST_FULL ? AUTH_ST_FULL : AUTH_ST_ERROR;
+    }
+    return AUTH_ST_OK;
+}
+
 /* ---- domains ---- */
 
 typedef struct domain_add {
     auth_store_t *as;
     const char *domain;
     const char *tenant;
+    int verified;
     uint64_t now_ms;
+    int updated;
     auth_st_t result;
     char *err;
     size_t errlen;
 } domain_add_t;
+
+static int put_domain(store_txn_t *txn, auth_store_t *as, const char *domain,
+                      const auth_domain_rec_t *rec)
+{
+    buf_t b;
+    buf_init(&b, AUTH_RECORD_MAX);
+    int rc = auth_record_domain_encode(rec, &b) < 0 ? STORE_ERROR
+                                                    : put_encoded(txn, as->domains, domain, &b);
+    buf_free(&b);
+    return rc;
+}
 
 static int domain_add_fn(store_txn_t *txn, void *arg)
 {
@@ -379,6 +479,11 @@ static int domain_add_fn(store_txn_t *txn, void *arg)
     auth_st_t st = domain_owner(a->as, txn, a->domain, &rec);
     if (st == AUTH_ST_OK) {
         int same = strcmp(rec.tenant, a->tenant) == 0;
+        if (same && a->verified && !rec.verified) {
+            rec.verified = 1;
+            a->updated = 1;
+            return put_domain(txn, a->as, a->domain, &rec);
+        }
         a->result = same ? AUTH_ST_EXISTS : AUTH_ST_CONFLICT;
         set_err(a->err, a->errlen, "domain %s already belongs to %s", a->domain,
                 same ? "this tenant" : "another tenant");
@@ -396,28 +501,83 @@ static int domain_add_fn(store_txn_t *txn, void *arg)
     memset(&rec, 0, sizeof(rec));
     snprintf(rec.tenant, sizeof(rec.tenant), "%s", a->tenant);
     rec.created_at_ms = a->now_ms;
-    buf_t b;
-    buf_init(&b, AUTH_RECORD_MAX);
-    rc = auth_record_domain_encode(&rec, &b) < 0 ? STORE_ERROR
-                                                 : put_encoded(txn, a->as->domains, a->domain, &b);
-    buf_free(&b);
+    rec.verified = a->verified;
+    rc = put_domain(txn, a->as, a->domain, &rec);
     if (rc == STORE_OK)
         rc = store_put(txn, a->as->tenant_domains, key, (size_t)klen, "", 0);
     return rc;
 }
 
 auth_st_t auth_store_domain_add(auth_store_t *st, const char *domain, const char *tenant,
-                                uint64_t now_ms, char *err, size_t errlen)
+                                int verified, uint64_t now_ms, int *updated, char *err,
+                                size_t errlen)
 {
-    domain_add_t a = {.as = st, .domain = domain, .tenant = tenant, .now_ms = now_ms,
-                      .err = err, .errlen = errlen};
+    domain_add_t a = {.as = st, .domain = domain, .tenant = tenant, .verified = verified,
+                      .now_ms = now_ms, .err = err, .errlen = errlen};
     int rc = store_write(st->st, domain_add_fn, &a);
+    if (updated)
+        *updated = a.updated;
     if (a.result != AUTH_ST_OK)
         return a.result;
     if (rc != STORE_OK) {
         set_err(err, errlen, "cannot write the domain: %s", store_strerror(rc));
         return map_store(rc) == AUTH_ST_FULL ? AUTH_ST_FULL : AUTH_ST_ERROR;
     }
+    return AUTH_ST_OK;
+}
+
+typedef struct domain_list {
+    const char *tenant; /* NULL: all */
+    PB(Domain) * *v;
+    size_t n;
+} domain_list_t;
+
+static void domain_list_push(domain_list_t *l, const char *name, size_t nlen,
+                             const auth_domain_rec_t *rec)
+{
+    PB(Domain) *d = xmalloc(sizeof(*d));
+    PB(Domain) init = PB_INIT(DOMAIN);
+    *d = init;
+    d->name = xstrndup(name, nlen);
+    d->tenant = xstrdup(rec->tenant);
+    d->verified = rec->verified != 0;
+    d->created_at_ms = rec->created_at_ms;
+    l->v = xrealloc(l->v, (l->n + 1) * sizeof(*l->v));
+    l->v[l->n++] = d;
+}
+
+static int domain_list_fn(const store_val_t *key, const store_val_t *val, void *arg)
+{
+    domain_list_t *l = arg;
+    auth_domain_rec_t rec;
+    if (key->len > AUTH_DOMAIN_MAX || auth_record_domain_decode(val->data, val->len, &rec) < 0) {
+        log_corrupt("domains", key->data, key->len);
+        return 0;
+    }
+    if (l->tenant == NULL || strcmp(l->tenant, rec.tenant) == 0)
+        domain_list_push(l, key->data, key->len, &rec);
+    return 0;
+}
+
+auth_st_t auth_store_domain_list(auth_store_t *st, const char *tenant, PB(Domain) * **out,
+                                 size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    store_txn_t *txn = store_begin(st->st, 0);
+    if (txn == NULL)
+        return AUTH_ST_ERROR;
+    domain_list_t l = {.tenant = tenant && *tenant ? tenant : NULL};
+    long rc = store_scan(txn, st->domains, NULL, 0, NULL, 0, domain_list_fn, &l);
+    store_abort(&txn);
+    if (rc < 0) {
+        for (size_t i = 0; i < l.n; i++)
+            PB_FN(domain, free_unpacked)(l.v[i], NULL);
+        free(l.v);
+        return AUTH_ST_ERROR;
+    }
+    *out = l.v;
+    *n = l.n;
     return AUTH_ST_OK;
 }
 
@@ -633,6 +793,7 @@ auth_st_t auth_store_cred_get(auth_store_t *st, const char *username, auth_cred_
 
 typedef struct cred_list {
     const char *tenant;
+    uint64_t now_ms;
     PB(Credential) * *v;
     size_t n;
 } cred_list_t;
@@ -646,6 +807,7 @@ static int cred_list_fn(const store_val_t *key, const store_val_t *val, void *ar
         return 0;
     }
     if (l->tenant == NULL || strcmp(l->tenant, c.pub->tenant) == 0) {
+        c.pub->password_count = (uint32_t)auth_cred_live_passwords(&c, l->now_ms);
         l->v = xrealloc(l->v, (l->n + 1) * sizeof(*l->v));
         l->v[l->n++] = c.pub;
         c.pub = NULL; /* moved into the list */
@@ -654,15 +816,15 @@ static int cred_list_fn(const store_val_t *key, const store_val_t *val, void *ar
     return 0;
 }
 
-auth_st_t auth_store_cred_list(auth_store_t *st, const char *tenant, PB(Credential) * **out,
-                               size_t *n)
+auth_st_t auth_store_cred_list(auth_store_t *st, const char *tenant, uint64_t now_ms,
+                               PB(Credential) * **out, size_t *n)
 {
     *out = NULL;
     *n = 0;
     store_txn_t *txn = store_begin(st->st, 0);
     if (txn == NULL)
         return AUTH_ST_ERROR;
-    cred_list_t l = {.tenant = tenant && *tenant ? tenant : NULL};
+    cred_list_t l = {.tenant = tenant && *tenant ? tenant : NULL, .now_ms = now_ms};
     long rc = store_scan(txn, st->credentials, NULL, 0, NULL, 0, cred_list_fn, &l);
     store_abort(&txn);
     if (rc < 0) {
@@ -684,17 +846,94 @@ auth_st_t auth_store_login_domains(auth_store_t *st, const auth_cred_t *c, char 
     if (txn == NULL)
         return AUTH_ST_ERROR;
     const PB(Credential) *p = c->pub;
+    char **all = NULL;
+    size_t n_all = 0;
     auth_st_t rc = AUTH_ST_OK;
-    if (p->n_domains == 0) {
-        rc = tenant_domains(st, txn, p->tenant, v, n);
-    } else {
-        for (size_t i = 0; i < p->n_domains; i++) {
-            auth_domain_rec_t rec;
-            if (domain_owner(st, txn, p->domains[i], &rec) == AUTH_ST_OK &&
-                strcmp(rec.tenant, p->tenant) == 0)
-                strv_push(v, n, p->domains[i], strlen(p->domains[i]));
-        }
+    if (p->n_domains == 0)
+        rc = tenant_domains(st, txn, p->tenant, &all, &n_all);
+    char *const *names = p->n_domains ? p->domains : all;
+    size_t count = p->n_domains ? p->n_domains : n_all;
+    for (size_t i = 0; rc == AUTH_ST_OK && i < count; i++) {
+        auth_domain_rec_t rec;
+        if (domain_owner(st, txn, names[i], &rec) == AUTH_ST_OK &&
+            strcmp(rec.tenant, p->tenant) == 0 && rec.verified)
+            strv_push(v, n, names[i], strlen(names[i]));
+    }
+    strv_free(&all, &n_all);
+    store_abort(&txn);
+    return rc;
+}
+
+/* ---- day counters ---- */
+
+#define RATE_REC_LEN 12 /* u64 start, u32 count, little-endian */
+
+auth_st_t auth_store_rate_get(auth_store_t *st, const char *key, uint64_t *start_ms,
+                              uint32_t *count)
+{
+    store_txn_t *txn = store_begin(st->st, 0);
+    if (txn == NULL)
+        return AUTH_ST_ERROR;
+    store_val_t v;
+    size_t klen = strlen(key);
+    auth_st_t rc = map_store(store_get(txn, st->rate_day, key, klen, &v));
+    if (rc == AUTH_ST_OK && v.len != RATE_REC_LEN) {
+        log_corrupt("rate_day", key, klen);
+        rc = AUTH_ST_CORRUPT;
+    } else if (rc == AUTH_ST_OK) {
+        const uint8_t *b = v.data;
+        uint64_t s = 0;
+        uint32_t c = 0;
+        for (int i = 7; i >= 0; i--)
+            s = (s << 8) | b[i];
+        for (int i = 3; i >= 0; i--)
+            c = (c << 8) | b[8 + i];
+        *start_ms = s;
+        *count = c;
     }
     store_abort(&txn);
     return rc;
+}
+
+typedef struct rate_put {
+    auth_store_t *as;
+    const auth_rate_rec_t *recs;
+    size_t n;
+} rate_put_t;
+
+static int rate_put_fn(store_txn_t *txn, void *arg)
+{
+    rate_put_t *a = arg;
+    for (size_t i = 0; i < a->n; i++) {
+        const auth_rate_rec_t *r = &a->recs[i];
+        size_t klen = strlen(r->key);
+        int rc;
+        if (r->start_ms == 0 && r->count == 0) {
+            rc = store_del(txn, a->as->rate_day, r->key, klen);
+            if (rc == STORE_NOTFOUND)
+                rc = STORE_OK;
+        } else {
+            uint8_t b[RATE_REC_LEN];
+            for (int k = 0; k < 8; k++)
+                b[k] = (uint8_t)(r->start_ms >> (8 * k));
+            for (int k = 0; k < 4; k++)
+                b[8 + k] = (uint8_t)(r->count >> (8 * k));
+            rc = store_put(txn, a->as->rate_day, r->key, klen, b, sizeof(b));
+        }
+        if (rc != STORE_OK)
+            return rc;
+    }
+    return 0;
+}
+
+auth_st_t auth_store_rate_put(auth_store_t *st, const auth_rate_rec_t *recs, size_t n)
+{
+    if (n == 0)
+        return AUTH_ST_OK;
+    rate_put_t a = {.as = st, .recs = recs, .n = n};
+    int rc = store_write(st->st, rate_put_fn, &a);
+    if (rc != STORE_OK)
+        log_error("event=store_failed db=rate_day records=%zu error=\"%s\"", n,
+                  store_strerror(rc));
+    return map_store(rc);
 }

@@ -3,9 +3,10 @@
  * record kind:
  *
  *   tenants         name             -> tenant record
- *   domains         domain           -> domain record (its tenant)
+ *   domains         domain           -> domain record (its tenant, verified)
  *   tenant_domains  tenant \0 domain -> empty (a tenant's domains, in order)
  *   credentials     username         -> credential record
+ *   rate_day        rate key         -> u64 window start (wall ms), u32 count
  *   meta            "schema"         -> u32 store format version
  *                   "generation"     -> u64 last credential generation given
  *
@@ -53,8 +54,23 @@ auth_st_t auth_store_tenant_list(auth_store_t *st, PB(Tenant) * **out, size_t *n
 /* 1 if the tenant exists, 0 if not, -1 on a store error. */
 int auth_store_tenant_exists(auth_store_t *st, const char *name);
 
+/* The tenant record (with its domains); *out freed with free_unpacked. */
+auth_st_t auth_store_tenant_get(auth_store_t *st, const char *name, PB(Tenant) * *out);
+/* Set a tenant's message rate limits (0: none). */
+auth_st_t auth_store_tenant_set_limits(auth_store_t *st, const char *name, uint32_t per_minute,
+                                       uint32_t per_day, char *err, size_t errlen);
+
+/*
+ * Add a domain to a tenant. Adding a domain the tenant already has, but
+ * unverified, with verified set marks it verified (*updated = 1); any
+ * other repeat is AUTH_ST_EXISTS, another tenant's domain AUTH_ST_CONFLICT.
+ */
 auth_st_t auth_store_domain_add(auth_store_t *st, const char *domain, const char *tenant,
-                                uint64_t now_ms, char *err, size_t errlen);
+                                int verified, uint64_t now_ms, int *updated, char *err,
+                                size_t errlen);
+/* Domains of tenant ("" or NULL: all), by name; free each (free_unpacked) and the array. */
+auth_st_t auth_store_domain_list(auth_store_t *st, const char *tenant, PB(Domain) * **out,
+                                 size_t *n);
 
 /* The checks auth_store_cred_add will make, without writing (before a slow hash). */
 auth_st_t auth_store_cred_check(auth_store_t *st, const auth_cred_t *c, char *err,
@@ -70,15 +86,33 @@ auth_st_t auth_store_cred_update(auth_store_t *st, auth_cred_t *c, uint64_t expe
                                  char *err, size_t errlen);
 /* out filled (auth_cred_clear) only on AUTH_ST_OK. */
 auth_st_t auth_store_cred_get(auth_store_t *st, const char *username, auth_cred_t *out);
-/* Public parts of the credentials of tenant ("" or NULL: all), by username. */
-auth_st_t auth_store_cred_list(auth_store_t *st, const char *tenant, PB(Credential) * **out,
-                               size_t *n);
+/*
+ * Public parts of the credentials of tenant ("" or NULL: all), by username,
+ * password_count counting the passwords still live at now_ms.
+ */
+auth_st_t auth_store_cred_list(auth_store_t *st, const char *tenant, uint64_t now_ms,
+                               PB(Credential) * **out, size_t *n);
 
 /*
  * The sending domains a login with c may use: its own list when not empty,
- * else every domain of its tenant; either way only domains the tenant still
- * owns. *v is a new array of new strings (free each and the array).
+ * else every domain of its tenant; either way only verified domains the
+ * tenant still owns. *v is a new array of new strings (free each and the
+ * array).
  */
 auth_st_t auth_store_login_domains(auth_store_t *st, const auth_cred_t *c, char ***v, size_t *n);
+
+/* ---- day counters of the rate limiter ---- */
+
+typedef struct auth_rate_rec {
+    const char *key;
+    uint64_t start_ms; /* start of the 24 h window; 0 with count 0: delete the record */
+    uint32_t count;
+} auth_rate_rec_t;
+
+/* AUTH_ST_OK with the stored window, AUTH_ST_NOTFOUND, or an error. */
+auth_st_t auth_store_rate_get(auth_store_t *st, const char *key, uint64_t *start_ms,
+                              uint32_t *count);
+/* Write (or delete) n counters in one transaction. */
+auth_st_t auth_store_rate_put(auth_store_t *st, const auth_rate_rec_t *recs, size_t n);
 
 #endif

@@ -374,7 +374,7 @@ static void test_verify_mechanism_and_limits(void **state)
 {
     fixture_t *f = *state;
     setup_acme(f);
-    PB(AuthLoginVerifyReply) *r = fx_verify_full(f, "XOAUTH2", "app", "correct-password", NULL);
+    PB(AuthLoginVerifyReply) *r = fx_verify_full(f, "CRAM-MD5", "app", "correct-password", NULL);
     assert_false(r->ok);
     assert_int_equal(r->status->code, 504);
     auth_api_reply_free(r);

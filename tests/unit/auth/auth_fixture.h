@@ -1,7 +1,9 @@
 /*
  * auth_fixture: what the auth store and api tests share: a fresh LMDB
- * directory per test, an api on it with a fast scrypt cost, a recorder for
+ * directory per test, an api on it with a fast scrypt cost and a clock the
+ * test can set (f->now_ms; 0: the real wall clock), a recorder for
  * published events, and short helpers that add records and verify logins.
+ * Tests change f->conf (lockouts, token issuers) and call fx_reopen.
  * Header-only so each test file stays one binary.
  */
 #ifndef SX_AUTH_FIXTURE_H
@@ -18,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -36,6 +39,7 @@ typedef struct fx_event {
     char username[300];
     char client_ip[80];
     char reason[40];
+    char mechanism[40];
     unsigned code;
     char all[1024]; /* every attr value, joined, to search for what must not be there */
 } fx_event_t;
@@ -44,6 +48,8 @@ typedef struct fixture {
     char dir[PATH_MAX];
     auth_store_t *st;
     auth_api_t *api;
+    auth_api_conf_t conf;
+    uint64_t now_ms; /* the api's clock when not 0 */
     fx_event_t events[FX_EVENTS_MAX];
     size_t n_events;
 } fixture_t;
@@ -67,6 +73,8 @@ static inline void fx_record_event(PB(Event) * ev, void *arg)
             snprintf(e->client_ip, sizeof(e->client_ip), "%s", v);
         else if (strcmp(k, "reason") == 0)
             snprintf(e->reason, sizeof(e->reason), "%s", v);
+        else if (strcmp(k, "mechanism") == 0)
+            snprintf(e->mechanism, sizeof(e->mechanism), "%s", v);
         size_t n = strlen(e->all);
         snprintf(e->all + n, sizeof(e->all) - n, "%s|", v);
     }
@@ -103,14 +111,23 @@ static inline void fx_rmdir(const char *dir)
     rmdir(dir);
 }
 
+static inline uint64_t fx_clock(void *arg)
+{
+    fixture_t *f = arg;
+    if (f->now_ms)
+        return f->now_ms;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
 static inline void fx_open(fixture_t *f)
 {
     char err[512];
     f->st = auth_store_open(f->dir, err, sizeof(err));
     if (f->st == NULL)
         fail_msg("store: %s", err);
-    auth_api_conf_t conf = {.scrypt = {10, 8, 1}, .cache_ttl_ms = FX_TTL_MS, .cache_max = 100};
-    f->api = auth_api_new(f->st, &conf, err, sizeof(err));
+    f->api = auth_api_new(f->st, &f->conf, err, sizeof(err));
     if (f->api == NULL)
         fail_msg("api: %s", err);
     auth_api_on_event(f->api, fx_record_event, f);
@@ -120,6 +137,13 @@ static inline void fx_close(fixture_t *f)
 {
     auth_api_destroy(&f->api);
     auth_store_close(&f->st);
+}
+
+/* Close and open again (after a change to f->conf, or to test persistence). */
+static inline void fx_reopen(fixture_t *f)
+{
+    fx_close(f);
+    fx_open(f);
 }
 
 static inline int fx_setup(void **state)
@@ -132,6 +156,9 @@ static inline int fx_setup(void **state)
     snprintf(f->dir, sizeof(f->dir), "%s/auth-XXXXXX", base);
     if (mkdtemp(f->dir) == NULL)
         return -1;
+    auth_api_conf_t conf = {.scrypt = {10, 8, 1}, .cache_ttl_ms = FX_TTL_MS, .cache_max = 100,
+                            .clock = fx_clock, .clock_arg = f};
+    f->conf = conf;
     fx_open(f);
     *state = f;
     return 0;
@@ -159,16 +186,24 @@ static inline void fx_tenant(fixture_t *f, const char *name)
     auth_api_reply_free(r);
 }
 
-static inline void fx_domain(fixture_t *f, const char *domain, const char *tenant)
+/* A domain, verified or not. */
+static inline void fx_domain_v(fixture_t *f, const char *domain, const char *tenant, int verified)
 {
     PB(AuthDomainAdd) req = PB_INIT(AUTH_DOMAIN_ADD);
     req.domain = (char *)domain;
     req.tenant = (char *)tenant;
+    req.verified = verified;
     PB(AuthDomainAddReply) *r;
     auth_err_t err;
     if (auth_api_domain_add(f->api, &req, &r, &err) < 0)
         fail_msg("domain %s: %u %s", domain, err.code, err.text);
     auth_api_reply_free(r);
+}
+
+/* A verified domain: one a login may use. */
+static inline void fx_domain(fixture_t *f, const char *domain, const char *tenant)
+{
+    fx_domain_v(f, domain, tenant, 1);
 }
 
 /* Add a credential; 0 or the error code (err filled when given). */
@@ -205,8 +240,9 @@ static inline void fx_cred(fixture_t *f, const char *user, const char *pw, const
         fail_msg("credential %s: %u %s", user, err.code, err.text);
 }
 
-static inline PB(AuthLoginVerifyReply) * fx_verify_full(fixture_t *f, const char *mech, const char *user,
-                                                 const char *pw, const char *authzid)
+/* A login from a given client address. */
+static inline PB(AuthLoginVerifyReply) * fx_verify_ip(fixture_t *f, const char *mech, const char *user,
+                                               const char *pw, const char *authzid, const char *ip)
 {
     PB(AuthLoginVerify) req = PB_INIT(AUTH_LOGIN_VERIFY);
     req.mechanism = (char *)mech;
@@ -214,12 +250,18 @@ static inline PB(AuthLoginVerifyReply) * fx_verify_full(fixture_t *f, const char
     req.secret.data = (uint8_t *)pw;
     req.secret.len = strlen(pw);
     req.authzid = (char *)(authzid ? authzid : "");
-    req.client_ip = (char *)"192.0.2.7";
+    req.client_ip = (char *)ip;
     req.session_id = (char *)"s1";
     PB(AuthLoginVerifyReply) *r = auth_api_login_verify(f->api, &req);
     assert_non_null(r);
     assert_non_null(r->status);
     return r;
+}
+
+static inline PB(AuthLoginVerifyReply) * fx_verify_full(fixture_t *f, const char *mech, const char *user,
+                                                 const char *pw, const char *authzid)
+{
+    return fx_verify_ip(f, mech, user, pw, authzid, "192.0.2.7");
 }
 
 static inline PB(AuthLoginVerifyReply) * fx_verify(fixture_t *f, const char *user, const char *pw)
