@@ -5,7 +5,9 @@
  * sockets and timer are watched by the service's loop, so nothing blocks and
  * no thread runs. The reply is untrusted: capped in size, parsed with
  * jansson, every field checked, and any text from it reduced to printable
- * ASCII before it reaches an SMTP reply, a header line or a log.
+ * ASCII before it reaches an SMTP reply, a header line or a log. A host
+ * name in the url is looked up by curl's own resolver, which never blocks
+ * the loop; an IP literal needs no lookup at all.
  * It does not talk SMTP, and does not store or modify the message.
  */
 #include "ingress_scan.h"
