@@ -179,8 +179,8 @@ int auth_jwt_issuers_add(auth_jwt_issuers_t *l, const char *issuer, const char *
             return set_err(err, errlen, "HS256 takes a secret, not a public_key");
         size_t n = secret ? strlen(secret) : 0;
         if (n < AUTH_JWT_SECRET_MIN || n > AUTH_JWT_SECRET_MAX)
-            return set_err(err, errlen, "HS256 needs a secret of %d to %d bytes", AUTH_JWT_SECRET_MIN,
-                           AUTH_JWT_SECRET_MAX);
+            return set_err(err, errlen, "HS256 needs a secret of at least %d bytes (at most %d)",
+                           AUTH_JWT_SECRET_MIN, AUTH_JWT_SECRET_MAX);
         is.secret = xmemdup(secret, n);
         is.secret_len = n;
     } else {
