@@ -1,8 +1,9 @@
 /*
  * api_test: auth's request handlers on a temporary store, called without a
- * bus: tenants, domains and credentials (syntax, duplicates, ownership),
- * listing, and login verification (success, the one reply for every bad
- * login, authzid, domain resolution, cache, events, logs, the split steps).
+ * bus: tenants, domains and credentials (syntax, duplicates, ownership,
+ * the verified flag), listing, and login verification (success, the one
+ * reply for every bad login, authzid, domain resolution, cache, events,
+ * logs, the split steps). Lockouts, allowlists and tokens: verify_test.
  */
 #include "auth_fixture.h"
 
@@ -139,6 +140,110 @@ static void test_domain_add(void **state)
     assert_int_equal(auth_api_tenant_list(f->api, NULL, &r, &err), 0);
     assert_int_equal(r->tenants[0]->n_domains, 1);
     assert_int_equal(r->tenants[1]->n_domains, 0);
+    auth_api_reply_free(r);
+}
+
+/* Only verified domains reach a login; tenants list them all. */
+static void test_domain_verified(void **state)
+{
+    fixture_t *f = *state;
+    fx_tenant(f, "acme");
+    fx_domain_v(f, "a.test", "acme", 1);
+    fx_domain_v(f, "b.test", "acme", 0);
+    const char *own[] = {"b.test", "a.test"};
+    fx_cred(f, "all", "password-1", "acme", NULL, 0);
+    fx_cred(f, "own", "password-2", "acme", own, 2); /* an unverified domain may be named */
+
+    PB(AuthLoginVerifyReply) *r = fx_verify(f, "all", "password-1");
+    assert_true(r->ok);
+    assert_int_equal(r->n_domains, 1);
+    assert_string_equal(r->domains[0], "a.test");
+    auth_api_reply_free(r);
+    r = fx_verify(f, "own", "password-2");
+    assert_int_equal(r->n_domains, 1);
+    assert_string_equal(r->domains[0], "a.test");
+    auth_api_reply_free(r);
+
+    PB(AuthTenantListReply) *tl;
+    auth_err_t err;
+    assert_int_equal(auth_api_tenant_list(f->api, NULL, &tl, &err), 0);
+    assert_int_equal(tl->tenants[0]->n_domains, 2);
+    auth_api_reply_free(tl);
+
+    /* adding it again as verified marks it verified; it reaches logins at once */
+    PB(AuthDomainAdd) req = PB_INIT(AUTH_DOMAIN_ADD);
+    req.domain = (char *)"B.test";
+    req.tenant = (char *)"acme";
+    req.verified = 1;
+    PB(AuthDomainAddReply) *dr;
+    assert_int_equal(auth_api_domain_add(f->api, &req, &dr, &err), 0);
+    assert_string_equal(dr->domain, "b.test");
+    assert_true(dr->verified);
+    auth_api_reply_free(dr);
+    r = fx_verify(f, "own", "password-2");
+    assert_int_equal(r->n_domains, 2);
+    assert_string_equal(r->domains[0], "b.test");
+    auth_api_reply_free(r);
+    /* a repeat that changes nothing, or would unverify, is a conflict */
+    assert_int_equal(auth_api_domain_add(f->api, &req, &dr, &err), -1);
+    assert_int_equal(err.code, 409);
+    req.verified = 0;
+    assert_int_equal(auth_api_domain_add(f->api, &req, &dr, &err), -1);
+    assert_int_equal(err.code, 409);
+    /* and another tenant cannot take it by claiming it verified */
+    fx_tenant(f, "other");
+    req.tenant = (char *)"other";
+    req.verified = 1;
+    assert_int_equal(auth_api_domain_add(f->api, &req, &dr, &err), -1);
+    assert_int_equal(err.code, 409);
+    assert_non_null(strstr(err.text, "another tenant"));
+}
+
+static void test_domain_list(void **state)
+{
+    fixture_t *f = *state;
+    fx_tenant(f, "acme");
+    fx_tenant(f, "beta");
+    f->now_ms = 1700000000000ull;
+    fx_domain_v(f, "z.test", "acme", 1);
+    f->now_ms += 1000;
+    fx_domain_v(f, "m.test", "beta", 0);
+    fx_domain_v(f, "a.test", "acme", 0);
+    PB(AuthDomainList) req = PB_INIT(AUTH_DOMAIN_LIST);
+    PB(AuthDomainListReply) *r;
+    auth_err_t err;
+    assert_int_equal(auth_api_domain_list(f->api, &req, &r, &err), 0);
+    assert_int_equal(r->n_domains, 3);
+    assert_string_equal(r->domains[0]->name, "a.test");
+    assert_string_equal(r->domains[0]->tenant, "acme");
+    assert_false(r->domains[0]->verified);
+    assert_int_equal(r->domains[0]->created_at_ms, 1700000001000ull);
+    assert_string_equal(r->domains[1]->name, "m.test");
+    assert_string_equal(r->domains[1]->tenant, "beta");
+    assert_string_equal(r->domains[2]->name, "z.test");
+    assert_true(r->domains[2]->verified);
+    assert_int_equal(r->domains[2]->created_at_ms, 1700000000000ull);
+    auth_api_reply_free(r);
+
+    req.tenant = (char *)"acme";
+    assert_int_equal(auth_api_domain_list(f->api, &req, &r, &err), 0);
+    assert_int_equal(r->n_domains, 2);
+    assert_string_equal(r->domains[0]->name, "a.test");
+    assert_string_equal(r->domains[1]->name, "z.test");
+    auth_api_reply_free(r);
+    fx_tenant(f, "empty");
+    req.tenant = (char *)"empty";
+    assert_int_equal(auth_api_domain_list(f->api, &req, &r, &err), 0);
+    assert_int_equal(r->n_domains, 0);
+    auth_api_reply_free(r);
+    req.tenant = (char *)"nobody";
+    assert_int_equal(auth_api_domain_list(f->api, &req, &r, &err), -1);
+    assert_int_equal(err.code, 404);
+    req.tenant = (char *)"Bad Name";
+    assert_int_equal(auth_api_domain_list(f->api, &req, &r, &err), -1);
+    assert_int_equal(err.code, 400);
+    assert_int_equal(auth_api_domain_list(f->api, NULL, &r, &err), 0);
+    assert_int_equal(r->n_domains, 3);
     auth_api_reply_free(r);
 }
 
@@ -696,6 +801,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tenant_add, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_tenant_list_with_domains, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_domain_add, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_domain_verified, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_domain_list, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_credential_add_checks, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_credential_add_reply, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_credential_list, fx_setup, fx_teardown),

@@ -239,6 +239,22 @@ static void test_tenant_and_domain(void **state)
     memset(longrec + 7, 'a', 100);
     assert_int_equal(auth_record_domain_decode(longrec, sizeof(longrec), &out), -1);
     buf_free(&b);
+    /* the verified flag round-trips; a record written before it existed reads as verified */
+    buf_t vb;
+    buf_init(&vb, AUTH_RECORD_MAX);
+    auth_domain_rec_t unv = {.tenant = "acme", .created_at_ms = 7, .verified = 0}, back;
+    assert_int_equal(auth_record_domain_encode(&unv, &vb), 0);
+    assert_int_equal(auth_record_domain_decode(buf_head(&vb), buf_used(&vb), &back), 0);
+    assert_int_equal(back.verified, 0);
+    buf_free(&vb);
+    static const uint8_t legacy[] = {'D', 1, 1, 4, 0, 0, 0, 'a', 'c', 'm', 'e',
+                                     2, 8, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0};
+    assert_int_equal(auth_record_domain_decode(legacy, sizeof(legacy), &back), 0);
+    assert_string_equal(back.tenant, "acme");
+    assert_int_equal(back.created_at_ms, 9);
+    assert_int_equal(back.verified, 1);
+    static const uint8_t badflag[] = {'D', 1, 1, 4, 0, 0, 0, 'a', 'c', 'm', 'e', 3, 1, 0, 0, 0, 2};
+    assert_int_equal(auth_record_domain_decode(badflag, sizeof(badflag), &back), -1);
 }
 
 int main(void)
