@@ -747,6 +747,8 @@ void session_start(ingress_t *ing, int fd, const sock_addr_t *peer, listener_rol
         conn_close_after_flush(s->conn);
         return;
     }
+    if (role == ROLE_LEGACY)
+        sx_strlcpy(s->tenant, ing->conf.legacy_tenant, sizeof(s->tenant));
     session_arm(s);
     if (role == ROLE_SMTPS) {
         if (ing->tls == NULL || conn_tls_accept(s->conn, ing->tls) < 0) {

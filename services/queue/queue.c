@@ -22,6 +22,24 @@ static const conf_field_t queue_table[] = {
        "longest delay between two attempts"),
     QF("max_age", CONF_DURATION, max_age, "5d", 1000, 60 * 86400000LL,
        "after this a message that still fails is bounced"),
+    QF("greylist_retry", CONF_DURATION, greylist_retry, "2m", 1000, 3600000,
+       "retry after a greylisting reply that names no wait"),
+    QF("greylist_max_wait", CONF_DURATION, greylist_max_wait, "30m", 1000, 86400000,
+       "longest wait a reply may ask for before the retry"),
+    QF("domain_hold_after", CONF_INT, domain_hold_after, "5", 1, 10000,
+       "connection-level failures in a row before a domain is held"),
+    QF("domain_hold_base", CONF_DURATION, domain_hold_base, "1m", 1000, 86400000,
+       "first hold of a failing domain; doubles with each failed probe"),
+    QF("domain_hold_max", CONF_DURATION, domain_hold_max, "30m", 1000, 7 * 86400000LL,
+       "longest hold of a failing domain"),
+    QF("soft_bounce_limit", CONF_INT, soft_bounce_limit, "5", 1, 10000,
+       "soft bounces of one address before it is treated as a hard bounce"),
+    QF("soft_bounce_window", CONF_DURATION, soft_bounce_window, "3d", 60000,
+       365 * 86400000LL, "soft bounces spread over this long also count as hard"),
+    QF("suppression_ttl", CONF_DURATION, suppression_ttl, "90d", 0, 3650 * 86400000LL,
+       "how long an automatic suppression lasts (0: forever)"),
+    QF("dsn_max_return", CONF_SIZE, dsn_max_return, "256K", 0, 64LL << 20,
+       "a bounce returns the whole original up to this size, else its header"),
     QF("max_inflight", CONF_INT, max_inflight, "2000", 1, 1000000,
        "messages handed to router at once"),
     QF("job_timeout", CONF_DURATION, job_timeout, "15m", 1000, 86400000,
@@ -56,6 +74,24 @@ static void queue_request(bus_server_t *srv, bus_msg_t *msg, void *arg)
     case PB_BODY(QUEUE_MESSAGE_SHOW):
         queue_on_show(q, msg);
         break;
+    case PB_BODY(QUEUE_LIST):
+        queue_on_list(q, msg);
+        break;
+    case PB_BODY(QUEUE_STATS):
+        queue_on_stats(q, msg);
+        break;
+    case PB_BODY(QUEUE_ACTION):
+        queue_on_action(q, msg);
+        break;
+    case PB_BODY(QUEUE_DOMAIN_SUSPEND):
+        queue_on_suspend(q, msg);
+        break;
+    case PB_BODY(QUEUE_SUPPRESS_ADD):
+    case PB_BODY(QUEUE_SUPPRESS_REMOVE):
+    case PB_BODY(QUEUE_SUPPRESS_LIST):
+    case PB_BODY(QUEUE_SUPPRESS_CHECK):
+        queue_on_suppress(q, msg);
+        break;
     default:
         log_warn("event=unsupported_request body=%s from=%s", codec_body_name(msg->env),
                  msg->env->sender);
@@ -70,6 +106,7 @@ static void queue_stats(PB(ServicePong) * pong, void *arg)
     queue_t *q = arg;
     store_stats_t st;
     store_stats(q->store, &st);
+    bus_pong_stat(pong, "messages", "%zu", queue_index_count(q));
     bus_pong_stat(pong, "scheduled", "%zu", queue_sched_size(q));
     bus_pong_stat(pong, "inflight", "%zu", queue_sched_inflight(q));
     bus_pong_stat(pong, "accepted", "%llu", (unsigned long long)q->accepted);
@@ -77,6 +114,8 @@ static void queue_stats(PB(ServicePong) * pong, void *arg)
     bus_pong_stat(pong, "bounced", "%llu", (unsigned long long)q->bounced);
     bus_pong_stat(pong, "deferred", "%llu", (unsigned long long)q->deferred);
     bus_pong_stat(pong, "expired", "%llu", (unsigned long long)q->expired);
+    bus_pong_stat(pong, "suppressed", "%llu", (unsigned long long)q->suppressed);
+    bus_pong_stat(pong, "dsn_sent", "%llu", (unsigned long long)q->dsn_sent);
     bus_pong_stat(pong, "commit_batches", "%llu", (unsigned long long)q->commit_batches);
     bus_pong_stat(pong, "upload_bytes", "%llu", (unsigned long long)q->upload_bytes);
     bus_pong_stat(pong, "store_bytes", "%zu", st.used_bytes);
@@ -106,8 +145,21 @@ int main(int argc, char **argv)
         fprintf(stderr, "sendarix-queue: %s: bus.router lists no router\n", svc.config_path);
         goto out;
     }
-    if (queue_store_open(&q) < 0 || queue_accept_init(&q) < 0 || queue_sched_init(&q) < 0)
+    snprintf(q.name, sizeof(q.name), "queue/%s", svc.instance);
+    queue_results_init(&q);
+    queue_suppress_init(&q);
+    if (queue_store_open(&q) < 0 || queue_index_init(&q) < 0 || queue_ops_load(&q) < 0 ||
+        queue_accept_init(&q) < 0 || queue_sched_init(&q) < 0)
         goto out;
+    /* the other instances, to pass suppressions on to */
+    q.peers = xcalloc(svc.ep.queue.n ? svc.ep.queue.n : 1, sizeof(*q.peers));
+    for (size_t i = 0; i < svc.ep.queue.n; i++) {
+        if (i + 1 == service_index(&svc))
+            continue;
+        q.peers[q.npeers] = bus_client_new(svc.bus, svc.ep.queue.v[i]);
+        if (q.peers[q.npeers])
+            q.npeers++;
+    }
     q.routers = xcalloc(svc.ep.router.n, sizeof(*q.routers));
     for (size_t i = 0; i < svc.ep.router.n; i++) {
         q.routers[i] = bus_client_new(svc.bus, svc.ep.router.v[i]);
@@ -125,8 +177,14 @@ out:
     for (size_t i = 0; i < q.nrouters; i++)
         bus_client_destroy(&q.routers[i]);
     free(q.routers);
+    for (size_t i = 0; i < q.npeers; i++)
+        bus_client_destroy(&q.peers[i]);
+    free(q.peers);
+    queue_results_fini(&q);
     queue_sched_fini(&q);
     queue_accept_fini(&q);
+    queue_suppress_fini(&q);
+    queue_index_fini(&q);
     store_close(&q.store);
     conf_release(queue_table, &q.conf);
     service_fini(&svc);

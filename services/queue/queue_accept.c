@@ -384,6 +384,11 @@ static void commit_run(loop_t *loop, void *arg)
             ev.sender = c->mail_from;
             ev.tenant = c->tenant;
             service_event(q->svc, &ev);
+            PB(QueueRecord) *rec = PB_FN(queue_record, unpack)(NULL, c->record_len, c->record);
+            if (rec) {
+                queue_index_put(q, rec);
+                queue_record_free(&rec);
+            }
             queue_sched_add(q, c->id, now);
         } else if (rc == STORE_FULL) {
             log_error("event=commit_failed msg=%s reason=store_full", c->id);

@@ -1,17 +1,18 @@
 /*
- * queue_sched: deciding when each recipient is tried and acting on results.
+ * queue_sched: deciding when each recipient is tried.
  *
  * The durable truth is the record of each message (per-recipient state and
  * next attempt time). In memory we keep a min-heap of (due time, message id)
- * rebuilt from the records at start, a table of messages handed to router,
- * and a FIFO of finished messages kept for `queue show` until retention ends.
- * A tick pops due messages, groups their due recipients by domain into
- * DeliveryJobs for router, and marks them in flight; results are applied in
- * grouped, synced write transactions. Nothing here blocks acceptance: a
- * backlog only makes the heap bigger.
+ * rebuilt from the records at start, the set of messages handed to router,
+ * and a FIFO of finished messages kept for `queue show` until retention
+ * ends. A tick pops due messages and groups their due recipients by domain
+ * into DeliveryJobs for router, skipping held messages, domains held after
+ * repeated failures or suspended by an operator, and suppressed recipients
+ * (which go straight to the results path). What results do is
+ * queue_results.c's. Nothing here blocks acceptance: a backlog only makes
+ * the heap bigger.
  */
 #include "queue.h"
-#include "ipc/pending.h"
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
@@ -20,11 +21,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define SCHED_TICK_MAX_MS    1000
 #define SCHED_ROUTER_WAIT_MS 2000  /* retry dispatch this soon when no router answers */
 #define SCHED_DISPATCH_BATCH 256   /* messages per tick, so a backlog cannot stall the loop */
 #define SCHED_MAX_DOMAINS    64    /* jobs per message per tick */
+#define SCHED_BLOCKED_POLL   60000 /* a message whose domains are all blocked looks again */
 #define DONE_SWEEP_MS        10000
 
 typedef struct sched_entry {
@@ -37,23 +40,6 @@ typedef struct inflight {
     unsigned jobs;
     struct inflight *next;
 } inflight_t;
-
-typedef struct job_ctx {
-    queue_t *q;
-    char id[ID_BUF_SIZE];
-    uint32_t *indexes;
-    size_t n;
-} job_ctx_t;
-
-typedef struct result {
-    job_ctx_t *job;
-    PB(DeliveryResult) *res;   /* NULL: no result (timeout) */
-    const char *fail_text;
-    /* filled by the write */
-    int finished;
-    uint64_t next_due;
-    struct result *next;
-} result_t;
 
 typedef struct done_entry {
     uint64_t done_at;
@@ -69,8 +55,6 @@ struct queue_sched {
     size_t inflight_count;
     uint64_t job_seq;
     loop_timer_t tick;
-    result_t *results, **results_tail;
-    loop_timer_t results_timer;
     done_entry_t *done_head, *done_tail;
     loop_timer_t done_sweep;
 };
@@ -118,7 +102,7 @@ static sched_entry_t heap_pop(queue_sched_t *s)
     return top;
 }
 
-/* ---- in-flight table ---- */
+/* ---- in-flight set ---- */
 
 static size_t id_hash(const char *id, size_t buckets)
 {
@@ -128,7 +112,7 @@ static size_t id_hash(const char *id, size_t buckets)
     return (size_t)(h % buckets);
 }
 
-static inflight_t *inflight_get(queue_sched_t *s, const char *id)
+static inflight_t *inflight_get(const queue_sched_t *s, const char *id)
 {
     for (inflight_t *f = s->inflight[id_hash(id, s->inflight_buckets)]; f; f = f->next)
         if (strcmp(f->id, id) == 0)
@@ -138,7 +122,12 @@ static inflight_t *inflight_get(queue_sched_t *s, const char *id)
 
 static void inflight_add(queue_sched_t *s, const char *id, unsigned jobs)
 {
-    inflight_t *f = xcalloc(1, sizeof(*f));
+    inflight_t *f = inflight_get(s, id);
+    if (f) {
+        f->jobs += jobs;
+        return;
+    }
+    f = xcalloc(1, sizeof(*f));
     sx_strlcpy(f->id, id, sizeof(f->id));
     f->jobs = jobs;
     size_t b = id_hash(id, s->inflight_buckets);
@@ -162,6 +151,11 @@ static int inflight_done(queue_sched_t *s, const char *id)
         return 1;
     }
     return 1;
+}
+
+int queue_sched_is_inflight(const queue_t *q, const char *id)
+{
+    return inflight_get(q->sched, id) != NULL;
 }
 
 /* ---- scheduling ---- */
@@ -196,29 +190,6 @@ size_t queue_sched_inflight(const queue_t *q)
     return q->sched->inflight_count;
 }
 
-static int rcpt_pending(const PB(QueueRecipientState) * r)
-{
-    return strcmp(r->state, "queued") == 0 || strcmp(r->state, "deferred") == 0;
-}
-
-static const char *rcpt_domain(const char *address)
-{
-    const char *at = strrchr(address, '@');
-    return at ? at + 1 : "";
-}
-
-/* Earliest next attempt of the pending recipients, or 0 when none. */
-static uint64_t record_next_due(const PB(QueueRecord) * rec)
-{
-    uint64_t due = 0;
-    for (size_t i = 0; i < rec->n_recipients; i++) {
-        const PB(QueueRecipientState) *r = rec->recipients[i];
-        if (rcpt_pending(r) && (due == 0 || r->next_attempt_ms < due))
-            due = r->next_attempt_ms ? r->next_attempt_ms : 1;
-    }
-    return due;
-}
-
 static void on_job_result(bus_msg_t *reply, bus_status_t status, void *arg);
 
 static bus_client_t *pick_router(queue_t *q)
@@ -232,6 +203,26 @@ static bus_client_t *pick_router(queue_t *q)
     }
     /* none known up: try them in turn anyway, the send tells */
     return q->nrouters ? q->routers[q->next_router++ % q->nrouters] : NULL;
+}
+
+void queue_job_free(job_ctx_t *job)
+{
+    if (job) {
+        free(job->indexes);
+        free(job);
+    }
+}
+
+static job_ctx_t *job_new(queue_t *q, const char *id, const char *domain, const uint32_t *idx,
+                          size_t n)
+{
+    job_ctx_t *job = xcalloc(1, sizeof(*job));
+    job->q = q;
+    sx_strlcpy(job->id, id, sizeof(job->id));
+    sx_strlcpy(job->domain, domain, sizeof(job->domain));
+    job->indexes = xmemdup(idx, n * sizeof(*idx));
+    job->n = n;
+    return job;
 }
 
 /* Send one job (recipients idx[0..n) of rec); 0 when a router took it. */
@@ -253,6 +244,7 @@ static int send_job(queue_t *q, const PB(QueueRecord) * rec, const store_val_t *
     job.eightbit = e->eightbit;
     job.dsn_ret = e->dsn_ret;
     job.dsn_envid = e->dsn_envid;
+    job.queue = q->name;
     PB(DeliveryRecipient) *rcpts = xcalloc(n, sizeof(*rcpts));
     PB(DeliveryRecipient) **rp = xcalloc(n, sizeof(*rp));
     uint32_t attempt = 0;
@@ -273,12 +265,7 @@ static int send_job(queue_t *q, const PB(QueueRecord) * rec, const store_val_t *
     env.body_case = PB_BODY(DELIVERY_JOB);
     env.delivery_job = &job;
 
-    job_ctx_t *ctx = xcalloc(1, sizeof(*ctx));
-    ctx->q = q;
-    sx_strlcpy(ctx->id, e->message_id, sizeof(ctx->id));
-    ctx->indexes = xmemdup(idx, n * sizeof(*idx));
-    ctx->n = n;
-
+    job_ctx_t *ctx = job_new(q, e->message_id, domain, idx, n);
     int rc = -1;
     for (size_t tries = 0; tries < q->nrouters && rc < 0; tries++) {
         bus_client_t *router = pick_router(q);
@@ -292,8 +279,7 @@ static int send_job(queue_t *q, const PB(QueueRecord) * rec, const store_val_t *
     free(rcpts);
     free(rp);
     if (rc < 0) {
-        free(ctx->indexes);
-        free(ctx);
+        queue_job_free(ctx);
         return -1;
     }
     log_info("event=dispatched msg=%s job=%s domain=%s rcpts=%zu attempt=%u", e->message_id,
@@ -301,18 +287,30 @@ static int send_job(queue_t *q, const PB(QueueRecord) * rec, const store_val_t *
     return 0;
 }
 
+/* Suppressed recipients never leave: their outcome is recorded at once. */
+static void suppress_local(queue_t *q, const char *id, const uint32_t *idx, size_t n)
+{
+    result_t *r = xcalloc(1, sizeof(*r));
+    r->kind = RESULT_SUPPRESSED;
+    r->job = job_new(q, id, "", idx, n);
+    r->counts_inflight = 1;
+    inflight_add(q->sched, id, 1);
+    queue_results_push(q, r);
+}
+
 /*
  * Dispatch the due recipients of one message. Returns the number of jobs
- * sent, 0 when nothing was due (due_out gets the next due time), -1 when
- * no router would take a job (the message is re-queued by the caller).
+ * sent (suppressed recipients count as one), 0 when nothing was sent
+ * (due_out gets when to look again, 0 for never), -1 when no router would
+ * take a job (the caller re-queues the message).
  */
 static int dispatch_message(queue_t *q, store_txn_t *txn, const char *id, uint64_t now,
                             uint64_t *due_out)
 {
     *due_out = 0;
     PB(QueueRecord) *rec = queue_store_get(q, txn, id);
-    if (rec == NULL || rec->done_at_ms) {
-        queue_record_free(&rec);
+    if (rec == NULL || rec->done_at_ms || rec->held) {
+        queue_record_free(&rec); /* a held message comes back when released */
         return 0;
     }
     store_val_t body;
@@ -323,27 +321,47 @@ static int dispatch_message(queue_t *q, store_txn_t *txn, const char *id, uint64
     }
     size_t n = rec->n_recipients;
     uint32_t *idx = xcalloc(n ? n : 1, sizeof(*idx));
+    uint32_t *supp = xcalloc(n ? n : 1, sizeof(*supp));
     char *taken = xcalloc(n ? n : 1, 1);
+    size_t nsupp = 0;
     int jobs = 0, failed = 0;
+    uint64_t blocked_until = 0;
+    const char *tenant = rec->envelope->tenant ? rec->envelope->tenant : "";
     for (size_t i = 0; i < n && jobs < SCHED_MAX_DOMAINS; i++) {
         PB(QueueRecipientState) *r = rec->recipients[i];
-        if (taken[i] || !rcpt_pending(r) || r->next_attempt_ms > now)
+        if (taken[i] || !queue_rcpt_pending(r) || r->next_attempt_ms > now)
             continue;
-        const char *domain = rcpt_domain(r->address);
+        if (queue_suppressed(q, txn, tenant, r->address)) {
+            supp[nsupp++] = (uint32_t)i;
+            taken[i] = 1;
+            continue;
+        }
+        char dom[256];
+        const char *d = queue_rcpt_domain(r->address);
+        size_t dl = strlen(d) < sizeof(dom) - 1 ? strlen(d) : sizeof(dom) - 1;
+        for (size_t c = 0; c < dl; c++)
+            dom[c] = (char)tolower((unsigned char)d[c]);
+        dom[dl] = '\0';
+        uint64_t until;
+        if (queue_domain_blocked(q, dom, now, &until)) {
+            for (size_t j = i; j < n; j++)
+                if (!taken[j] && strcasecmp(queue_rcpt_domain(rec->recipients[j]->address),
+                                            dom) == 0)
+                    taken[j] = 1;
+            if (blocked_until == 0 || until < blocked_until)
+                blocked_until = until;
+            continue;
+        }
         size_t k = 0;
         for (size_t j = i; j < n; j++) {
             PB(QueueRecipientState) *o = rec->recipients[j];
-            if (!taken[j] && rcpt_pending(o) && o->next_attempt_ms <= now &&
-                strcasecmp(rcpt_domain(o->address), domain) == 0) {
+            if (!taken[j] && queue_rcpt_pending(o) && o->next_attempt_ms <= now &&
+                strcasecmp(queue_rcpt_domain(o->address), dom) == 0 &&
+                !queue_suppressed(q, txn, tenant, o->address)) {
                 idx[k++] = (uint32_t)j;
                 taken[j] = 1;
             }
         }
-        char dom[256];
-        size_t dl = strlen(domain) < sizeof(dom) - 1 ? strlen(domain) : sizeof(dom) - 1;
-        for (size_t c = 0; c < dl; c++)
-            dom[c] = (char)tolower((unsigned char)domain[c]);
-        dom[dl] = '\0';
         if (send_job(q, rec, &body, idx, k, dom) < 0) {
             failed = 1;
             break;
@@ -352,9 +370,22 @@ static int dispatch_message(queue_t *q, store_txn_t *txn, const char *id, uint64
     }
     if (jobs > 0)
         inflight_add(q->sched, id, (unsigned)jobs);
-    if (jobs == 0 && !failed)
-        *due_out = record_next_due(rec);
+    if (nsupp > 0) {
+        suppress_local(q, id, supp, nsupp);
+        jobs++;
+    }
+    if (jobs == 0 && !failed) {
+        uint64_t due = queue_record_next_due(rec);
+        if (blocked_until) {
+            /* every due recipient waits for its domain */
+            uint64_t look = blocked_until > now + SCHED_BLOCKED_POLL ? now + SCHED_BLOCKED_POLL
+                                                                     : blocked_until;
+            due = due > now ? (due < look ? due : look) : look;
+        }
+        *due_out = due;
+    }
     free(idx);
+    free(supp);
     free(taken);
     queue_record_free(&rec);
     return failed && jobs == 0 ? -1 : jobs;
@@ -362,6 +393,7 @@ static int dispatch_message(queue_t *q, store_txn_t *txn, const char *id, uint64
 
 static void sched_tick(loop_t *loop, void *arg)
 {
+    (void)loop;
     queue_t *q = arg;
     queue_sched_t *s = q->sched;
     uint64_t now = clock_wall_ms();
@@ -385,36 +417,30 @@ static void sched_tick(loop_t *loop, void *arg)
             break;
         }
         if (rc == 0 && due)
-            heap_push(s, due, e.id);
+            heap_push(s, due > now ? due : now + 1, e.id);
         sent++;
     }
     store_abort(&txn);
-    (void)loop;
     sched_arm(q);
 }
 
-/* ---- results ---- */
-
-static void results_schedule(queue_t *q)
-{
-    if (!loop_timer_active(&q->sched->results_timer))
-        loop_timer_start(q->svc->loop, &q->sched->results_timer, 0);
-}
+/* ---- results arrive ---- */
 
 static void on_job_result(bus_msg_t *reply, bus_status_t status, void *arg)
 {
     job_ctx_t *ctx = arg;
     queue_t *q = ctx->q;
     result_t *r = xcalloc(1, sizeof(*r));
+    r->kind = RESULT_REMOTE;
     r->job = ctx;
+    r->counts_inflight = 1;
     if (status == BUS_OK && reply->env->body_case == PB_BODY(DELIVERY_RESULT)) {
-        /* keep a copy: the envelope is freed when this callback returns */
-        PB(DeliveryResult) *res = reply->env->delivery_result;
-        size_t n = PB_FN(delivery_result, get_packed_size)(res);
-        uint8_t *buf = xmalloc(n ? n : 1);
-        PB_FN(delivery_result, pack)(res, buf);
-        r->res = PB_FN(delivery_result, unpack)(NULL, n, buf);
-        free(buf);
+        /* keep the decoded result: the envelope would be freed after this callback */
+        sx_env_t *env = bus_msg_take_env(reply);
+        r->res = env->delivery_result;
+        env->delivery_result = NULL;
+        env->body_case = PB_BODY(_NOT_SET);
+        codec_free(&env);
     } else if (status == BUS_OK && reply->env->body_case == PB_BODY(ERROR) &&
                reply->env->error->status) {
         r->fail_text = "router refused the job";
@@ -424,117 +450,46 @@ static void on_job_result(bus_msg_t *reply, bus_status_t status, void *arg)
         r->fail_text = status == BUS_TIMEOUT ? "no delivery result in time"
                                              : "unexpected reply from router";
     }
-    *q->sched->results_tail = r;
-    q->sched->results_tail = &r->next;
-    results_schedule(q);
+    queue_results_push(q, r);
 }
 
-/* Replace a string field of an unpacked message (which may point at
- * protobuf-c's shared empty string, never to be freed). */
-static void set_str(char **field, const char *value)
+/* The results path has written (or failed to write) r: schedule what follows. */
+void queue_sched_result_done(queue_t *q, result_t *r, int written, uint64_t now)
 {
-    if (*field && *field != protobuf_c_empty_string)
-        free(*field);
-    *field = xstrdup(value);
-}
-
-static PB(Status) * status_new(unsigned code, const char *enh, const char *text)
-{
-    PB(Status) *st = xmalloc(sizeof(*st));
-    PB(Status) init = PB_INIT(STATUS);
-    *st = init;
-    st->code = code;
-    st->enhanced = xstrdup(enh);
-    st->text = xstrdup(text);
-    return st;
-}
-
-/* Apply one result to rec (in memory). */
-static void apply_result(queue_t *q, PB(QueueRecord) * rec, result_t *r, uint64_t now)
-{
-    job_ctx_t *job = r->job;
-    for (size_t k = 0; k < job->n; k++) {
-        uint32_t idx = job->indexes[k];
-        if (idx >= rec->n_recipients)
-            continue;
-        PB(QueueRecipientState) *st = rec->recipients[idx];
-        if (!rcpt_pending(st))
-            continue; /* already final: a late duplicate result */
-        const PB(DeliveryRecipientResult) *rr = NULL;
-        if (r->res)
-            for (size_t i = 0; i < r->res->n_recipients; i++)
-                if (r->res->recipients[i]->index == idx)
-                    rr = r->res->recipients[i];
-        int outcome = rr ? rr->outcome : PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__DEFERRED);
-        /* the record owns what we put in it: it is freed with free_unpacked */
-        if (st->last_reply)
-            PB_FN(status, free_unpacked)(st->last_reply, NULL);
-        if (rr && rr->reply)
-            st->last_reply = status_new(rr->reply->code, rr->reply->enhanced ? rr->reply->enhanced : "",
-                                        rr->reply->text ? rr->reply->text : "");
-        else
-            st->last_reply = status_new(451, "4.4.7", r->fail_text ? r->fail_text
-                                                                   : "no result for recipient");
-        if (r->res && r->res->remote_host && r->res->remote_host[0])
-            set_str(&st->last_remote, r->res->remote_host);
-        st->attempts++;
-        if (outcome == PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__DELIVERED)) {
-            set_str(&st->state, "delivered");
-            q->delivered++;
-        } else if (outcome == PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__BOUNCED)) {
-            set_str(&st->state, "bounced");
-            q->bounced++;
-        } else if (now - rec->envelope->received_at_ms >= q->conf.max_age) {
-            set_str(&st->state, "bounced");
-            q->expired++;
-            log_info("event=expired msg=%s rcpt=%u attempts=%u", job->id, idx, st->attempts);
-            PB(Event) ev = PB_INIT(EVENT);
-            ev.type = "expired";
-            ev.message_id = job->id;
-            ev.recipient = st->address;
-            ev.rcpt_index = idx;
-            ev.sender = rec->envelope->mail_from;
-            ev.tenant = rec->envelope->tenant;
-            ev.reply = st->last_reply;
-            ev.attempt = st->attempts;
-            service_event(q->svc, &ev);
-        } else {
-            set_str(&st->state, "deferred");
-            st->next_attempt_ms = now + queue_backoff(&q->conf, st->attempts, id_random64());
-            q->deferred++;
-        }
+    queue_sched_t *s = q->sched;
+    int last = r->counts_inflight ? inflight_done(s, r->job->id) : 1;
+    if (!written) {
+        /* nothing was recorded: try the message again soon */
+        if (last)
+            heap_push(s, now + SCHED_ROUTER_WAIT_MS, r->job->id);
+        sched_arm(q);
+        return;
     }
-}
-
-static int results_write(store_txn_t *txn, void *arg)
-{
-    queue_t *q = arg;
-    uint64_t now = clock_wall_ms();
-    for (result_t *r = q->sched->results; r; r = r->next) {
-        PB(QueueRecord) *rec = queue_store_get(q, txn, r->job->id);
-        if (rec == NULL)
-            continue;
-        apply_result(q, rec, r, now);
-        r->finished = queue_record_finished(rec);
-        r->next_due = r->finished ? 0 : record_next_due(rec);
-        if (r->finished && rec->done_at_ms == 0) {
-            rec->done_at_ms = now;
-            int rc = store_del(txn, q->db_body, r->job->id, strlen(r->job->id));
-            if (rc != STORE_OK && rc != STORE_NOTFOUND) {
-                queue_record_free(&rec);
-                return rc;
+    if (r->dsn) {
+        queue_index_put(q, r->dsn);
+        heap_push(s, now, r->dsn->envelope->message_id);
+    }
+    if (r->rec) {
+        queue_index_put(q, r->rec);
+        if (r->rec->done_at_ms) {
+            if (last) {
+                log_info("event=done msg=%s", r->job->id);
+                queue_sched_done(q, r->job->id, r->rec->done_at_ms);
             }
+        } else if (last && !r->rec->held) {
+            uint64_t due = queue_record_next_due(r->rec);
+            if (due)
+                heap_push(s, due, r->job->id);
         }
-        int rc = queue_store_put(q, txn, rec);
-        queue_record_free(&rec);
-        if (rc != STORE_OK)
-            return rc;
     }
-    return 0;
+    sched_arm(q);
 }
 
-static void done_push(queue_sched_t *s, const char *id, uint64_t at)
+/* ---- finished messages: kept for `queue show`, then removed ---- */
+
+void queue_sched_done(queue_t *q, const char *id, uint64_t at)
 {
+    queue_sched_t *s = q->sched;
     done_entry_t *d = xcalloc(1, sizeof(*d));
     d->done_at = at;
     sx_strlcpy(d->id, id, sizeof(d->id));
@@ -544,47 +499,6 @@ static void done_push(queue_sched_t *s, const char *id, uint64_t at)
         s->done_head = d;
     s->done_tail = d;
 }
-
-static void results_run(loop_t *loop, void *arg)
-{
-    queue_t *q = arg;
-    queue_sched_t *s = q->sched;
-    if (s->results == NULL)
-        return;
-    int rc = store_write(q->store, results_write, q);
-    if (rc != STORE_OK)
-        log_error("event=results_write_failed err=\"%s\"", store_strerror(rc));
-    uint64_t now = clock_wall_ms();
-    result_t *r = s->results;
-    s->results = NULL;
-    s->results_tail = &s->results;
-    while (r) {
-        result_t *next = r->next;
-        int last = inflight_done(s, r->job->id);
-        if (rc != STORE_OK) {
-            /* nothing was recorded: try the message again soon */
-            if (last)
-                heap_push(s, now + SCHED_ROUTER_WAIT_MS, r->job->id);
-        } else if (r->finished) {
-            if (last) {
-                log_info("event=done msg=%s", r->job->id);
-                done_push(s, r->job->id, now);
-            }
-        } else if (last && r->next_due) {
-            heap_push(s, r->next_due, r->job->id);
-        }
-        if (r->res)
-            PB_FN(delivery_result, free_unpacked)(r->res, NULL);
-        free(r->job->indexes);
-        free(r->job);
-        free(r);
-        r = next;
-    }
-    (void)loop;
-    sched_arm(q);
-}
-
-/* ---- finished messages: kept for `queue show`, then removed ---- */
 
 static int done_delete(store_txn_t *txn, void *arg)
 {
@@ -622,11 +536,11 @@ static void done_sweep(loop_t *loop, void *arg)
     loop_timer_start(loop, &s->done_sweep, DONE_SWEEP_MS);
 }
 
-/* ---- start: rebuild the schedule from the store ---- */
+/* ---- start: rebuild the schedule and the index from the store ---- */
 
 typedef struct rebuild {
     queue_t *q;
-    size_t active, done;
+    size_t active, done, held;
 } rebuild_t;
 
 static int rebuild_one(const store_val_t *key, const store_val_t *val, void *arg)
@@ -644,10 +558,14 @@ static int rebuild_one(const store_val_t *key, const store_val_t *val, void *arg
         return 0;
     }
     if (rec->done_at_ms || queue_record_finished(rec)) {
-        done_push(rb->q->sched, id, rec->done_at_ms ? rec->done_at_ms : clock_wall_ms());
+        queue_sched_done(rb->q, id, rec->done_at_ms ? rec->done_at_ms : clock_wall_ms());
         rb->done++;
     } else {
-        heap_push(rb->q->sched, record_next_due(rec), id);
+        queue_index_put(rb->q, rec);
+        if (rec->held)
+            rb->held++;
+        else
+            heap_push(rb->q->sched, queue_record_next_due(rec), id);
         rb->active++;
     }
     queue_record_free(&rec);
@@ -660,9 +578,7 @@ int queue_sched_init(queue_t *q)
     q->sched = s;
     s->inflight_buckets = 4096;
     s->inflight = xcalloc(s->inflight_buckets, sizeof(*s->inflight));
-    s->results_tail = &s->results;
     loop_timer_init(&s->tick, sched_tick, q);
-    loop_timer_init(&s->results_timer, results_run, q);
     loop_timer_init(&s->done_sweep, done_sweep, q);
 
     rebuild_t rb = {.q = q};
@@ -675,7 +591,7 @@ int queue_sched_init(queue_t *q)
         return -1;
     /* ids sort by arrival, close enough to the order messages finished for
      * the sweep, which stops at the first one still within retention */
-    log_info("event=recovered active=%zu done=%zu", rb.active, rb.done);
+    log_info("event=recovered active=%zu held=%zu done=%zu", rb.active, rb.held, rb.done);
     loop_timer_start(q->svc->loop, &s->done_sweep, DONE_SWEEP_MS);
     sched_arm(q);
     return 0;
@@ -687,7 +603,6 @@ void queue_sched_fini(queue_t *q)
     if (s == NULL)
         return;
     loop_timer_stop(q->svc->loop, &s->tick);
-    loop_timer_stop(q->svc->loop, &s->results_timer);
     loop_timer_stop(q->svc->loop, &s->done_sweep);
     for (size_t b = 0; b < s->inflight_buckets; b++) {
         inflight_t *f = s->inflight[b];
@@ -696,15 +611,6 @@ void queue_sched_fini(queue_t *q)
             free(f);
             f = next;
         }
-    }
-    while (s->results) {
-        result_t *r = s->results;
-        s->results = r->next;
-        if (r->res)
-            PB_FN(delivery_result, free_unpacked)(r->res, NULL);
-        free(r->job->indexes);
-        free(r->job);
-        free(r);
     }
     while (s->done_head) {
         done_entry_t *d = s->done_head;

@@ -1,15 +1,21 @@
 /*
- * queue_store: the queue's LMDB layout. Two databases: "msg" maps a message
- * id to its QueueRecord (envelope and per-recipient state), "body" maps it
- * to the message bytes. A record is the durable truth about a message; the
- * schedule in memory is rebuilt from the records at start.
+ * queue_store: the queue's LMDB layout and what a record means. Databases:
+ * "msg" maps a message id to its QueueRecord (envelope and per-recipient
+ * state), "body" maps it to the message bytes, "supp" holds the suppression
+ * list (tenant NUL address -> Suppression), "soft" the soft-bounce counts of
+ * addresses, "dom" the operator's domain suspensions. A record is the
+ * durable truth about a message; the schedule and index in memory are
+ * rebuilt from the records at start. Also the reading of remote replies:
+ * backoff, greylisting waits, hard and soft bounces.
  */
 #include "queue.h"
 #include "core/alloc.h"
 #include "core/log.h"
 
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 int queue_store_open(queue_t *q)
 {
@@ -21,7 +27,10 @@ int queue_store_open(queue_t *q)
         return -1;
     }
     if (store_db(q->store, "msg", &q->db_msg) != STORE_OK ||
-        store_db(q->store, "body", &q->db_body) != STORE_OK) {
+        store_db(q->store, "body", &q->db_body) != STORE_OK ||
+        store_db(q->store, "supp", &q->db_supp) != STORE_OK ||
+        store_db(q->store, "soft", &q->db_soft) != STORE_OK ||
+        store_db(q->store, "dom", &q->db_dom) != STORE_OK) {
         log_error("event=store_open_failed dir=%s err=\"cannot open databases\"", dir);
         return -1;
     }
@@ -54,6 +63,16 @@ int queue_store_put(queue_t *q, store_txn_t *txn, PB(QueueRecord) * rec)
     return STORE_OK;
 }
 
+int queue_store_message(queue_t *q, store_txn_t *txn, PB(QueueRecord) * rec, const void *body,
+                        size_t len)
+{
+    int rc = queue_store_put(q, txn, rec);
+    if (rc != STORE_OK)
+        return rc;
+    const char *id = rec->envelope->message_id;
+    return store_put(txn, q->db_body, id, strlen(id), body, len);
+}
+
 void queue_record_free(PB(QueueRecord) * *rec)
 {
     if (*rec) {
@@ -62,19 +81,55 @@ void queue_record_free(PB(QueueRecord) * *rec)
     }
 }
 
-static int state_pending(const char *state)
+int queue_rcpt_pending(const PB(QueueRecipientState) * r)
 {
-    return strcmp(state, "queued") == 0 || strcmp(state, "deferred") == 0 ||
-           strcmp(state, "inflight") == 0;
+    return strcmp(r->state, "queued") == 0 || strcmp(r->state, "deferred") == 0;
 }
 
 int queue_record_finished(const PB(QueueRecord) * rec)
 {
     for (size_t i = 0; i < rec->n_recipients; i++)
-        if (state_pending(rec->recipients[i]->state))
+        if (queue_rcpt_pending(rec->recipients[i]))
             return 0;
     return 1;
 }
+
+uint64_t queue_record_next_due(const PB(QueueRecord) * rec)
+{
+    uint64_t due = 0;
+    for (size_t i = 0; i < rec->n_recipients; i++) {
+        const PB(QueueRecipientState) *r = rec->recipients[i];
+        if (queue_rcpt_pending(r) && (due == 0 || r->next_attempt_ms < due))
+            due = r->next_attempt_ms ? r->next_attempt_ms : 1;
+    }
+    return due;
+}
+
+const char *queue_rcpt_domain(const char *address)
+{
+    const char *at = strrchr(address, '@');
+    return at ? at + 1 : "";
+}
+
+void queue_set_str(char **field, const char *value)
+{
+    if (*field && *field != protobuf_c_empty_string)
+        free(*field);
+    *field = xstrdup(value);
+}
+
+PB(Status) * queue_status_new(unsigned code, const char *enh, const char *text)
+{
+    PB(Status) *st = xmalloc(sizeof(*st));
+    PB(Status) init = PB_INIT(STATUS);
+    *st = init;
+    st->code = code;
+    st->enhanced = xstrdup(enh ? enh : "");
+    st->text = xstrdup(text ? text : "");
+    return st;
+}
+
+/* ---- reading replies ---- */
 
 uint64_t queue_backoff(const queue_conf_t *c, uint32_t attempts, uint64_t random)
 {
@@ -88,4 +143,89 @@ uint64_t queue_backoff(const queue_conf_t *c, uint32_t attempts, uint64_t random
     if (span)
         d = d - span / 2 + random % span;
     return d;
+}
+
+static int contains_ci(const char *hay, const char *needle)
+{
+    return hay && strcasestr(hay, needle) != NULL;
+}
+
+/* "in 300 seconds", "after 5 minutes", "retry in 60s": the wait in ms, or 0. */
+static uint64_t named_wait(const char *text)
+{
+    if (text == NULL)
+        return 0;
+    for (const char *p = text; *p; p++) {
+        const char *q = NULL;
+        if (strncasecmp(p, "in ", 3) == 0)
+            q = p + 3;
+        else if (strncasecmp(p, "after ", 6) == 0)
+            q = p + 6;
+        if (q == NULL || (p > text && isalpha((unsigned char)p[-1])))
+            continue;
+        if (!isdigit((unsigned char)*q))
+            continue;
+        char *end;
+        unsigned long long n = strtoull(q, &end, 10);
+        while (*end == ' ')
+            end++;
+        uint64_t unit = 0;
+        if (strncasecmp(end, "sec", 3) == 0 || ((*end == 's' || *end == 'S') &&
+                                                 !isalpha((unsigned char)end[1])))
+            unit = 1000;
+        else if (strncasecmp(end, "min", 3) == 0 ||
+                 ((*end == 'm' || *end == 'M') && !isalpha((unsigned char)end[1])))
+            unit = 60000;
+        else if (strncasecmp(end, "hour", 4) == 0)
+            unit = 3600000;
+        if (unit && n > 0 && n < 1000000)
+            return n * unit;
+    }
+    return 0;
+}
+
+uint64_t queue_reply_wait(const queue_conf_t *c, unsigned code, const char *enh,
+                          const char *text)
+{
+    if (code < 400 || code >= 500)
+        return 0;
+    int grey = contains_ci(text, "greylist") || contains_ci(text, "graylist") ||
+               contains_ci(text, "greylisted") ||
+               (enh && strcmp(enh, "4.2.0") == 0 && (code == 450 || code == 451)) ||
+               (enh && strcmp(enh, "4.7.1") == 0 &&
+                (contains_ci(text, "grey") || contains_ci(text, "gray")));
+    uint64_t wait = named_wait(text);
+    if (wait) {
+        if (wait > c->greylist_max_wait)
+            wait = c->greylist_max_wait;
+        return wait;
+    }
+    return grey ? c->greylist_retry : 0;
+}
+
+int queue_hard_bounce(unsigned code, const char *enh)
+{
+    if (code < 500 || enh == NULL || enh[0] != '5')
+        return 0;
+    /* 5.1.x: the address (unknown user, bad domain, moved...); 5.2.1: disabled */
+    return strncmp(enh, "5.1.", 4) == 0 || strcmp(enh, "5.2.1") == 0;
+}
+
+int queue_soft_bounce(unsigned code, const char *enh, const char *text)
+{
+    if (code < 400 || code >= 500 || enh == NULL)
+        return 0;
+    if (strncmp(enh, "4.2.", 4) != 0 && strncmp(enh, "4.1.", 4) != 0)
+        return 0;
+    return !(strcmp(enh, "4.2.0") == 0 || contains_ci(text, "greylist") ||
+             contains_ci(text, "graylist"));
+}
+
+int queue_destination_failure(unsigned code, const char *enh)
+{
+    if (code == 421)
+        return 1;
+    if (code < 400 || code >= 500 || enh == NULL)
+        return 0;
+    return strncmp(enh, "4.4.", 4) == 0 || strcmp(enh, "4.3.2") == 0 || strcmp(enh, "4.7.5") == 0;
 }

@@ -173,7 +173,7 @@ class Relay:
     def add_demo_credential(self, user="demo", password="demo-password", tenant="demo",
                             domain="example.test"):
         self.ctl("tenant", "add", tenant)
-        self.ctl("domain", "add", domain, "--tenant", tenant)
+        self.ctl("domain", "add", domain, "--tenant", tenant, "--verified")
         self.ctl("cred", "add", user, "--tenant", tenant, "--password-stdin",
                  input=password + "\n")
 
