@@ -79,7 +79,11 @@ def expand(text, index=None):
     """{TEXT*N} repeats TEXT N times; {i} is the repeat counter."""
     if index is not None:
         text = text.replace("{i}", str(index))
-    return _EXPAND.sub(lambda m: m.group(1) * int(m.group(2)), text)
+    while True:  # innermost first, so {{ab*2}c*3} works
+        out = _EXPAND.sub(lambda m: m.group(1) * int(m.group(2)), text)
+        if out == text:
+            return out
+        text = out
 
 
 def unescape(text):
@@ -592,6 +596,8 @@ class Runner:
             msg.append("  step:     %s" % st.text.strip())
         msg.append("  problem:  %s" % what)
         if received is not None:
+            if received != received.strip():
+                received = repr(received)
             msg.append("  received: %s" % received)
         if self.conn:
             tr = self.conn.transcript
