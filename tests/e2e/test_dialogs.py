@@ -7,6 +7,8 @@ relay of its own. The file format is described in tests/dialogs/README.md.
 import glob
 import os
 import re
+import socket
+import threading
 
 import pytest
 
@@ -129,7 +131,7 @@ def test_runner_reports_a_mismatch_with_the_transcript(pool):
     assert "transcript" in text and "C: MAIL FROM:<app@example.test>" in text
 
 
-def test_runner_catches_unexpected_replies_and_missing_codes(pool):
+def test_runner_catches_unexpected_replies(pool):
     r = pool.get(Dialog("defaults"))
     # a reply nobody asked about
     d = parse_text("S: 220 *\nC> NOOP\\r\\nNOOP\\r\\n\nS: 250 2.0.0 OK\n", "extra.dialog")
@@ -153,3 +155,60 @@ def test_every_dialog_parses_and_has_a_title():
         d = parse(path)
         assert d.title, "%s has no title comment" % path
         assert d.steps or d.login != "none", "%s has no steps" % path
+
+
+class FakeServer:
+    """A one-connection SMTP server that answers each line with the next canned reply."""
+
+    def __init__(self, greeting, replies):
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(1)
+        port = self.lsock.getsockname()[1]
+        self.submission = self.smtps = self.legacy = port
+        self.cert = None
+        self.greeting, self.replies = greeting, list(replies)
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        c, _ = self.lsock.accept()
+        with c:
+            c.sendall(self.greeting)
+            f = c.makefile("rb")
+            for reply in self.replies:
+                if not f.readline():
+                    return
+                c.sendall(reply)
+            f.readline()
+
+    def log(self, key):
+        return ""
+
+    def close(self):
+        self.lsock.close()
+
+
+def test_runner_checks_the_format_of_every_reply():
+    cases = [
+        (b"250 OK without a code\r\n", "reply without an enhanced status code"),
+        (b"250 2.0.0 ended by a bare LF\n", "not ended by CRLF"),
+        (b"250-2.0.0 first\r\n251 2.0.0 second\r\n", "multi-line reply changes code"),
+        (b"25O 2.0.0 no code\r\n", "without a 3-digit code"),
+    ]
+    for reply, problem in cases:
+        srv = FakeServer(b"220 fake.example ESMTP\r\n", [reply])
+        try:
+            d = parse_text("S: 220 *\nC: NOOP\nS*: *\n", "fake.dialog")
+            with pytest.raises(DialogError) as e:
+                run(d, srv, "fake.example")
+            assert problem in str(e.value), str(e.value)
+        finally:
+            srv.close()
+    # the same server with well-formed replies passes
+    srv = FakeServer(b"220 fake.example ESMTP\r\n", [b"250-2.0.0 a\r\n250 2.0.0 b\r\n"])
+    try:
+        run(parse_text("S: 220 *\nC: NOOP\nS: 250-2.0.0 a\nS: 250 2.0.0 b\n", "ok.dialog"),
+            srv, "fake.example")
+    finally:
+        srv.close()
