@@ -2,7 +2,9 @@
  * ctl: what the modules of sendarixctl share. The CLI is one command
  * table (ctl_cmd.c) over a small argument parser (ctl_args.c), a request
  * runner on the bus (ctl_bus.c), JSON and time rendering (ctl_json.c,
- * ctl_time.c) and one file per topic (status, queue, log, auth, sandbox).
+ * ctl_time.c) and one file per topic (status, queue, log, auth for
+ * credentials, tenants and domains, access for allowlists and limits,
+ * sandbox).
  * Exit status: CTL_OK, CTL_FAIL (the operation failed), CTL_USAGE.
  */
 #ifndef SX_CTL_H
@@ -43,11 +45,12 @@ typedef struct ctl_command {
     const char *name;
     const char *sub; /* NULL: the command has no subcommand */
     ctl_handler_fn fn;
-    const char *arg; /* the one positional argument ("<ID>"), or NULL */
+    const char *arg; /* the first positional argument ("<ID>"), or NULL */
     int arg_required;
     const ctl_opt_spec_t *opts; /* terminated by {NULL}; may be NULL */
-    const char *usage;          /* the options, as shown after "name sub arg" */
+    const char *usage;          /* the options, as shown after "name sub arg arg2" */
     const char *summary;
+    const char *arg2; /* a second positional argument, always required, or NULL */
 } ctl_command_t;
 
 typedef struct ctl_opt_value {
@@ -59,6 +62,7 @@ struct ctl_args {
     const ctl_command_t *cmd;
     const char *name; /* the command word as typed, once known */
     const char *arg;  /* the positional argument, or NULL */
+    const char *arg2; /* the second one, or NULL */
     ctl_opt_value_t opts[CTL_OPTS_MAX];
     size_t nopts;
     int help; /* --help or -h was given */
@@ -163,6 +167,10 @@ int ctl_call_one(ctl_t *ctl, const char *what, const char *endpoint, sx_env_t *r
  * input. 0, or -1 with the reason in why.
  */
 int ctl_read_password(FILE *in, char *buf, size_t size, char *why, size_t whylen);
+/* The first auth instance's endpoint (it owns the records), or NULL. */
+const char *ctl_auth_endpoint(const ctl_t *ctl);
+/* Usage check of a name argument: 1 to 255 bytes. CTL_OK or CTL_USAGE (printed). */
+int ctl_check_name(ctl_t *ctl, const ctl_args_t *args, const char *what, const char *v);
 
 /* ---- topics ---- */
 
@@ -171,10 +179,16 @@ int ctl_cmd_queue_show(ctl_t *ctl, const ctl_args_t *args);
 int ctl_cmd_log_search(ctl_t *ctl, const ctl_args_t *args);
 int ctl_cmd_cred_add(ctl_t *ctl, const ctl_args_t *args);
 int ctl_cmd_cred_list(ctl_t *ctl, const ctl_args_t *args);
+int ctl_cmd_cred_rotate(ctl_t *ctl, const ctl_args_t *args);
+int ctl_cmd_cred_revoke(ctl_t *ctl, const ctl_args_t *args);
 int ctl_cmd_tenant_add(ctl_t *ctl, const ctl_args_t *args);
 int ctl_cmd_tenant_list(ctl_t *ctl, const ctl_args_t *args);
 int ctl_cmd_domain_add(ctl_t *ctl, const ctl_args_t *args);
 int ctl_cmd_domain_list(ctl_t *ctl, const ctl_args_t *args);
+int ctl_cmd_allow_add(ctl_t *ctl, const ctl_args_t *args);
+int ctl_cmd_allow_list(ctl_t *ctl, const ctl_args_t *args);
+int ctl_cmd_allow_remove(ctl_t *ctl, const ctl_args_t *args);
+int ctl_cmd_limit_set(ctl_t *ctl, const ctl_args_t *args);
 int ctl_cmd_sandbox_fail(ctl_t *ctl, const ctl_args_t *args);
 
 #endif

@@ -2,7 +2,7 @@
  * ctl_args: the command line of sendarixctl. Global options (--config,
  * --json, --timeout, --help) may stand anywhere; the first word is the
  * command, the next its subcommand when it has some; then come the
- * command's own options and its one argument. "--name=value" and
+ * command's own options and its arguments (one, or two for `allow add`). "--name=value" and
  * "--name value" both work; "--" ends the options. Every problem is a
  * usage error with a sentence naming it. It does not run anything.
  */
@@ -167,12 +167,16 @@ static int positional(const ctl_command_t *table, ctl_args_t *args, const char *
         }
         return CTL_OK;
     }
-    if (args->cmd->arg == NULL || args->arg != NULL) {
-        snprintf(why, whylen, "unexpected argument '%s'", w);
-        return CTL_USAGE;
+    if (args->cmd->arg != NULL && args->arg == NULL) {
+        args->arg = w;
+        return CTL_OK;
     }
-    args->arg = w;
-    return CTL_OK;
+    if (args->cmd->arg2 != NULL && args->arg2 == NULL) {
+        args->arg2 = w;
+        return CTL_OK;
+    }
+    snprintf(why, whylen, "unexpected argument '%s'", w);
+    return CTL_USAGE;
 }
 
 /* Check what only the whole line can tell: a command, its argument, its required options. */
@@ -189,8 +193,12 @@ static int finish(const ctl_command_t *table, ctl_args_t *args, char *why, size_
         return CTL_USAGE;
     }
     const ctl_command_t *c = args->cmd;
-    if (c->arg && c->arg_required && args->arg == NULL) {
+    if (c->arg && (c->arg_required || c->arg2) && args->arg == NULL) {
         snprintf(why, whylen, "missing argument %s", c->arg);
+        return CTL_USAGE;
+    }
+    if (c->arg2 && args->arg2 == NULL) {
+        snprintf(why, whylen, "missing argument %s", c->arg2);
         return CTL_USAGE;
     }
     for (const ctl_opt_spec_t *o = c->opts; o && o->name; o++) {

@@ -1,9 +1,10 @@
 /*
- * ctl_auth: credentials, tenants and sending domains, managed through the
- * auth service (its first instance, which owns them). Passwords come from
- * stdin (--password-stdin) or the command line, go to auth once and are
- * wiped from memory after; nothing here ever prints one. Auth decides
- * what is valid beyond the obvious; its refusals are printed as they come.
+ * ctl_auth: credentials (add, list, rotate, revoke), tenants and sending
+ * domains, managed through the auth service (its first instance, which
+ * owns them). Passwords come from stdin (--password-stdin) or the command
+ * line, go to auth once and are wiped from memory after; nothing here ever
+ * prints one. Auth decides what is valid beyond the obvious; its refusals
+ * are printed as they come. Allowlists and limits: ctl_access.c.
  */
 #include "ctl.h"
 #include "ctl_json.h"
@@ -15,6 +16,8 @@
 #define CTL_PASSWORD_MAX 1024
 #define CTL_DOMAINS_MAX  32
 #define CTL_NAME_MAX     255
+#define CTL_GRACE_DEFAULT_S (24u * 3600u)
+#define CTL_GRACE_MAX_S     (30u * 86400u) /* auth refuses longer ones */
 
 static const char *const environments[] = {"production", "staging", "development", NULL};
 
@@ -50,12 +53,12 @@ int ctl_read_password(FILE *in, char *buf, size_t size, char *why, size_t whylen
     return 0;
 }
 
-static const char *auth_endpoint(const ctl_t *ctl)
+const char *ctl_auth_endpoint(const ctl_t *ctl)
 {
     return ctl->ep.auth.n ? ctl->ep.auth.v[0] : NULL;
 }
 
-static int check_name(ctl_t *ctl, const ctl_args_t *args, const char *what, const char *v)
+int ctl_check_name(ctl_t *ctl, const ctl_args_t *args, const char *what, const char *v)
 {
     if (v == NULL || v[0] == '\0' || strlen(v) > CTL_NAME_MAX)
         return ctl_usage_error(ctl, args->cmd, "%s must be 1 to %d characters", what, CTL_NAME_MAX);
@@ -69,11 +72,43 @@ static void print_credential(FILE *f, const PB(Credential) * c)
             c->tenant ? c->tenant : "", c->environment ? c->environment : "",
             c->created_at_ms ? ctl_time_format(c->created_at_ms, 0, when, sizeof(when)) : "-",
             c->revoked ? "revoked" : "active");
+    fprintf(f, " passwords=%u", c->password_count);
     if (c->n_domains == 0)
-        fprintf(f, " (all tenant domains)");
+        fprintf(f, " domains=(all of the tenant)");
     for (size_t i = 0; i < c->n_domains; i++)
-        fprintf(f, "%s%s", i ? "," : " ", c->domains[i]);
+        fprintf(f, "%s%s", i ? "," : " domains=", c->domains[i]);
+    for (size_t i = 0; i < c->n_allowed_networks; i++)
+        fprintf(f, "%s%s", i ? "," : " networks=", c->allowed_networks[i]);
+    if (c->rate_per_minute || c->rate_per_day)
+        fprintf(f, " limits=%u/min,%u/day", c->rate_per_minute, c->rate_per_day);
     fputc('\n', f);
+}
+
+/*
+ * The password of cred add and cred rotate, from --password-stdin or
+ * --password, into buf (wiped by the caller). CTL_OK, or the status of
+ * the problem, already printed.
+ */
+static int get_password(ctl_t *ctl, const ctl_args_t *args, char *buf, size_t size)
+{
+    const char *given = ctl_opt(args, "password");
+    int from_stdin = ctl_flag(args, "password-stdin");
+    char why[CTL_TEXT_MAX];
+    if (from_stdin && given)
+        return ctl_usage_error(ctl, args->cmd, "give --password-stdin or --password, not both");
+    if (!from_stdin && given == NULL)
+        return ctl_usage_error(ctl, args->cmd, "missing option --password-stdin or --password");
+    if (from_stdin) {
+        if (ctl_read_password(stdin, buf, size, why, sizeof(why)) < 0)
+            return ctl_fail(ctl, "%s", why);
+        return CTL_OK;
+    }
+    if (given[0] == '\0')
+        return ctl_fail(ctl, "empty password refused");
+    if (strlen(given) > CTL_PASSWORD_MAX)
+        return ctl_fail(ctl, "password longer than %d bytes", CTL_PASSWORD_MAX);
+    snprintf(buf, size, "%s", given);
+    return CTL_OK;
 }
 
 /* ---- cred ---- */
@@ -81,14 +116,13 @@ static void print_credential(FILE *f, const PB(Credential) * c)
 int ctl_cmd_cred_add(ctl_t *ctl, const ctl_args_t *args)
 {
     const char *user = args->arg, *tenant = ctl_opt(args, "tenant");
-    const char *given = ctl_opt(args, "password"), *env = ctl_opt(args, "env");
-    int from_stdin = ctl_flag(args, "password-stdin");
-    if (check_name(ctl, args, "the user name", user) != CTL_OK ||
-        check_name(ctl, args, "--tenant", tenant) != CTL_OK)
+    const char *env = ctl_opt(args, "env");
+    if (ctl_check_name(ctl, args, "the user name", user) != CTL_OK ||
+        ctl_check_name(ctl, args, "--tenant", tenant) != CTL_OK)
         return CTL_USAGE;
-    if (from_stdin && given)
+    if (ctl_flag(args, "password-stdin") && ctl_opt(args, "password"))
         return ctl_usage_error(ctl, args->cmd, "give --password-stdin or --password, not both");
-    if (!from_stdin && given == NULL)
+    if (!ctl_flag(args, "password-stdin") && ctl_opt(args, "password") == NULL)
         return ctl_usage_error(ctl, args->cmd, "missing option --password-stdin or --password");
     if (env) {
         size_t i = 0;
@@ -103,22 +137,14 @@ int ctl_cmd_cred_add(ctl_t *ctl, const ctl_args_t *args)
     if (nd > CTL_DOMAINS_MAX)
         return ctl_usage_error(ctl, args->cmd, "at most %d --domain options", CTL_DOMAINS_MAX);
     for (size_t i = 0; i < nd; i++)
-        if (check_name(ctl, args, "--domain", domains[i]) != CTL_OK)
+        if (ctl_check_name(ctl, args, "--domain", domains[i]) != CTL_OK)
             return CTL_USAGE;
 
     char password[CTL_PASSWORD_MAX + 2];
-    char why[CTL_TEXT_MAX];
-    if (from_stdin) {
-        if (ctl_read_password(stdin, password, sizeof(password), why, sizeof(why)) < 0) {
-            explicit_bzero(password, sizeof(password));
-            return ctl_fail(ctl, "%s", why);
-        }
-    } else {
-        if (given[0] == '\0')
-            return ctl_fail(ctl, "empty password refused");
-        if (strlen(given) > CTL_PASSWORD_MAX)
-            return ctl_fail(ctl, "password longer than %d bytes", CTL_PASSWORD_MAX);
-        snprintf(password, sizeof(password), "%s", given);
+    int prc = get_password(ctl, args, password, sizeof(password));
+    if (prc != CTL_OK) {
+        explicit_bzero(password, sizeof(password));
+        return prc;
     }
     if (ctl_open(ctl) < 0) {
         explicit_bzero(password, sizeof(password));
@@ -135,7 +161,7 @@ int ctl_cmd_cred_add(ctl_t *ctl, const ctl_args_t *args)
     req.body_case = PB_BODY(AUTH_CREDENTIAL_ADD);
     req.auth_credential_add = &add;
     sx_env_t *reply;
-    int rc = ctl_call_one(ctl, "auth", auth_endpoint(ctl), &req, PB_BODY(AUTH_CREDENTIAL_ADD_REPLY),
+    int rc = ctl_call_one(ctl, "auth", ctl_auth_endpoint(ctl), &req, PB_BODY(AUTH_CREDENTIAL_ADD_REPLY),
                           &reply);
     explicit_bzero(password, sizeof(password));
     if (rc != CTL_OK)
@@ -160,7 +186,7 @@ int ctl_cmd_cred_add(ctl_t *ctl, const ctl_args_t *args)
 int ctl_cmd_cred_list(ctl_t *ctl, const ctl_args_t *args)
 {
     const char *tenant = ctl_opt(args, "tenant");
-    if (tenant && check_name(ctl, args, "--tenant", tenant) != CTL_OK)
+    if (tenant && ctl_check_name(ctl, args, "--tenant", tenant) != CTL_OK)
         return CTL_USAGE;
     if (ctl_open(ctl) < 0)
         return CTL_FAIL;
@@ -170,7 +196,7 @@ int ctl_cmd_cred_list(ctl_t *ctl, const ctl_args_t *args)
     req.body_case = PB_BODY(AUTH_CREDENTIAL_LIST);
     req.auth_credential_list = &list;
     sx_env_t *reply;
-    int rc = ctl_call_one(ctl, "auth", auth_endpoint(ctl), &req,
+    int rc = ctl_call_one(ctl, "auth", ctl_auth_endpoint(ctl), &req,
                           PB_BODY(AUTH_CREDENTIAL_LIST_REPLY), &reply);
     if (rc != CTL_OK)
         return rc;
@@ -194,11 +220,94 @@ int ctl_cmd_cred_list(ctl_t *ctl, const ctl_args_t *args)
     return CTL_OK;
 }
 
+/* Print the credential of a rotate or revoke reply; what says what happened. */
+static int print_changed(ctl_t *ctl, const PB(Credential) * c, const char *what, uint64_t grace_s)
+{
+    if (c == NULL)
+        return ctl_fail(ctl, "auth answered without the credential");
+    if (ctl->json) {
+        json_t *doc = json_object();
+        json_object_set_new(doc, "credential", ctl_json_credential(c));
+        ctl_emit(ctl, doc);
+    } else if (strcmp(what, "rotated") == 0) {
+        char when[CTL_TIME_ISO_SIZE];
+        uint64_t until = c->rotated_at_ms + grace_s * 1000;
+        fprintf(ctl->out, "rotated credential %s: %u live password%s; ", c->username,
+                c->password_count, c->password_count == 1 ? "" : "s");
+        if (grace_s)
+            fprintf(ctl->out, "older ones stop working at %s\n",
+                    ctl_time_format(until, 0, when, sizeof(when)));
+        else
+            fprintf(ctl->out, "older ones stopped working\n");
+    } else {
+        fprintf(ctl->out, "revoked credential %s: no password works any more\n", c->username);
+    }
+    return CTL_OK;
+}
+
+int ctl_cmd_cred_rotate(ctl_t *ctl, const ctl_args_t *args)
+{
+    const char *user = args->arg, *grace_text = ctl_opt(args, "grace");
+    uint64_t grace = CTL_GRACE_DEFAULT_S;
+    if (ctl_check_name(ctl, args, "the user name", user) != CTL_OK)
+        return CTL_USAGE;
+    if (grace_text && ctl_duration_parse(grace_text, CTL_GRACE_MAX_S, &grace) < 0)
+        return ctl_usage_error(ctl, args->cmd,
+                               "--grace needs a duration such as 30s, 5m, 2h or 1d (at most 30d; "
+                               "0: now), not '%s'",
+                               grace_text);
+    char password[CTL_PASSWORD_MAX + 2];
+    int rc = get_password(ctl, args, password, sizeof(password));
+    if (rc == CTL_OK && ctl_open(ctl) < 0)
+        rc = CTL_FAIL;
+    if (rc != CTL_OK) {
+        explicit_bzero(password, sizeof(password));
+        return rc;
+    }
+    PB(AuthCredentialRotate) rot = PB_INIT(AUTH_CREDENTIAL_ROTATE);
+    rot.username = (char *)user;
+    rot.password = password;
+    rot.grace_s = (uint32_t)grace;
+    sx_env_t req = PB_INIT(ENVELOPE);
+    req.body_case = PB_BODY(AUTH_CREDENTIAL_ROTATE);
+    req.auth_credential_rotate = &rot;
+    sx_env_t *reply;
+    rc = ctl_call_one(ctl, "auth", ctl_auth_endpoint(ctl), &req,
+                      PB_BODY(AUTH_CREDENTIAL_ROTATE_REPLY), &reply);
+    explicit_bzero(password, sizeof(password));
+    if (rc != CTL_OK)
+        return rc;
+    rc = print_changed(ctl, reply->auth_credential_rotate_reply->credential, "rotated", grace);
+    codec_free(&reply);
+    return rc;
+}
+
+int ctl_cmd_cred_revoke(ctl_t *ctl, const ctl_args_t *args)
+{
+    if (ctl_check_name(ctl, args, "the user name", args->arg) != CTL_OK)
+        return CTL_USAGE;
+    if (ctl_open(ctl) < 0)
+        return CTL_FAIL;
+    PB(AuthCredentialRevoke) rev = PB_INIT(AUTH_CREDENTIAL_REVOKE);
+    rev.username = (char *)args->arg;
+    sx_env_t req = PB_INIT(ENVELOPE);
+    req.body_case = PB_BODY(AUTH_CREDENTIAL_REVOKE);
+    req.auth_credential_revoke = &rev;
+    sx_env_t *reply;
+    int rc = ctl_call_one(ctl, "auth", ctl_auth_endpoint(ctl), &req,
+                          PB_BODY(AUTH_CREDENTIAL_REVOKE_REPLY), &reply);
+    if (rc != CTL_OK)
+        return rc;
+    rc = print_changed(ctl, reply->auth_credential_revoke_reply->credential, "revoked", 0);
+    codec_free(&reply);
+    return rc;
+}
+
 /* ---- tenant ---- */
 
 int ctl_cmd_tenant_add(ctl_t *ctl, const ctl_args_t *args)
 {
-    if (check_name(ctl, args, "the tenant name", args->arg) != CTL_OK)
+    if (ctl_check_name(ctl, args, "the tenant name", args->arg) != CTL_OK)
         return CTL_USAGE;
     if (ctl_open(ctl) < 0)
         return CTL_FAIL;
@@ -209,7 +318,7 @@ int ctl_cmd_tenant_add(ctl_t *ctl, const ctl_args_t *args)
     req.auth_tenant_add = &add;
     sx_env_t *reply;
     int rc =
-        ctl_call_one(ctl, "auth", auth_endpoint(ctl), &req, PB_BODY(AUTH_TENANT_ADD_REPLY), &reply);
+        ctl_call_one(ctl, "auth", ctl_auth_endpoint(ctl), &req, PB_BODY(AUTH_TENANT_ADD_REPLY), &reply);
     if (rc != CTL_OK)
         return rc;
     const PB(Tenant) *t = reply->auth_tenant_add_reply->tenant;
@@ -228,7 +337,7 @@ int ctl_cmd_tenant_add(ctl_t *ctl, const ctl_args_t *args)
     return CTL_OK;
 }
 
-/* AuthTenantList, shared by `tenant list` and `domain list`. */
+/* AuthTenantList. */
 static int tenant_list(ctl_t *ctl, sx_env_t **reply)
 {
     if (ctl_open(ctl) < 0)
@@ -237,7 +346,7 @@ static int tenant_list(ctl_t *ctl, sx_env_t **reply)
     sx_env_t req = PB_INIT(ENVELOPE);
     req.body_case = PB_BODY(AUTH_TENANT_LIST);
     req.auth_tenant_list = &list;
-    return ctl_call_one(ctl, "auth", auth_endpoint(ctl), &req, PB_BODY(AUTH_TENANT_LIST_REPLY),
+    return ctl_call_one(ctl, "auth", ctl_auth_endpoint(ctl), &req, PB_BODY(AUTH_TENANT_LIST_REPLY),
                         reply);
 }
 
@@ -270,6 +379,8 @@ int ctl_cmd_tenant_list(ctl_t *ctl, const ctl_args_t *args)
                                      : "-");
             for (size_t j = 0; j < t->n_domains; j++)
                 fprintf(ctl->out, "%s%s", j ? "," : " ", t->domains[j]);
+            if (t->rate_per_minute || t->rate_per_day)
+                fprintf(ctl->out, " limits=%u/min,%u/day", t->rate_per_minute, t->rate_per_day);
             fputc('\n', ctl->out);
         }
     }
@@ -282,20 +393,21 @@ int ctl_cmd_tenant_list(ctl_t *ctl, const ctl_args_t *args)
 int ctl_cmd_domain_add(ctl_t *ctl, const ctl_args_t *args)
 {
     const char *tenant = ctl_opt(args, "tenant");
-    if (check_name(ctl, args, "the domain", args->arg) != CTL_OK ||
-        check_name(ctl, args, "--tenant", tenant) != CTL_OK)
+    if (ctl_check_name(ctl, args, "the domain", args->arg) != CTL_OK ||
+        ctl_check_name(ctl, args, "--tenant", tenant) != CTL_OK)
         return CTL_USAGE;
     if (ctl_open(ctl) < 0)
         return CTL_FAIL;
     PB(AuthDomainAdd) add = PB_INIT(AUTH_DOMAIN_ADD);
     add.domain = (char *)args->arg;
     add.tenant = (char *)tenant;
+    add.verified = ctl_flag(args, "verified");
     sx_env_t req = PB_INIT(ENVELOPE);
     req.body_case = PB_BODY(AUTH_DOMAIN_ADD);
     req.auth_domain_add = &add;
     sx_env_t *reply;
-    int rc =
-        ctl_call_one(ctl, "auth", auth_endpoint(ctl), &req, PB_BODY(AUTH_DOMAIN_ADD_REPLY), &reply);
+    int rc = ctl_call_one(ctl, "auth", ctl_auth_endpoint(ctl), &req, PB_BODY(AUTH_DOMAIN_ADD_REPLY),
+                          &reply);
     if (rc != CTL_OK)
         return rc;
     const PB(AuthDomainAddReply) *r = reply->auth_domain_add_reply;
@@ -305,9 +417,11 @@ int ctl_cmd_domain_add(ctl_t *ctl, const ctl_args_t *args)
         json_t *doc = json_object();
         json_object_set_new(doc, "domain", ctl_json_str(domain));
         json_object_set_new(doc, "tenant", ctl_json_str(owner));
+        json_object_set_new(doc, "verified", json_boolean(r->verified));
         ctl_emit(ctl, doc);
     } else {
-        fprintf(ctl->out, "added domain %s to tenant %s\n", domain, owner);
+        fprintf(ctl->out, "added domain %s to tenant %s (%s)\n", domain, owner,
+                r->verified ? "verified" : "not verified: logins may not send from it yet");
     }
     codec_free(&reply);
     return CTL_OK;
@@ -316,47 +430,43 @@ int ctl_cmd_domain_add(ctl_t *ctl, const ctl_args_t *args)
 int ctl_cmd_domain_list(ctl_t *ctl, const ctl_args_t *args)
 {
     const char *tenant = ctl_opt(args, "tenant");
-    if (tenant && check_name(ctl, args, "--tenant", tenant) != CTL_OK)
+    if (tenant && ctl_check_name(ctl, args, "--tenant", tenant) != CTL_OK)
         return CTL_USAGE;
+    if (ctl_open(ctl) < 0)
+        return CTL_FAIL;
+    PB(AuthDomainList) list = PB_INIT(AUTH_DOMAIN_LIST);
+    list.tenant = (char *)(tenant ? tenant : "");
+    sx_env_t req = PB_INIT(ENVELOPE);
+    req.body_case = PB_BODY(AUTH_DOMAIN_LIST);
+    req.auth_domain_list = &list;
     sx_env_t *reply;
-    int rc = tenant_list(ctl, &reply);
+    int rc = ctl_call_one(ctl, "auth", ctl_auth_endpoint(ctl), &req,
+                          PB_BODY(AUTH_DOMAIN_LIST_REPLY), &reply);
     if (rc != CTL_OK)
         return rc;
-    const PB(AuthTenantListReply) *r = reply->auth_tenant_list_reply;
-    int tenant_seen = 0;
-    json_t *arr = json_array();
-    for (size_t i = 0; i < r->n_tenants; i++) {
-        const PB(Tenant) *t = r->tenants[i];
-        if (t == NULL || (tenant && strcmp(t->name, tenant) != 0))
-            continue;
-        tenant_seen = 1;
-        for (size_t j = 0; j < t->n_domains; j++) {
-            json_t *o = json_object();
-            json_object_set_new(o, "domain", ctl_json_str(t->domains[j]));
-            json_object_set_new(o, "tenant", ctl_json_str(t->name));
-            json_array_append_new(arr, o);
-        }
-    }
-    codec_free(&reply);
-    if (tenant && !tenant_seen) {
-        json_decref(arr);
-        return ctl_fail(ctl, "tenant %s not found", tenant);
-    }
+    const PB(AuthDomainListReply) *r = reply->auth_domain_list_reply;
     if (ctl->json) {
+        json_t *arr = json_array();
+        for (size_t i = 0; i < r->n_domains; i++)
+            if (r->domains[i])
+                json_array_append_new(arr, ctl_json_domain(r->domains[i]));
         json_t *doc = json_object();
         json_object_set_new(doc, "domains", arr);
         ctl_emit(ctl, doc);
-        return CTL_OK;
-    }
-    if (json_array_size(arr) == 0)
+    } else if (r->n_domains == 0) {
         fprintf(ctl->out, "no domains\n");
-    size_t i;
-    json_t *o;
-    json_array_foreach(arr, i, o)
-    {
-        fprintf(ctl->out, "%-32s %s\n", json_string_value(json_object_get(o, "domain")),
-                json_string_value(json_object_get(o, "tenant")));
+    } else {
+        char when[CTL_TIME_ISO_SIZE];
+        for (size_t i = 0; i < r->n_domains; i++) {
+            const PB(Domain) *d = r->domains[i];
+            if (d == NULL)
+                continue;
+            fprintf(ctl->out, "%-32s %-16s %-12s %s\n", d->name, d->tenant,
+                    d->verified ? "verified" : "unverified",
+                    d->created_at_ms ? ctl_time_format(d->created_at_ms, 0, when, sizeof(when))
+                                     : "-");
+        }
     }
-    json_decref(arr);
+    codec_free(&reply);
     return CTL_OK;
 }

@@ -32,12 +32,26 @@ static const ctl_opt_spec_t opts_cred_add[] = {
     {"domain", CTL_OPT_VALUE | CTL_OPT_MULTI},
     {NULL, 0},
 };
-static const ctl_opt_spec_t opts_tenant[] = {
-    {"tenant", CTL_OPT_VALUE},
+static const ctl_opt_spec_t opts_cred_rotate[] = {
+    {"password-stdin", 0},
+    {"password", CTL_OPT_VALUE},
+    {"grace", CTL_OPT_VALUE},
     {NULL, 0},
 };
-static const ctl_opt_spec_t opts_tenant_required[] = {
+static const ctl_opt_spec_t opts_domain_add[] = {
     {"tenant", CTL_OPT_VALUE | CTL_OPT_REQUIRED},
+    {"verified", 0},
+    {NULL, 0},
+};
+static const ctl_opt_spec_t opts_limit_set[] = {
+    {"tenant", CTL_OPT_VALUE},
+    {"cred", CTL_OPT_VALUE},
+    {"per-minute", CTL_OPT_VALUE},
+    {"per-day", CTL_OPT_VALUE},
+    {NULL, 0},
+};
+static const ctl_opt_spec_t opts_tenant[] = {
+    {"tenant", CTL_OPT_VALUE},
     {NULL, 0},
 };
 static const ctl_opt_spec_t opts_sandbox_fail[] = {
@@ -49,36 +63,55 @@ static const ctl_opt_spec_t opts_sandbox_fail[] = {
 
 const ctl_command_t ctl_commands[] = {
     {"status", NULL, ctl_cmd_status, NULL, 0, NULL, "",
-     "ping every service on the bus; exit 1 unless all are up"},
+     "ping every service on the bus; exit 1 unless all are up", NULL},
     {"queue", "show", ctl_cmd_queue_show, "<ID>", 1, NULL, "",
-     "a message's envelope and recipients, from the queue instance holding it"},
+     "a message's envelope and recipients, from the queue instance holding it", NULL},
     {"log", "search", ctl_cmd_log_search, NULL, 0, opts_log_search,
      "[--id ID] [--type T] [--recipient R] [--since ISO] [--until ISO] [--limit N]",
-     "events in time order (limit 1..10000, default 100)"},
+     "events in time order (limit 1..10000, default 100)", NULL},
     {"cred", "add", ctl_cmd_cred_add, "<USER>", 1, opts_cred_add,
      "--tenant T (--password-stdin | --password P) [--env production|staging|development] "
      "[--domain D]...",
-     "add a login; --password-stdin reads one line"},
+     "add a login; --password-stdin reads one line", NULL},
     {"cred", "list", ctl_cmd_cred_list, NULL, 0, opts_tenant, "[--tenant T]",
-     "list logins (never their passwords)"},
-    {"tenant", "add", ctl_cmd_tenant_add, "<NAME>", 1, NULL, "", "add a tenant"},
-    {"tenant", "list", ctl_cmd_tenant_list, NULL, 0, NULL, "", "list tenants and their domains"},
-    {"domain", "add", ctl_cmd_domain_add, "<DOMAIN>", 1, opts_tenant_required, "--tenant T",
-     "add a sending domain to a tenant"},
+     "list logins (never their passwords)", NULL},
+    {"cred", "rotate", ctl_cmd_cred_rotate, "<USER>", 1, opts_cred_rotate,
+     "(--password-stdin | --password P) [--grace DURATION]",
+     "add a new password; the older ones keep working for --grace (default 24h; 30s, 5m, 2h, "
+     "1d; 0 stops them now)", NULL},
+    {"cred", "revoke", ctl_cmd_cred_revoke, "<USER>", 1, NULL, "",
+     "stop every password of a login at once, for good", NULL},
+    {"tenant", "add", ctl_cmd_tenant_add, "<NAME>", 1, NULL, "", "add a tenant", NULL},
+    {"tenant", "list", ctl_cmd_tenant_list, NULL, 0, NULL, "", "list tenants and their domains", NULL},
+    {"domain", "add", ctl_cmd_domain_add, "<DOMAIN>", 1, opts_domain_add, "--tenant T [--verified]",
+     "add a sending domain to a tenant; logins may send from it once verified (--verified: you "
+     "vouch for it; again with --verified marks an existing one)", NULL},
     {"domain", "list", ctl_cmd_domain_list, NULL, 0, opts_tenant, "[--tenant T]",
-     "list sending domains"},
+     "list sending domains and whether they are verified", NULL},
+    {"allow", "add", ctl_cmd_allow_add, "<USER>", 1, NULL, "",
+     "let a login in only from the networks on its list (CIDR or one address, IPv4 or IPv6)",
+     "<CIDR>"},
+    {"allow", "list", ctl_cmd_allow_list, "<USER>", 1, NULL, "",
+     "the networks a login may come from (none listed: any)", NULL},
+    {"allow", "remove", ctl_cmd_allow_remove, "<USER>", 1, NULL, "",
+     "take a network off a login's list", "<CIDR>"},
+    {"limit", "set", ctl_cmd_limit_set, NULL, 0, opts_limit_set,
+     "(--tenant T | --cred U) [--per-minute N] [--per-day N]",
+     "messages a tenant or a login may send; 0 removes a limit, an option not given keeps its "
+     "value", NULL},
     {"sandbox", "fail", ctl_cmd_sandbox_fail, NULL, 0, opts_sandbox_fail,
      "--code C --seconds S [--text T]",
-     "make the sandbox refuse connections with code C for S seconds; --code 0 clears"},
-    {"help", NULL, cmd_help, "[COMMAND]", 0, NULL, "", "this text"},
+     "make the sandbox refuse connections with code C for S seconds; --code 0 clears", NULL},
+    {"help", NULL, cmd_help, "[COMMAND]", 0, NULL, "", "this text", NULL},
     {NULL},
 };
 
 static void print_line(FILE *f, const ctl_command_t *c, int indent)
 {
     char head[256];
-    snprintf(head, sizeof(head), "%s%s%s%s%s", c->name, c->sub ? " " : "", c->sub ? c->sub : "",
-             c->arg ? " " : "", c->arg ? c->arg : "");
+    snprintf(head, sizeof(head), "%s%s%s%s%s%s%s", c->name, c->sub ? " " : "",
+             c->sub ? c->sub : "", c->arg ? " " : "", c->arg ? c->arg : "", c->arg2 ? " " : "",
+             c->arg2 ? c->arg2 : "");
     if (indent) {
         fprintf(f, "  %s%s%s\n", head, c->usage[0] ? " " : "", c->usage);
         fprintf(f, "      %s\n", c->summary);

@@ -108,6 +108,14 @@ json_t *ctl_json_pong(const char *service, unsigned instance, const char *endpoi
     return o;
 }
 
+json_t *ctl_json_strings(char **v, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(a, ctl_json_str(v[i]));
+    return a;
+}
+
 json_t *ctl_json_credential(const PB(Credential) * c)
 {
     json_t *o = json_object();
@@ -117,10 +125,12 @@ json_t *ctl_json_credential(const PB(Credential) * c)
     json_object_set_new(o, "created_at", ctl_json_time(c->created_at_ms, 0));
     json_object_set_new(o, "revoked", json_boolean(c->revoked));
     json_object_set_new(o, "password_count", json_integer(c->password_count));
-    json_t *d = json_array();
-    for (size_t i = 0; i < c->n_domains; i++)
-        json_array_append_new(d, ctl_json_str(c->domains[i]));
-    json_object_set_new(o, "domains", d);
+    json_object_set_new(o, "domains", ctl_json_strings(c->domains, c->n_domains));
+    json_object_set_new(o, "allowed_networks",
+                        ctl_json_strings(c->allowed_networks, c->n_allowed_networks));
+    json_object_set_new(o, "rotated_at", ctl_json_time(c->rotated_at_ms, 0));
+    json_object_set_new(o, "rate_per_minute", json_integer(c->rate_per_minute));
+    json_object_set_new(o, "rate_per_day", json_integer(c->rate_per_day));
     return o;
 }
 
@@ -129,10 +139,19 @@ json_t *ctl_json_tenant(const PB(Tenant) * t)
     json_t *o = json_object();
     json_object_set_new(o, "name", ctl_json_str(t->name));
     json_object_set_new(o, "created_at", ctl_json_time(t->created_at_ms, 0));
-    json_t *d = json_array();
-    for (size_t i = 0; i < t->n_domains; i++)
-        json_array_append_new(d, ctl_json_str(t->domains[i]));
-    json_object_set_new(o, "domains", d);
+    json_object_set_new(o, "domains", ctl_json_strings(t->domains, t->n_domains));
+    json_object_set_new(o, "rate_per_minute", json_integer(t->rate_per_minute));
+    json_object_set_new(o, "rate_per_day", json_integer(t->rate_per_day));
+    return o;
+}
+
+json_t *ctl_json_domain(const PB(Domain) * d)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "domain", ctl_json_str(d->name));
+    json_object_set_new(o, "tenant", ctl_json_str(d->tenant));
+    json_object_set_new(o, "verified", json_boolean(d->verified));
+    json_object_set_new(o, "created_at", ctl_json_time(d->created_at_ms, 0));
     return o;
 }
 

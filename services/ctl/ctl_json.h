@@ -30,6 +30,9 @@ json_t *ctl_json_pong(const char *service, unsigned instance, const char *endpoi
                       const PB(ServicePong) * pong, uint64_t now_ms, const char *problem);
 json_t *ctl_json_credential(const PB(Credential) * c);
 json_t *ctl_json_tenant(const PB(Tenant) * t);
+/* {domain, tenant, verified, created_at} */
+json_t *ctl_json_domain(const PB(Domain) * d);
+json_t *ctl_json_strings(char **v, size_t n);
 json_t *ctl_json_queue_show(const PB(QueueMessageShowReply) * r);
 
 #endif

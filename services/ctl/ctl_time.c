@@ -114,3 +114,33 @@ int ctl_time_parse(const char *text, uint64_t *out)
     *out = (uint64_t)secs * 1000u + (uint64_t)frac_ms;
     return 0;
 }
+
+int ctl_duration_parse(const char *text, uint64_t max_s, uint64_t *seconds)
+{
+    if (text == NULL || *text < '0' || *text > '9')
+        return -1;
+    uint64_t v = 0;
+    const char *p = text;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        if (v > (UINT64_MAX - 9) / 10)
+            return -1;
+        v = v * 10 + (uint64_t)(*p - '0');
+    }
+    uint64_t unit = 1;
+    if (*p != '\0') {
+        static const struct {
+            char c;
+            uint64_t s;
+        } units[] = {{'s', 1}, {'m', 60}, {'h', 3600}, {'d', 86400}};
+        size_t i = 0;
+        while (i < sizeof(units) / sizeof(units[0]) && units[i].c != *p)
+            i++;
+        if (i == sizeof(units) / sizeof(units[0]) || p[1] != '\0')
+            return -1;
+        unit = units[i].s;
+    }
+    if (v > max_s / unit)
+        return -1;
+    *seconds = v * unit;
+    return 0;
+}

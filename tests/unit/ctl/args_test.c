@@ -115,6 +115,18 @@ static void test_commands_and_options(void **state)
     assert_string_equal(p->args.arg, "-odd-id");
     free(p);
 
+    /* two arguments */
+    p = parse("allow add alice --json 2001:db8::/32");
+    assert_int_equal(p->rc, CTL_OK);
+    assert_string_equal(p->args.cmd->name, "allow");
+    assert_string_equal(p->args.arg, "alice");
+    assert_string_equal(p->args.arg2, "2001:db8::/32");
+    free(p);
+    p = parse("domain add a.test --verified --tenant acme");
+    assert_int_equal(p->rc, CTL_OK);
+    assert_true(ctl_flag(&p->args, "verified"));
+    free(p);
+
     p = parse("log search --id abc --limit 5 --since 2024-01-01");
     assert_int_equal(p->rc, CTL_OK);
     assert_string_equal(ctl_opt(&p->args, "id"), "abc");
@@ -151,6 +163,16 @@ static void test_usage_errors(void **state)
         {"status --timeout 0", "--timeout needs a number"},
         {"status --json=yes", "takes no value"},
         {"cred list --tenant", "needs a value"},
+        {"allow add alice", "missing argument <CIDR>"},
+        {"allow add", "missing argument <USER>"},
+        {"allow remove alice", "missing argument <CIDR>"},
+        {"allow list alice 10.0.0.0/8", "unexpected argument '10.0.0.0/8'"},
+        {"allow add alice 10.0.0.0/8 extra", "unexpected argument 'extra'"},
+        {"cred revoke", "missing argument <USER>"},
+        {"cred rotate", "missing argument <USER>"},
+        {"domain add x.test --tenant t --verified=yes", "takes no value"},
+        {"limit", "needs a subcommand"},
+        {"allow", "needs a subcommand: add, list, remove"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         parsed_t *p = parse(cases[i].line);
@@ -256,6 +278,18 @@ static void test_main_exit_codes(void **state)
         "sandbox fail --code 421 --seconds 0",
         "sandbox fail --code abc --seconds 3",
         "help nosuch",
+        "cred rotate bob",
+        "cred rotate bob --password a --password-stdin",
+        "cred rotate bob --password x --grace 1w",
+        "cred rotate bob --password x --grace 31d",
+        "cred rotate bob --password x --grace -5m",
+        "cred rotate bob --password x --grace 5mm",
+        "limit set --per-minute 5",
+        "limit set --tenant a --cred b --per-minute 5",
+        "limit set --tenant a",
+        "limit set --tenant a --per-minute five",
+        "limit set --cred b --per-day -1",
+        "limit set --cred b --per-day 4294967296",
     };
     for (size_t i = 0; i < sizeof(bad_values) / sizeof(bad_values[0]); i++) {
         r = run_main(bad_values[i]);

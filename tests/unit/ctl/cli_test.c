@@ -3,7 +3,9 @@
  * bus with ROUTER sockets that answer like auth, queue (two instances),
  * events (two instances) and sandbox, while ingress, router and delivery
  * are absent. Each test runs ctl_main as the binary would and checks the
- * exit status, the JSON document and what reached the services.
+ * exit status, the JSON document and what reached the services: status,
+ * tenants, domains (verified or not), credentials (add, list, rotate,
+ * revoke), allowlists, limits, log search, queue show, sandbox.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -40,7 +42,9 @@ typedef struct fake_server {
 typedef struct tenant {
     char name[64];
     char domains[8][64];
+    int verified[8];
     int ndomains;
+    uint32_t per_minute, per_day;
 } tenant_t;
 
 typedef struct cred {
@@ -48,6 +52,11 @@ typedef struct cred {
     char tenant[64];
     char env[32];
     int ndomains;
+    int revoked;
+    char nets[8][64];
+    int nnets;
+    uint32_t per_minute, per_day;
+    uint64_t rotated_at;
 } cred_t;
 
 struct fake {
@@ -69,6 +78,8 @@ struct fake {
     cred_t creds[8];
     int ncreds;
     char last_password[128];
+    uint32_t last_grace;
+    int limit_sets;
     unsigned sandbox_code, sandbox_seconds;
     char sandbox_text[128];
     int searches;
@@ -91,19 +102,30 @@ static tenant_t *find_tenant(const char *name)
     return NULL;
 }
 
+static cred_t *find_cred(const char *user)
+{
+    for (int i = 0; i < fake.ncreds; i++)
+        if (strcmp(fake.creds[i].user, user) == 0)
+            return &fake.creds[i];
+    return NULL;
+}
+
 static void fill_tenant(PB(Tenant) * t, tenant_t *src, char **doms)
 {
     PB(Tenant) init = PB_INIT(TENANT);
     *t = init;
     t->name = src->name;
     t->created_at_ms = T0;
+    t->rate_per_minute = src->per_minute;
+    t->rate_per_day = src->per_day;
     for (int i = 0; i < src->ndomains; i++)
         doms[i] = src->domains[i];
     t->domains = doms;
     t->n_domains = (size_t)src->ndomains;
 }
 
-static void fill_cred(PB(Credential) * c, cred_t *src)
+/* nets: room for src->nnets pointers. */
+static void fill_cred(PB(Credential) * c, cred_t *src, char **nets)
 {
     PB(Credential) init = PB_INIT(CREDENTIAL);
     *c = init;
@@ -111,13 +133,158 @@ static void fill_cred(PB(Credential) * c, cred_t *src)
     c->tenant = src->tenant;
     c->environment = src->env;
     c->created_at_ms = T0;
-    c->password_count = 1;
+    c->password_count = src->revoked ? 0 : src->rotated_at ? 2 : 1;
+    c->revoked = src->revoked;
+    c->rotated_at_ms = src->rotated_at;
+    c->rate_per_minute = src->per_minute;
+    c->rate_per_day = src->per_day;
+    for (int i = 0; i < src->nnets; i++)
+        nets[i] = src->nets[i];
+    c->allowed_networks = nets;
+    c->n_allowed_networks = (size_t)src->nnets;
+}
+
+static void send_cred(bus_server_t *srv, bus_msg_t *msg, cred_t *c, int body)
+{
+    sx_env_t env = PB_INIT(ENVELOPE);
+    PB(Credential) pc;
+    char *nets[8];
+    fill_cred(&pc, c, nets);
+    PB(AuthCredentialRotateReply) rot = PB_INIT(AUTH_CREDENTIAL_ROTATE_REPLY);
+    PB(AuthCredentialRevokeReply) rev = PB_INIT(AUTH_CREDENTIAL_REVOKE_REPLY);
+    PB(AuthCredentialAddReply) add = PB_INIT(AUTH_CREDENTIAL_ADD_REPLY);
+    env.body_case = body;
+    if (body == PB_BODY(AUTH_CREDENTIAL_ROTATE_REPLY)) {
+        rot.credential = &pc;
+        env.auth_credential_rotate_reply = &rot;
+    } else if (body == PB_BODY(AUTH_CREDENTIAL_REVOKE_REPLY)) {
+        rev.credential = &pc;
+        env.auth_credential_revoke_reply = &rev;
+    } else {
+        add.credential = &pc;
+        env.auth_credential_add_reply = &add;
+    }
+    send_env(srv, msg, &env);
+}
+
+static void send_allow(bus_server_t *srv, bus_msg_t *msg, cred_t *c)
+{
+    sx_env_t env = PB_INIT(ENVELOPE);
+    PB(AuthAllowReply) rep = PB_INIT(AUTH_ALLOW_REPLY);
+    char *nets[8];
+    for (int i = 0; i < c->nnets; i++)
+        nets[i] = c->nets[i];
+    rep.username = c->user;
+    rep.networks = nets;
+    rep.n_networks = (size_t)c->nnets;
+    env.body_case = PB_BODY(AUTH_ALLOW_REPLY);
+    env.auth_allow_reply = &rep;
+    send_env(srv, msg, &env);
+}
+
+/* The management requests added with allowlists, rotation and limits; 0 when not one. */
+static int access_request(bus_server_t *srv, bus_msg_t *msg)
+{
+    const sx_env_t *e = msg->env;
+    uint64_t rid = e->request_id;
+    const char *user = NULL;
+    switch (e->body_case) {
+    case PB_BODY(AUTH_CREDENTIAL_ROTATE):
+        user = e->auth_credential_rotate->username;
+        break;
+    case PB_BODY(AUTH_CREDENTIAL_REVOKE):
+        user = e->auth_credential_revoke->username;
+        break;
+    case PB_BODY(AUTH_ALLOW_ADD):
+        user = e->auth_allow_add->username;
+        break;
+    case PB_BODY(AUTH_ALLOW_REMOVE):
+        user = e->auth_allow_remove->username;
+        break;
+    case PB_BODY(AUTH_ALLOW_LIST):
+        user = e->auth_allow_list->username;
+        break;
+    case PB_BODY(AUTH_LIMIT_SET):
+        user = e->auth_limit_set->username;
+        break;
+    default:
+        return 0;
+    }
+    cred_t *c = user && *user ? find_cred(user) : NULL;
+    if (e->body_case == PB_BODY(AUTH_LIMIT_SET)) {
+        const PB(AuthLimitSet) *l = e->auth_limit_set;
+        tenant_t *t = *l->tenant ? find_tenant(l->tenant) : NULL;
+        if (t == NULL && c == NULL) {
+            bus_server_error(srv, &msg->peer, rid, 404, "5.1.0", "not found");
+            return 1;
+        }
+        if (t) {
+            t->per_minute = l->per_minute;
+            t->per_day = l->per_day;
+        } else {
+            c->per_minute = l->per_minute;
+            c->per_day = l->per_day;
+        }
+        fake.limit_sets++;
+        sx_env_t env = PB_INIT(ENVELOPE);
+        PB(AuthLimitSetReply) rep = PB_INIT(AUTH_LIMIT_SET_REPLY);
+        rep.tenant = l->tenant;
+        rep.username = l->username;
+        rep.per_minute = l->per_minute;
+        rep.per_day = l->per_day;
+        env.body_case = PB_BODY(AUTH_LIMIT_SET_REPLY);
+        env.auth_limit_set_reply = &rep;
+        send_env(srv, msg, &env);
+        return 1;
+    }
+    if (c == NULL) {
+        bus_server_error(srv, &msg->peer, rid, 404, "5.1.0", "credential %s not found", user);
+        return 1;
+    }
+    switch (e->body_case) {
+    case PB_BODY(AUTH_CREDENTIAL_ROTATE):
+        snprintf(fake.last_password, sizeof(fake.last_password), "%s",
+                 e->auth_credential_rotate->password);
+        fake.last_grace = e->auth_credential_rotate->grace_s;
+        c->rotated_at = T0 + 5000;
+        send_cred(srv, msg, c, PB_BODY(AUTH_CREDENTIAL_ROTATE_REPLY));
+        return 1;
+    case PB_BODY(AUTH_CREDENTIAL_REVOKE):
+        c->revoked = 1;
+        send_cred(srv, msg, c, PB_BODY(AUTH_CREDENTIAL_REVOKE_REPLY));
+        return 1;
+    case PB_BODY(AUTH_ALLOW_ADD):
+        snprintf(c->nets[c->nnets++], 64, "%s", e->auth_allow_add->network);
+        send_allow(srv, msg, c);
+        return 1;
+    case PB_BODY(AUTH_ALLOW_REMOVE): {
+        const char *net = e->auth_allow_remove->network;
+        int at = -1;
+        for (int i = 0; i < c->nnets; i++)
+            if (strcmp(c->nets[i], net) == 0)
+                at = i;
+        if (at < 0) {
+            bus_server_error(srv, &msg->peer, rid, 404, "5.1.0",
+                             "network %s is not allowed for credential %s", net, user);
+            return 1;
+        }
+        memmove(c->nets[at], c->nets[at + 1], (size_t)(c->nnets - at - 1) * 64);
+        c->nnets--;
+        send_allow(srv, msg, c);
+        return 1;
+    }
+    default:
+        send_allow(srv, msg, c);
+        return 1;
+    }
 }
 
 static void auth_request(bus_server_t *srv, bus_msg_t *msg)
 {
     sx_env_t env = PB_INIT(ENVELOPE);
     uint64_t rid = msg->env->request_id;
+    if (access_request(srv, msg))
+        return;
     switch (msg->env->body_case) {
     case PB_BODY(AUTH_TENANT_ADD): {
         const char *name = msg->env->auth_tenant_add->name;
@@ -159,12 +326,44 @@ static void auth_request(bus_server_t *srv, bus_msg_t *msg)
             bus_server_error(srv, &msg->peer, rid, 404, "5.1.0", "tenant %s not found", d->tenant);
             return;
         }
+        t->verified[t->ndomains] = d->verified;
         snprintf(t->domains[t->ndomains++], 64, "%s", d->domain);
         PB(AuthDomainAddReply) rep = PB_INIT(AUTH_DOMAIN_ADD_REPLY);
         rep.domain = d->domain;
         rep.tenant = d->tenant;
+        rep.verified = d->verified;
         env.body_case = PB_BODY(AUTH_DOMAIN_ADD_REPLY);
         env.auth_domain_add_reply = &rep;
+        send_env(srv, msg, &env);
+        return;
+    }
+    case PB_BODY(AUTH_DOMAIN_LIST): {
+        const char *tenant = msg->env->auth_domain_list->tenant;
+        if (*tenant && find_tenant(tenant) == NULL) {
+            bus_server_error(srv, &msg->peer, rid, 404, "5.1.0", "tenant %s not found", tenant);
+            return;
+        }
+        PB(Domain) ds[16], *ptrs[16];
+        size_t n = 0;
+        for (int i = 0; i < fake.ntenants; i++) {
+            tenant_t *t = &fake.tenants[i];
+            if (*tenant && strcmp(tenant, t->name) != 0)
+                continue;
+            for (int j = 0; j < t->ndomains && n < 16; j++, n++) {
+                PB(Domain) init = PB_INIT(DOMAIN);
+                ds[n] = init;
+                ds[n].name = t->domains[j];
+                ds[n].tenant = t->name;
+                ds[n].verified = t->verified[j];
+                ds[n].created_at_ms = T0;
+                ptrs[n] = &ds[n];
+            }
+        }
+        PB(AuthDomainListReply) rep = PB_INIT(AUTH_DOMAIN_LIST_REPLY);
+        rep.domains = ptrs;
+        rep.n_domains = n;
+        env.body_case = PB_BODY(AUTH_DOMAIN_LIST_REPLY);
+        env.auth_domain_list_reply = &rep;
         send_env(srv, msg, &env);
         return;
     }
@@ -180,23 +379,18 @@ static void auth_request(bus_server_t *srv, bus_msg_t *msg)
         snprintf(c->tenant, sizeof(c->tenant), "%s", a->tenant);
         snprintf(c->env, sizeof(c->env), "%s", a->environment);
         c->ndomains = (int)a->n_domains;
-        PB(Credential) pc;
-        fill_cred(&pc, c);
-        PB(AuthCredentialAddReply) rep = PB_INIT(AUTH_CREDENTIAL_ADD_REPLY);
-        rep.credential = &pc;
-        env.body_case = PB_BODY(AUTH_CREDENTIAL_ADD_REPLY);
-        env.auth_credential_add_reply = &rep;
-        send_env(srv, msg, &env);
+        send_cred(srv, msg, c, PB_BODY(AUTH_CREDENTIAL_ADD_REPLY));
         return;
     }
     case PB_BODY(AUTH_CREDENTIAL_LIST): {
         const char *tenant = msg->env->auth_credential_list->tenant;
         PB(Credential) pcs[8], *ptrs[8];
+        char *nets[8][8];
         size_t n = 0;
         for (int i = 0; i < fake.ncreds; i++) {
             if (tenant[0] && strcmp(tenant, fake.creds[i].tenant) != 0)
                 continue;
-            fill_cred(&pcs[n], &fake.creds[i]);
+            fill_cred(&pcs[n], &fake.creds[i], nets[n]);
             ptrs[n] = &pcs[n];
             n++;
         }
@@ -611,6 +805,170 @@ static void test_tenant_domain_cred(void **state)
     run_free(&r);
 }
 
+static const char *jstr(json_t *o, const char *k)
+{
+    return json_string_value(json_object_get(o, k));
+}
+
+static long long jint(json_t *o, const char *k)
+{
+    return json_integer_value(json_object_get(o, k));
+}
+
+/* Verified domains, rotation, revoke, allowlists and limits; runs after test_tenant_domain_cred. */
+static void test_access(void **state)
+{
+    (void)state;
+    const char *c = fake.config_up;
+    run_t r = ctl(NULL, "--json domain add ok.acme.test --tenant acme --verified --config %s", c);
+    expect(&r, 0);
+    assert_true(json_is_true(json_object_get(r.doc, "verified")));
+    assert_int_equal(json_object_size(r.doc), 3);
+    assert_int_equal(find_tenant("acme")->verified[1], 1);
+    run_free(&r);
+    r = ctl(NULL, "domain add plain.acme.test --tenant acme --config %s", c);
+    expect(&r, 0);
+    assert_non_null(strstr(r.out, "not verified"));
+    run_free(&r);
+
+    r = ctl(NULL, "--json domain list --tenant acme --config %s", c);
+    expect(&r, 0);
+    json_t *d = json_object_get(r.doc, "domains");
+    assert_int_equal(json_array_size(d), 3);
+    json_t *first = json_array_get(d, 0), *second = json_array_get(d, 1);
+    assert_string_equal(jstr(first, "domain"), "mail.acme.test");
+    assert_true(json_is_false(json_object_get(first, "verified")));
+    assert_string_equal(jstr(first, "created_at"), "2023-11-14T22:13:20Z");
+    assert_true(json_is_true(json_object_get(second, "verified")));
+    assert_int_equal(json_object_size(first), 4);
+    run_free(&r);
+    r = ctl(NULL, "domain list --config %s", c);
+    expect(&r, 0);
+    assert_non_null(strstr(r.out, "ok.acme.test"));
+    assert_non_null(strstr(r.out, " verified "));
+    assert_non_null(strstr(r.out, "unverified"));
+    run_free(&r);
+
+    /* rotation: the password from stdin, the grace period in words */
+    r = ctl("Next-Secret-pw\n", "--json cred rotate alice --password-stdin --grace 2h --config %s",
+            c);
+    expect(&r, 0);
+    assert_string_equal(fake.last_password, "Next-Secret-pw");
+    assert_int_equal(fake.last_grace, 7200);
+    json_t *cred = json_object_get(r.doc, "credential");
+    assert_string_equal(jstr(cred, "rotated_at"), "2023-11-14T22:13:25Z");
+    assert_int_equal(jint(cred, "password_count"), 2);
+    assert_null(strstr(r.out, "Next-Secret"));
+    run_free(&r);
+    r = ctl(NULL, "cred rotate alice --password Third-pw-123 --config %s", c);
+    expect(&r, 0);
+    assert_int_equal(fake.last_grace, 86400); /* the default: a day */
+    assert_non_null(strstr(r.out, "older ones stop working at 2023-11-15T22:13:25Z"));
+    assert_null(strstr(r.out, "Third-pw"));
+    run_free(&r);
+    r = ctl(NULL, "cred rotate alice --password Fourth-pw-123 --grace 0 --config %s", c);
+    expect(&r, 0);
+    assert_int_equal(fake.last_grace, 0);
+    assert_non_null(strstr(r.out, "older ones stopped working"));
+    run_free(&r);
+    r = ctl("\n", "cred rotate alice --password-stdin --config %s", c);
+    expect(&r, 1);
+    assert_non_null(strstr(r.err, "empty password"));
+    run_free(&r);
+    r = ctl(NULL, "--json cred rotate nobody --password Some-pw-123 --config %s", c);
+    expect(&r, 1);
+    assert_string_equal(jstr(r.doc, "error"), "credential nobody not found");
+    run_free(&r);
+    r = ctl(NULL, "cred rotate alice --password x --grace 1w --config %s", c);
+    expect(&r, 2);
+    assert_non_null(strstr(r.err, "--grace needs a duration"));
+    run_free(&r);
+
+    /* allowlists */
+    r = ctl(NULL, "--json allow add alice 10.0.0.0/8 --config %s", c);
+    expect(&r, 0);
+    assert_string_equal(jstr(r.doc, "username"), "alice");
+    assert_string_equal(json_string_value(json_array_get(json_object_get(r.doc, "networks"), 0)),
+                        "10.0.0.0/8");
+    run_free(&r);
+    r = ctl(NULL, "allow add alice 2001:db8::/32 --config %s", c);
+    expect(&r, 0);
+    assert_non_null(strstr(r.out, "added 2001:db8::/32"));
+    run_free(&r);
+    r = ctl(NULL, "allow list alice --config %s", c);
+    expect(&r, 0);
+    assert_non_null(strstr(r.out, "  10.0.0.0/8\n  2001:db8::/32\n"));
+    run_free(&r);
+    r = ctl(NULL, "--json allow remove alice 192.0.2.0/24 --config %s", c);
+    expect(&r, 1);
+    assert_string_equal(jstr(r.doc, "error"),
+                        "network 192.0.2.0/24 is not allowed for credential alice");
+    run_free(&r);
+    r = ctl(NULL, "--json allow remove alice 10.0.0.0/8 --config %s", c);
+    expect(&r, 0);
+    assert_int_equal(json_array_size(json_object_get(r.doc, "networks")), 1);
+    run_free(&r);
+    r = ctl(NULL, "--json cred list --tenant acme --config %s", c);
+    expect(&r, 0);
+    cred = json_array_get(json_object_get(r.doc, "credentials"), 0);
+    assert_string_equal(jstr(cred, "username"), "alice");
+    assert_string_equal(json_string_value(json_array_get(json_object_get(cred, "allowed_networks"),
+                                                         0)),
+                        "2001:db8::/32");
+    run_free(&r);
+    r = ctl(NULL, "allow list bob --config %s", c);
+    expect(&r, 0);
+    assert_non_null(strstr(r.out, "any client address"));
+    run_free(&r);
+
+    /* limits: an option left out keeps what auth has */
+    r = ctl(NULL, "--json limit set --tenant acme --per-day 1000 --config %s", c);
+    expect(&r, 0);
+    assert_string_equal(jstr(r.doc, "tenant"), "acme");
+    assert_int_equal(jint(r.doc, "per_minute"), 0);
+    assert_int_equal(jint(r.doc, "per_day"), 1000);
+    run_free(&r);
+    r = ctl(NULL, "--json limit set --tenant acme --per-minute 5 --config %s", c);
+    expect(&r, 0);
+    assert_int_equal(find_tenant("acme")->per_minute, 5);
+    assert_int_equal(find_tenant("acme")->per_day, 1000);
+    assert_int_equal(jint(r.doc, "per_day"), 1000);
+    run_free(&r);
+    r = ctl(NULL, "limit set --cred bob --per-minute 7 --per-day 0 --config %s", c);
+    expect(&r, 0);
+    assert_non_null(strstr(r.out, "limits of credential bob: 7 messages per minute, no limit per day"));
+    assert_int_equal(find_cred("bob")->per_minute, 7);
+    run_free(&r);
+    r = ctl(NULL, "--json tenant list --config %s", c);
+    expect(&r, 0);
+    assert_int_equal(jint(json_array_get(json_object_get(r.doc, "tenants"), 0), "rate_per_minute"),
+                     5);
+    run_free(&r);
+    int sets = fake.limit_sets;
+    r = ctl(NULL, "--json limit set --cred nobody --per-day 1 --config %s", c);
+    expect(&r, 1);
+    assert_string_equal(jstr(r.doc, "error"), "credential nobody not found");
+    assert_int_equal(fake.limit_sets, sets); /* nothing was set */
+    run_free(&r);
+
+    /* revoke, last: alice stays revoked */
+    r = ctl(NULL, "--json cred revoke alice --config %s", c);
+    expect(&r, 0);
+    cred = json_object_get(r.doc, "credential");
+    assert_true(json_is_true(json_object_get(cred, "revoked")));
+    assert_int_equal(jint(cred, "password_count"), 0);
+    run_free(&r);
+    r = ctl(NULL, "cred revoke alice --config %s", c);
+    expect(&r, 0);
+    assert_non_null(strstr(r.out, "revoked credential alice"));
+    run_free(&r);
+    r = ctl(NULL, "cred list --config %s", c);
+    expect(&r, 0);
+    assert_non_null(strstr(r.out, "revoked"));
+    assert_non_null(strstr(r.out, "limits=7/min,0/day"));
+    run_free(&r);
+}
+
 static void test_log_search(void **state)
 {
     (void)state;
@@ -726,6 +1084,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_status),       cmocka_unit_test(test_tenant_domain_cred),
+        cmocka_unit_test(test_access),
         cmocka_unit_test(test_log_search),   cmocka_unit_test(test_queue_show),
         cmocka_unit_test(test_sandbox_fail), cmocka_unit_test(test_service_down),
     };

@@ -162,7 +162,27 @@ static void test_credential_and_tenant(void **state)
     assert_int_equal(num(o, "password_count"), 2);
     assert_int_equal(json_array_size(json_object_get(o, "domains")), 2);
     assert_null(json_object_get(o, "password"));
-    assert_int_equal(json_object_size(o), 7);
+    assert_int_equal(json_array_size(json_object_get(o, "allowed_networks")), 0);
+    assert_true(json_is_null(json_object_get(o, "rotated_at")));
+    assert_int_equal(num(o, "rate_per_minute"), 0);
+    assert_int_equal(num(o, "rate_per_day"), 0);
+    assert_int_equal(json_object_size(o), 11);
+    json_decref(o);
+
+    char *nets[] = {"10.0.0.0/8", "2001:db8::/32"};
+    c.allowed_networks = nets;
+    c.n_allowed_networks = 2;
+    c.rotated_at_ms = T0 + 1000;
+    c.rate_per_minute = 60;
+    c.rate_per_day = 5000;
+    c.revoked = 1;
+    o = ctl_json_credential(&c);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(o, "allowed_networks"), 1)),
+                        "2001:db8::/32");
+    assert_string_equal(str(o, "rotated_at"), "2023-11-14T22:13:21Z");
+    assert_int_equal(num(o, "rate_per_minute"), 60);
+    assert_int_equal(num(o, "rate_per_day"), 5000);
+    assert_true(json_is_true(json_object_get(o, "revoked")));
     json_decref(o);
 
     PB(Tenant) t = PB_INIT(TENANT);
@@ -174,6 +194,31 @@ static void test_credential_and_tenant(void **state)
     assert_true(json_is_null(json_object_get(o, "created_at")));
     assert_string_equal(json_string_value(json_array_get(json_object_get(o, "domains"), 0)),
                         "a.test");
+    assert_int_equal(num(o, "rate_per_minute"), 0);
+    assert_int_equal(json_object_size(o), 5);
+    json_decref(o);
+    t.rate_per_day = 100;
+    o = ctl_json_tenant(&t);
+    assert_int_equal(num(o, "rate_per_day"), 100);
+    json_decref(o);
+
+    PB(Domain) d = PB_INIT(DOMAIN);
+    d.name = "a.test";
+    d.tenant = "acme";
+    d.verified = 1;
+    d.created_at_ms = T0;
+    o = ctl_json_domain(&d);
+    assert_string_equal(str(o, "domain"), "a.test");
+    assert_string_equal(str(o, "tenant"), "acme");
+    assert_true(json_is_true(json_object_get(o, "verified")));
+    assert_string_equal(str(o, "created_at"), "2023-11-14T22:13:20Z");
+    assert_int_equal(json_object_size(o), 4);
+    json_decref(o);
+    d.verified = 0;
+    d.created_at_ms = 0;
+    o = ctl_json_domain(&d);
+    assert_true(json_is_false(json_object_get(o, "verified")));
+    assert_true(json_is_null(json_object_get(o, "created_at")));
     json_decref(o);
 }
 
