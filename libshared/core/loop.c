@@ -26,6 +26,9 @@
 #define LOOP_SIGNAL_MAX   8
 #define LOOP_TAG_ZMQ      (1ull << 62)
 #define LOOP_TAG_SIGNAL   (1ull << 61)
+/* An fd's generation rides in bits 32..60 of the epoll data, below the tags:
+ * it wraps there instead of growing into them. */
+#define LOOP_GEN_MASK     ((1u << 29) - 1)
 /* One ZeroMQ handler call may process at most this many messages per turn,
  * so network sockets are never starved by a busy bus. */
 #define LOOP_ZMQ_BUDGET   64
@@ -144,10 +147,11 @@ int loop_fd_add(loop_t *loop, int fd, unsigned events, loop_fd_fn fn, void *arg)
         return -1;
     loop_fd_t *f = &loop->fds[fd];
     struct epoll_event ev = {.events = fd_epoll_events(events)};
-    ev.data.u64 = ((uint64_t)(f->gen + 1) << 32) | (uint32_t)fd;
+    uint32_t gen = (f->gen + 1) & LOOP_GEN_MASK;
+    ev.data.u64 = ((uint64_t)gen << 32) | (uint32_t)fd;
     if (epoll_ctl(loop->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
         return -1;
-    f->gen++;
+    f->gen = gen;
     f->fn = fn;
     f->arg = arg;
     f->events = events;
@@ -303,7 +307,8 @@ void loop_timer_init(loop_timer_t *t, loop_timer_fn fn, void *arg)
 void loop_timer_stop(loop_t *loop, loop_timer_t *t)
 {
     size_t i = t->heap_index;
-    if (i == (size_t)-1)
+    /* also safe on a zeroed timer that was never initialised or started */
+    if (i == (size_t)-1 || i >= loop->heap_len || loop->heap[i] != t)
         return;
     t->heap_index = (size_t)-1;
     loop->heap_len--;

@@ -438,6 +438,47 @@ static void test_fd_removed_in_same_turn(void **state)
     loop_destroy(&loop);
 }
 
+/*
+ * An fd number reused for a very long time: each add bumps the slot's
+ * generation, which rides in the upper half of the epoll data next to the
+ * loop's own tags. Half a billion reconnections on one fd number must not
+ * turn its events into a signal or a ZeroMQ wake-up. Takes minutes: only
+ * with SENDARIX_SLOW_TESTS set.
+ */
+static void on_read_once(loop_t *loop, int fd, unsigned events, void *arg)
+{
+    (void)fd;
+    (void)events;
+    (*(int *)arg)++;
+    loop_stop(loop);
+}
+
+static void test_fd_generation_wraps(void **state)
+{
+    (void)state;
+    const char *slow = getenv("SENDARIX_SLOW_TESTS");
+    if (slow == NULL || *slow == '\0')
+        skip();
+    loop_t *loop = loop_new();
+    int p[2];
+    assert_int_equal(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
+    int calls = 0;
+    for (uint32_t i = 0; i < (1u << 29); i++) {
+        assert_int_equal(loop_fd_add(loop, p[0], LOOP_READ, on_read_once, &calls), 0);
+        loop_fd_remove(loop, p[0]);
+    }
+    assert_int_equal(write(p[1], "x", 1), 1);
+    assert_int_equal(loop_fd_add(loop, p[0], LOOP_READ, on_read_once, &calls), 0);
+    int timed_out;
+    run_with_guard(loop, 1000, &timed_out);
+    assert_false(timed_out);
+    assert_int_equal(calls, 1);
+    loop_fd_remove(loop, p[0]);
+    close(p[0]);
+    close(p[1]);
+    loop_destroy(&loop);
+}
+
 /* ---- signals ---- */
 
 typedef struct sig_ctx {
@@ -589,6 +630,7 @@ int main(void)
         cmocka_unit_test(test_many_timers_random),
         cmocka_unit_test(test_fd_readiness),
         cmocka_unit_test(test_fd_removed_in_same_turn),
+        cmocka_unit_test(test_fd_generation_wraps),
         cmocka_unit_test(test_signals),
         cmocka_unit_test(test_zmq_readiness),
         cmocka_unit_test(test_now_advances),
