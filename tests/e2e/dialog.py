@@ -302,7 +302,7 @@ def edit_config(text, settings):
         if not m:
             raise ValueError("config has no section %s" % section)
         start = m.end()
-        end = text.index("\n};", start)
+        end = re.compile(r"^\};", re.M).search(text, start).start()
         body = text[start:end]
         line = "  %s = %s;" % (name, value)
         rx = re.compile(r"^\s*%s\s*=.*;\s*$" % re.escape(name), re.M)
