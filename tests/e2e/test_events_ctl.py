@@ -118,8 +118,8 @@ def test_tenant_domain_cred_round_trip(make_relay):
     text = r.ctl_run("tenant", "add", "beta", json_out=False)
     assert text.returncode == 0 and "beta" in text.stdout
 
-    d = r.ctl("domain", "add", "mail.acme.test", "--tenant", "acme")
-    assert d == {"domain": "mail.acme.test", "tenant": "acme"}
+    d = r.ctl("domain", "add", "mail.acme.test", "--tenant", "acme", "--verified")
+    assert d == {"domain": "mail.acme.test", "tenant": "acme", "verified": True}
     r.ctl("domain", "add", "other.acme.test", "--tenant", "acme")
 
     c = r.ctl("cred", "add", "alice", "--tenant", "acme", "--password-stdin", "--env",
@@ -148,6 +148,8 @@ def test_tenant_domain_cred_round_trip(make_relay):
     domains = r.ctl("domain", "list", "--tenant", "acme")["domains"]
     assert sorted(x["domain"] for x in domains) == ["mail.acme.test", "other.acme.test"]
     assert all(x["tenant"] == "acme" for x in domains)
+    assert {x["domain"]: x["verified"] for x in domains} == {"mail.acme.test": True,
+                                                             "other.acme.test": False}
     assert r.ctl("domain", "list", "--tenant", "beta")["domains"] == []
     text = r.ctl_run("domain", "list", json_out=False)
     assert "mail.acme.test" in text.stdout
@@ -156,7 +158,9 @@ def test_tenant_domain_cred_round_trip(make_relay):
     assert sorted(x["username"] for x in creds) == ["alice", "bob"]
     for x in creds:
         assert set(x) == {"username", "tenant", "environment", "created_at", "revoked",
-                          "password_count", "domains"}
+                          "password_count", "domains", "allowed_networks", "rotated_at",
+                          "rate_per_minute", "rate_per_day"}
+        assert x["allowed_networks"] == [] and x["rotated_at"] is None
     all_text = r.ctl_run("cred", "list", json_out=False)
     assert all_text.returncode == 0
     assert "alice" in all_text.stdout
@@ -170,6 +174,7 @@ def test_tenant_domain_cred_round_trip(make_relay):
                                        secret=b"alice-secret-pw", client_ip="127.0.0.1"),
                                    timeout=10)
     assert body == "auth_login_verify_reply" and rep.ok
+    assert list(rep.domains) == ["mail.acme.test"]  # its own list, verified domains only
 
 
 def test_cli_errors(make_relay):
