@@ -513,3 +513,181 @@ def test_bearer_token_refused_with_error_exchange(oauth_relay, mech, case):
         assert final.startswith("535 5.7.8"), final
         s.sendall(b"MAIL FROM:<app@example.test>\r\n")
         assert reply()[0].startswith("530 5.7.0")
+
+
+# ---- certificate rotation without downtime ----
+
+def cert_fingerprint(der):
+    return hashlib.sha256(der).hexdigest()
+
+
+def file_fingerprint(path):
+    der = subprocess.run(["openssl", "x509", "-in", path, "-outform", "DER"],
+                         capture_output=True, check=True).stdout
+    return cert_fingerprint(der)
+
+
+def peer_fingerprint(r, port, starttls):
+    """The fingerprint of the certificate a new connection is shown."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        if starttls:
+            f = raw.makefile("rb")
+            assert f.readline().startswith(b"220 ")
+            raw.sendall(b"EHLO client.example\r\n")
+            while f.readline()[3:4] == b"-":
+                pass
+            raw.sendall(b"STARTTLS\r\n")
+            assert f.readline().startswith(b"220 2.0.0")
+        with ctx.wrap_socket(raw, server_hostname=HOSTNAME) as s:
+            return cert_fingerprint(s.getpeercert(binary_form=True))
+
+
+def new_cert(dirname, cn=HOSTNAME):
+    key, cert = os.path.join(dirname, "key.pem"), os.path.join(dirname, "cert.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "30", "-subj", "/CN=" + cn,
+                    "-addext", "subjectAltName=DNS:%s,IP:127.0.0.1" % cn,
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    return cert, key
+
+
+def test_certificate_rotation_on_sighup(fresh_relay, tmp_path):
+    r = fresh_relay("rotate")
+    old = file_fingerprint(r.cert)
+    assert peer_fingerprint(r, r.smtps, False) == old
+
+    # a session that started with the old certificate, in the middle of a transaction
+    s = smtplib.SMTP_SSL("127.0.0.1", r.smtps, timeout=10, context=tls_context(r))
+    s.ehlo("client.example")
+    s.login(DEMO_USER, DEMO_PASSWORD)
+    assert cert_fingerprint(s.sock.getpeercert(binary_form=True)) == old
+    s.mail("app@example.test")
+    s.rcpt("rotation@example.org")
+
+    # replace the pair in place (a rename each, as a deploy tool would), then SIGHUP
+    cert, key = new_cert(str(tmp_path))
+    tls_dir = os.path.dirname(r.cert)
+    shutil.copy(key, os.path.join(tls_dir, "key.pem.new"))
+    shutil.copy(cert, os.path.join(tls_dir, "cert.pem.new"))
+    os.replace(os.path.join(tls_dir, "key.pem.new"), os.path.join(tls_dir, "key.pem"))
+    os.replace(os.path.join(tls_dir, "cert.pem.new"), os.path.join(tls_dir, "cert.pem"))
+    new = file_fingerprint(r.cert)
+    assert new != old
+    r.procs["ingress-1"].send_signal(signal.SIGHUP)
+    wait_for(lambda: "event=tls_reloaded" in r.log("ingress-1"), what="the TLS reload")
+    assert r.procs["ingress-1"].poll() is None
+
+    # the old session goes on and completes its message
+    code, text = s.data(MESSAGE)
+    assert code == 250, text
+    s.quit()
+    assert split_trace(stored(r, queued_id(text.decode()))) == MESSAGE
+
+    # new connections see the new certificate, on both TLS roles
+    assert peer_fingerprint(r, r.smtps, False) == new
+    assert peer_fingerprint(r, r.submission, True) == new
+    with smtplib.SMTP_SSL("127.0.0.1", r.smtps, timeout=10,
+                          context=ssl.create_default_context(cafile=cert)) as s2:
+        s2.ehlo("client.example")
+        s2.login(DEMO_USER, DEMO_PASSWORD)
+        s2.mail("app@example.test")
+        s2.rcpt("after-rotation@example.org")
+        code, text = s2.data(MESSAGE)
+    assert code == 250
+
+
+def test_certificate_reload_failure_keeps_the_old_one(fresh_relay):
+    r = fresh_relay("rotate-bad")
+    old = file_fingerprint(r.cert)
+    key = os.path.join(os.path.dirname(r.cert), "key.pem")
+    with open(key, "w") as f:
+        f.write("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    r.procs["ingress-1"].send_signal(signal.SIGHUP)
+    wait_for(lambda: "event=tls_reload_failed" in r.log("ingress-1"), what="the failed reload")
+    assert r.procs["ingress-1"].poll() is None
+    assert peer_fingerprint(r, r.smtps, False) == old
+    assert peer_fingerprint(r, r.submission, True) == old
+
+
+# ---- several ingress processes on one port (SO_REUSEPORT) ----
+
+def two_ingress(text):
+    return re.sub(r'ingress = \[ "ipc://(.*)/run/ingress-1\.sock" \];',
+                  lambda m: 'ingress = [ "ipc://%s/run/ingress-1.sock", "ipc://%s/run/ingress-2.sock" ];'
+                  % (m.group(1), m.group(1)), text, count=1)
+
+
+def listeners_on(port):
+    out = subprocess.run(["ss", "-Htlnp", "sport = :%d" % port], capture_output=True,
+                         text=True).stdout
+    return sorted(set(int(p) for p in re.findall(r"pid=(\d+)", out))), out
+
+
+def connects(r, key, role="submission"):
+    return r.log(key).count("event=connect ip=127.0.0.1 role=%s" % role)
+
+
+def test_two_ingress_processes_share_the_ports(make_relay):
+    r = make_relay(config_edit=two_ingress)
+    r.start(wait=False)
+    p2 = r.spawn("ingress", instance=2)
+    r.wait_up()   # sendarixctl status pings both ingress instances
+    add_demo_login(r)
+    wait_for(lambda: "event=listen role=smtps" in r.log("ingress-2"), what="ingress 2 listening")
+    status = r.ctl("status")
+    assert sum(1 for x in status["services"] if x["service"] == "ingress" and x["up"]) == 2, status
+    p1 = r.procs["ingress-1"]
+    assert p1.poll() is None and p2.poll() is None
+
+    pids, out = listeners_on(r.submission)
+    assert pids == sorted([p1.pid, p2.pid]), out
+
+    # 40 connections to the one port are spread over both processes
+    before = (connects(r, "ingress-1"), connects(r, "ingress-2"))
+    for _ in range(40):
+        with socket.create_connection(("127.0.0.1", r.submission), timeout=10) as c:
+            assert c.recv(512).startswith(b"220 ")
+            c.sendall(b"QUIT\r\n")
+            assert c.recv(512).startswith(b"221 ")
+    wait_for(lambda: connects(r, "ingress-1") + connects(r, "ingress-2") - sum(before) >= 40,
+             what="40 connect lines")
+    got = (connects(r, "ingress-1") - before[0], connects(r, "ingress-2") - before[1])
+    assert sum(got) == 40 and min(got) > 0, got
+
+    # each process carries messages all the way: send until both have accepted one
+    accepted = {1: 0, 2: 0}
+    for i in range(40):
+        with smtplib.SMTP_SSL("127.0.0.1", r.smtps, timeout=10, context=tls_context(r)) as s:
+            s.login(DEMO_USER, DEMO_PASSWORD)
+            s.mail("app@example.test")
+            s.rcpt("spread-%d@example.org" % i)
+            code, text = s.data(MESSAGE)
+        assert code == 250
+        msgid = queued_id(text.decode())
+        inst = 1 if "msg=%s event=accepted" % msgid in r.log("ingress-1") else 2
+        accepted[inst] += 1
+        if accepted[1] and accepted[2]:
+            break
+    assert accepted[1] and accepted[2], accepted
+    assert split_trace(stored(r, msgid)) == MESSAGE
+
+    # one process gone: the port is still served, every new connection by the other
+    r.kill("ingress", instance=2)
+    pids, out = listeners_on(r.submission)
+    assert pids == [p1.pid], out
+    before1 = connects(r, "ingress-1")
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", r.submission), timeout=10) as c:
+            assert c.recv(512).startswith(b"220 ")
+    wait_for(lambda: connects(r, "ingress-1") - before1 >= 20, what="20 connects on ingress 1")
+    with smtplib.SMTP("127.0.0.1", r.submission, timeout=10) as s:
+        s.starttls(context=tls_context(r))
+        s.login(DEMO_USER, DEMO_PASSWORD)
+        s.mail("app@example.test")
+        s.rcpt("after-kill@example.org")
+        code, text = s.data(MESSAGE)
+    assert code == 250
+    assert split_trace(stored(r, queued_id(text.decode()))) == MESSAGE
