@@ -17,6 +17,7 @@ import socket
 import ssl
 import time
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOSTNAME = "relay.sendarix.test"
 DEMO_USER, DEMO_PASSWORD = "demo", "demo-password"
 READ_TIMEOUT = 10.0      # how long an S: line waits for its reply
@@ -590,8 +591,11 @@ class Runner:
 
     def fail(self, what, received=None):
         st = self.step
-        where = "%s:%d" % (self.d.path, st.lineno) if st and st.lineno else self.d.path
-        msg = ["dialog %s failed at %s" % (os.path.basename(self.d.path), where)]
+        path = self.d.path
+        if os.path.isabs(path) and path.startswith(ROOT + os.sep):
+            path = os.path.relpath(path, ROOT)
+        where = "%s:%d" % (path, st.lineno) if st and st.lineno else path
+        msg = ["dialog failed at %s" % where]
         if st is not None:
             msg.append("  step:     %s" % st.text.strip())
         msg.append("  problem:  %s" % what)
@@ -663,7 +667,7 @@ class Runner:
     def _unexpected_before_send(self):
         if self.prev_kind in ("send", "raw", "trickle", None):
             return
-        self.conn.fill(0.05)
+        self.conn.fill(0.005)
         if self.conn.lines:
             self.fail("the server sent a reply the dialog does not expect before this line",
                       " | ".join(self.conn.lines))

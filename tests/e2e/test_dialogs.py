@@ -92,6 +92,9 @@ def test_dialog(pool, dialog):
     try:
         try:
             run(dialog, r, relay_hostname(r))
+        except DialogError as e:
+            # the message holds the dialog line, both sides and the transcript
+            pytest.fail(str(e), pytrace=False)
         finally:
             dead = dead_processes(r)
             if dead:
@@ -125,7 +128,7 @@ def test_runner_reports_a_mismatch_with_the_transcript(pool):
     with pytest.raises(DialogError) as e:
         run(d, r, relay_hostname(r))
     text = str(e.value)
-    assert "wrong.dialog:9" in text
+    assert "dialog failed at wrong.dialog:9" in text
     assert "expected '250 2.1.0 *'" in text
     assert "received: 530 5.7.0 Must issue a STARTTLS command first" in text
     assert "transcript" in text and "C: MAIL FROM:<app@example.test>" in text
