@@ -39,10 +39,12 @@ typedef struct auth_conf {
     auth_jwt_issuers_t *oauth_issuers;
 } auth_conf_t;
 
-#define F(name, type, def, min, max, doc)                                                      \
+/* clang-format off */
+#define F(name, type, def, min, max, doc) \
     {#name, type, offsetof(auth_conf_t, name), def, min, max, 0, NULL, NULL, doc}
-#define C(name, parse, release, doc)                                                           \
+#define C(name, parse, release, doc) \
     {#name, CONF_CUSTOM, offsetof(auth_conf_t, name), NULL, 0, 0, 0, parse, release, doc}
+/* clang-format on */
 
 static const conf_field_t auth_conf_table[] = {
     F(scrypt_ln, CONF_INT, "15", AUTH_SCRYPT_LN_MIN, AUTH_SCRYPT_LN_MAX,
@@ -147,8 +149,8 @@ static void answer(auth_ctx_t *ctx, bus_msg_t *msg, int rc, const auth_err_t *er
         char text[2 * AUTH_ERR_TEXT_MAX + 8];
         log_info("event=request_refused body=%s code=%u text=%s", codec_body_name(msg->env),
                  err->code, log_quote(text, sizeof(text), err->text, strlen(err->text)));
-        bus_server_error(ctx->server, &msg->peer, msg->env->request_id, err->code,
-                         err->enhanced, "%s", err->text);
+        bus_server_error(ctx->server, &msg->peer, msg->env->request_id, err->code, err->enhanced,
+                         "%s", err->text);
     } else {
         bus_server_send(ctx->server, &msg->peer, msg->env->request_id, env, NULL);
     }
@@ -156,14 +158,14 @@ static void answer(auth_ctx_t *ctx, bus_msg_t *msg, int rc, const auth_err_t *er
 }
 
 /* One management request: call the handler, answer with its reply or its error. */
-#define HANDLE(BODY, field, fn, REPLY_BODY, reply_field, Reply)                                \
-    case PB_BODY(BODY): {                                                                      \
-        PB(Reply) *r;                                                                          \
-        rc = fn(ctx->api, e->field, &r, &err);                                                 \
-        env.body_case = PB_BODY(REPLY_BODY);                                                   \
-        env.reply_field = r;                                                                   \
-        answer(ctx, msg, rc, &err, &env, r);                                                   \
-        break;                                                                                 \
+#define HANDLE(BODY, field, fn, REPLY_BODY, reply_field, Reply)                                    \
+    case PB_BODY(BODY): {                                                                          \
+        PB(Reply) * r;                                                                             \
+        rc = fn(ctx->api, e->field, &r, &err);                                                     \
+        env.body_case = PB_BODY(REPLY_BODY);                                                       \
+        env.reply_field = r;                                                                       \
+        answer(ctx, msg, rc, &err, &env, r);                                                       \
+        break;                                                                                     \
     }
 
 static void on_request(bus_server_t *srv, bus_msg_t *msg, void *arg)
@@ -299,11 +301,10 @@ int main(int argc, char **argv)
     }
     auth_api_on_event(ctx.api, on_event, &svc);
     if (conf.hash_threads > 0) {
-        ctx.worker = auth_worker_new(svc.loop, (unsigned)conf.hash_threads,
-                                     (size_t)conf.hash_queue_max);
+        ctx.worker =
+            auth_worker_new(svc.loop, (unsigned)conf.hash_threads, (size_t)conf.hash_queue_max);
         if (ctx.worker == NULL) {
-            fprintf(stderr, "sendarix-auth: cannot start %lld hash threads\n",
-                    conf.hash_threads);
+            fprintf(stderr, "sendarix-auth: cannot start %lld hash threads\n", conf.hash_threads);
             goto out;
         }
     }

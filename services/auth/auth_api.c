@@ -32,8 +32,7 @@ uint64_t auth_now(const auth_api_t *api)
     return api->conf.clock(api->conf.clock_arg);
 }
 
-auth_api_t *auth_api_new(auth_store_t *st, const auth_api_conf_t *conf, char *err,
-                         size_t errlen)
+auth_api_t *auth_api_new(auth_store_t *st, const auth_api_conf_t *conf, char *err, size_t errlen)
 {
     if (auth_hash_params_check(&conf->scrypt, err, errlen) < 0)
         return NULL;
@@ -49,8 +48,8 @@ auth_api_t *auth_api_new(auth_store_t *st, const auth_api_conf_t *conf, char *er
         goto fail;
     }
     api->guard = auth_guard_new(&conf->lockout);
-    api->rate = auth_rate_new(st, conf->rate_names_max ? conf->rate_names_max
-                                                        : AUTH_RATE_NAMES_DEFAULT);
+    api->rate =
+        auth_rate_new(st, conf->rate_names_max ? conf->rate_names_max : AUTH_RATE_NAMES_DEFAULT);
     if (api->guard == NULL || api->rate == NULL) {
         snprintf(err, errlen, "cannot set up the lockout and rate tables (OpenSSL failed)");
         goto fail;
@@ -160,8 +159,7 @@ int auth_tenant_name_valid(const char *s)
         return 0;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-              c == '-'))
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'))
             return 0;
     }
     return 1;
@@ -205,8 +203,8 @@ int auth_api_tenant_add(auth_api_t *api, const PB(AuthTenantAdd) * req,
     const char *name = req ? auth_str(req->name) : "";
     if (!auth_tenant_name_valid(name))
         return auth_fail(err, 400,
-                    "tenant name %s is invalid: 1 to %d characters of a-z, 0-9, '.', '_', '-'",
-                    auth_quoted(q, sizeof(q), name), AUTH_TENANT_MAX);
+                         "tenant name %s is invalid: 1 to %d characters of a-z, 0-9, '.', '_', '-'",
+                         auth_quoted(q, sizeof(q), name), AUTH_TENANT_MAX);
     PB(Tenant) *t = NULL;
     auth_st_t st = auth_store_tenant_add(api->st, name, auth_now(api), &t, text, sizeof(text));
     if (st != AUTH_ST_OK)
@@ -225,7 +223,7 @@ int auth_api_tenant_list(auth_api_t *api, const PB(AuthTenantList) * req,
 {
     (void)req;
     *reply = NULL;
-    PB(Tenant) **v;
+    PB(Tenant) * *v;
     size_t n;
     auth_st_t st = auth_store_tenant_list(api->st, &v, &n);
     if (st != AUTH_ST_OK)
@@ -254,8 +252,8 @@ int auth_api_domain_add(auth_api_t *api, const PB(AuthDomainAdd) * req,
                          auth_quoted(q, sizeof(q), given));
     if (!auth_tenant_name_valid(tenant))
         return auth_fail(err, 400, "tenant name %s is invalid", auth_quoted(q, sizeof(q), tenant));
-    auth_st_t st = auth_store_domain_add(api->st, domain, tenant, verified, auth_now(api),
-                                         &updated, text, sizeof(text));
+    auth_st_t st = auth_store_domain_add(api->st, domain, tenant, verified, auth_now(api), &updated,
+                                         text, sizeof(text));
     if (st != AUTH_ST_OK)
         return auth_fail_store(err, st, text, 409);
     log_info("event=%s domain=%s tenant=%s verified=%d",
@@ -293,7 +291,7 @@ int auth_api_domain_list(auth_api_t *api, const PB(AuthDomainList) * req,
     const char *tenant = req ? auth_str(req->tenant) : "";
     if (tenant_filter_ok(api, tenant, err) < 0)
         return -1;
-    PB(Domain) **v;
+    PB(Domain) * *v;
     size_t n;
     auth_st_t st = auth_store_domain_list(api->st, tenant, &v, &n);
     if (st != AUTH_ST_OK)
@@ -328,8 +326,8 @@ static int credential_from_request(const PB(AuthCredentialAdd) * req, uint64_t n
     const char *pw = auth_str(req->password);
     if (!auth_username_valid(user))
         return auth_fail(err, 400,
-                    "username %s is invalid: 1 to %d printable ASCII characters, no spaces",
-                    auth_quoted(q, sizeof(q), user), AUTH_USERNAME_MAX);
+                         "username %s is invalid: 1 to %d printable ASCII characters, no spaces",
+                         auth_quoted(q, sizeof(q), user), AUTH_USERNAME_MAX);
     size_t pwlen = strnlen(pw, AUTH_PASSWORD_MAX + 1);
     if (pwlen < AUTH_PASSWORD_MIN)
         return auth_fail(err, 400, "password must have at least %d characters", AUTH_PASSWORD_MIN);
@@ -341,7 +339,7 @@ static int credential_from_request(const PB(AuthCredentialAdd) * req, uint64_t n
         env = AUTH_ENV_DEFAULT;
     if (!environment_valid(env))
         return auth_fail(err, 400, "environment %s is not production, staging or development",
-                    auth_quoted(q, sizeof(q), env));
+                         auth_quoted(q, sizeof(q), env));
     if (req->n_domains > AUTH_CRED_DOMAINS_MAX)
         return auth_fail(err, 400, "a credential names at most %d domains", AUTH_CRED_DOMAINS_MAX);
 
@@ -355,7 +353,7 @@ static int credential_from_request(const PB(AuthCredentialAdd) * req, uint64_t n
         const char *given = auth_str(req->domains[i]);
         if (domain_normalize(given, d) < 0)
             return auth_fail(err, 400, "domain %s is not a valid host name",
-                        auth_quoted(q, sizeof(q), given));
+                             auth_quoted(q, sizeof(q), given));
         int dup = 0;
         for (size_t j = 0; j < p->n_domains && !dup; j++)
             dup = strcmp(p->domains[j], d) == 0;
@@ -433,7 +431,7 @@ int auth_api_credential_list(auth_api_t *api, const PB(AuthCredentialList) * req
     const char *tenant = req ? auth_str(req->tenant) : "";
     if (tenant_filter_ok(api, tenant, err) < 0)
         return -1;
-    PB(Credential) **v;
+    PB(Credential) * *v;
     size_t n;
     auth_st_t st = auth_store_cred_list(api->st, tenant, auth_now(api), &v, &n);
     if (st != AUTH_ST_OK)

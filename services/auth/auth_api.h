@@ -32,15 +32,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define AUTH_PASSWORD_MIN 8
-#define AUTH_PASSWORD_MAX 1024 /* bytes of a password or a login secret */
-#define AUTH_GRACE_MAX_S  (30u * 86400u) /* longest rotation grace period */
+#define AUTH_PASSWORD_MIN       8
+#define AUTH_PASSWORD_MAX       1024           /* bytes of a password or a login secret */
+#define AUTH_GRACE_MAX_S        (30u * 86400u) /* longest rotation grace period */
 #define AUTH_RATE_NAMES_DEFAULT 100000
-#define AUTH_IP_MAX       64
-#define AUTH_SID_MAX      64
-#define AUTH_MECH_MAX     20
-#define AUTH_ENV_MAX      16
-#define AUTH_ERR_TEXT_MAX 256
+#define AUTH_IP_MAX             64
+#define AUTH_SID_MAX            64
+#define AUTH_MECH_MAX           20
+#define AUTH_ENV_MAX            16
+#define AUTH_ERR_TEXT_MAX       256
 
 #define AUTH_ENV_DEFAULT "production"
 
@@ -73,7 +73,7 @@ typedef struct auth_stats {
     size_t credentials;
     uint64_t verify_ok;
     uint64_t verify_failed;
-    uint64_t verify_busy; /* refused with 454 because the hash queue was full */
+    uint64_t verify_busy;   /* refused with 454 because the hash queue was full */
     uint64_t verify_locked; /* refused with 421 during a lockout, unchecked */
     uint64_t cache_hits;
     size_t cache_entries;
@@ -88,8 +88,7 @@ typedef struct auth_stats {
 typedef void (*auth_event_fn)(PB(Event) * ev, void *arg);
 
 /* st is borrowed and must outlive the api. NULL with err on failure. */
-auth_api_t *auth_api_new(auth_store_t *st, const auth_api_conf_t *conf, char *err,
-                         size_t errlen);
+auth_api_t *auth_api_new(auth_store_t *st, const auth_api_conf_t *conf, char *err, size_t errlen);
 void auth_api_destroy(auth_api_t **api);
 void auth_api_on_event(auth_api_t *api, auth_event_fn fn, void *arg);
 void auth_api_stats(const auth_api_t *api, auth_stats_t *out);
@@ -122,8 +121,8 @@ int auth_api_allow_add(auth_api_t *api, const PB(AuthAllowAdd) * req, PB(AuthAll
                        auth_err_t *err);
 int auth_api_allow_remove(auth_api_t *api, const PB(AuthAllowRemove) * req,
                           PB(AuthAllowReply) * *reply, auth_err_t *err);
-int auth_api_allow_list(auth_api_t *api, const PB(AuthAllowList) * req,
-                        PB(AuthAllowReply) * *reply, auth_err_t *err);
+int auth_api_allow_list(auth_api_t *api, const PB(AuthAllowList) * req, PB(AuthAllowReply) * *reply,
+                        auth_err_t *err);
 int auth_api_limit_set(auth_api_t *api, const PB(AuthLimitSet) * req,
                        PB(AuthLimitSetReply) * *reply, auth_err_t *err);
 

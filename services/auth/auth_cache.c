@@ -23,8 +23,8 @@ typedef struct cache_entry {
     unsigned char key[AUTH_CACHE_KEY_LEN];
     uint64_t generation;
     uint64_t expires_ms;
-    struct cache_entry *chain;            /* next in the bucket */
-    struct cache_entry *older, *newer;    /* age list */
+    struct cache_entry *chain;         /* next in the bucket */
+    struct cache_entry *older, *newer; /* age list */
 } cache_entry_t;
 
 struct auth_cache {

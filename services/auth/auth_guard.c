@@ -124,8 +124,7 @@ static int key_failure(auth_guard_t *g, char kind, const char *name, uint64_t no
     return 1;
 }
 
-unsigned auth_guard_failure(auth_guard_t *g, const char *client, const char *user,
-                            uint64_t now_ms)
+unsigned auth_guard_failure(auth_guard_t *g, const char *client, const char *user, uint64_t now_ms)
 {
     if (g->table == NULL)
         return AUTH_GUARD_NONE;

@@ -51,8 +51,7 @@ void auth_guard_destroy(auth_guard_t **g);
 uint32_t auth_guard_locked(auth_guard_t *g, const char *client, const char *user, uint64_t now_ms,
                            auth_guard_kind_t *which);
 /* Count one failure for client and user (either may be NULL); returns the kinds newly locked. */
-unsigned auth_guard_failure(auth_guard_t *g, const char *client, const char *user,
-                            uint64_t now_ms);
+unsigned auth_guard_failure(auth_guard_t *g, const char *client, const char *user, uint64_t now_ms);
 /* A login of user passed: its count starts again. */
 void auth_guard_success(auth_guard_t *g, const char *user);
 

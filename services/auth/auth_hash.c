@@ -80,8 +80,8 @@ int auth_hash_make(const auth_scrypt_params_t *p, const void *password, size_t l
     if (base64_encode(salt, sizeof(salt), salt64, sizeof(salt64)) < 0 ||
         base64_encode(key, sizeof(key), key64, sizeof(key64)) < 0)
         goto done;
-    int n = snprintf(out, size, HASH_PREFIX "ln=%u,r=%u,p=%u$%s$%s", p->ln, p->r, p->p, salt64,
-                     key64);
+    int n =
+        snprintf(out, size, HASH_PREFIX "ln=%u,r=%u,p=%u$%s$%s", p->ln, p->r, p->p, salt64, key64);
     if (n > 0 && (size_t)n < size)
         rc = 0;
 done:

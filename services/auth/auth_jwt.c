@@ -32,8 +32,8 @@
 
 typedef enum { JWT_HS256 = 1, JWT_RS256, JWT_ES256 } jwt_alg_t;
 
-static const char *const alg_names[] = {[JWT_HS256] = "HS256", [JWT_RS256] = "RS256",
-                                        [JWT_ES256] = "ES256"};
+static const char *const alg_names[] = {
+    [JWT_HS256] = "HS256", [JWT_RS256] = "RS256", [JWT_ES256] = "ES256"};
 
 typedef struct jwt_issuer {
     char *issuer;
@@ -204,8 +204,8 @@ int auth_jwt_issuers_add(auth_jwt_issuers_t *l, const char *issuer, const char *
 
 /* ---- config ---- */
 
-static const char *const conf_keys[] = {"issuer", "audience", "algorithm", "secret",
-                                        "public_key", NULL};
+static const char *const conf_keys[] = {"issuer", "audience",   "algorithm",
+                                        "secret", "public_key", NULL};
 
 /* One member of an issuer group as a string, NULL when absent; -1 when not a string. */
 static int member_string(const config_setting_t *g, const char *name, const char **out)
@@ -250,8 +250,7 @@ static int conf_entry(auth_jwt_issuers_t *l, const config_setting_t *g, int inde
     static const char *const required[] = {"issuer", "audience", "algorithm", NULL};
     for (size_t i = 0; required[i]; i++)
         if (config_setting_get_member(g, required[i]) == NULL)
-            return set_err(err, errlen, "entry %d (%s): %s is missing", index, where,
-                           required[i]);
+            return set_err(err, errlen, "entry %d (%s): %s is missing", index, where, required[i]);
     if (auth_jwt_issuers_add(l, issuer, audience, algorithm, secret, key, why, sizeof(why)) < 0)
         return set_err(err, errlen, "entry %d (%s): %s", index, where, why);
     return 0;

@@ -24,8 +24,8 @@
 
 #define AUTH_JWT_TOKEN_MAX    8192 /* bytes of a token */
 #define AUTH_JWT_ISSUERS_MAX  16
-#define AUTH_JWT_NAME_MAX     255  /* issuer and audience */
-#define AUTH_JWT_SECRET_MIN   32   /* bytes of an HS256 secret */
+#define AUTH_JWT_NAME_MAX     255 /* issuer and audience */
+#define AUTH_JWT_SECRET_MIN   32  /* bytes of an HS256 secret */
 #define AUTH_JWT_SECRET_MAX   1024
 #define AUTH_JWT_RSA_BITS_MIN 2048
 #define AUTH_JWT_SKEW_S       60
@@ -36,10 +36,10 @@ typedef enum {
     AUTH_JWT_ALG,       /* alg "none", unknown, or not the issuer's */
     AUTH_JWT_ISSUER,    /* iss missing or not configured */
     AUTH_JWT_SIGNATURE,
-    AUTH_JWT_EXPIRED,   /* exp missing or past */
-    AUTH_JWT_NOT_YET,   /* nbf or iat in the future */
+    AUTH_JWT_EXPIRED, /* exp missing or past */
+    AUTH_JWT_NOT_YET, /* nbf or iat in the future */
     AUTH_JWT_AUDIENCE,
-    AUTH_JWT_IDENTITY,  /* email (or sub) is not the user name */
+    AUTH_JWT_IDENTITY, /* email (or sub) is not the user name */
 } auth_jwt_status_t;
 
 typedef struct auth_jwt_issuers auth_jwt_issuers_t;

@@ -141,8 +141,7 @@ int auth_api_credential_revoke(auth_api_t *api, const PB(AuthCredentialRevoke) *
             return -1;
         }
         log_info("event=credential_revoked user=%s tenant=%s generation=%llu",
-                 user_quoted(q, c.pub->username), c.pub->tenant,
-                 (unsigned long long)c.generation);
+                 user_quoted(q, c.pub->username), c.pub->tenant, (unsigned long long)c.generation);
     }
     PB(AuthCredentialRevokeReply) *r = xmalloc(sizeof(*r));
     PB(AuthCredentialRevokeReply) init = PB_INIT(AUTH_CREDENTIAL_REVOKE_REPLY);
@@ -236,19 +235,19 @@ static int allow_change(auth_api_t *api, const char *user, const char *given, in
 int auth_api_allow_add(auth_api_t *api, const PB(AuthAllowAdd) * req, PB(AuthAllowReply) * *reply,
                        auth_err_t *err)
 {
-    return allow_change(api, req ? auth_str(req->username) : "",
-                        req ? auth_str(req->network) : "", 1, reply, err);
+    return allow_change(api, req ? auth_str(req->username) : "", req ? auth_str(req->network) : "",
+                        1, reply, err);
 }
 
 int auth_api_allow_remove(auth_api_t *api, const PB(AuthAllowRemove) * req,
                           PB(AuthAllowReply) * *reply, auth_err_t *err)
 {
-    return allow_change(api, req ? auth_str(req->username) : "",
-                        req ? auth_str(req->network) : "", 0, reply, err);
+    return allow_change(api, req ? auth_str(req->username) : "", req ? auth_str(req->network) : "",
+                        0, reply, err);
 }
 
-int auth_api_allow_list(auth_api_t *api, const PB(AuthAllowList) * req,
-                        PB(AuthAllowReply) * *reply, auth_err_t *err)
+int auth_api_allow_list(auth_api_t *api, const PB(AuthAllowList) * req, PB(AuthAllowReply) * *reply,
+                        auth_err_t *err)
 {
     *reply = NULL;
     auth_cred_t c;
@@ -274,8 +273,8 @@ int auth_api_limit_set(auth_api_t *api, const PB(AuthLimitSet) * req,
         if (!auth_tenant_name_valid(tenant))
             return auth_fail(err, 400, "tenant name %s is invalid",
                              auth_quoted(q, sizeof(q), tenant));
-        auth_st_t st = auth_store_tenant_set_limits(api->st, tenant, req->per_minute,
-                                                    req->per_day, text, sizeof(text));
+        auth_st_t st = auth_store_tenant_set_limits(api->st, tenant, req->per_minute, req->per_day,
+                                                    text, sizeof(text));
         if (st != AUTH_ST_OK)
             return auth_fail_store(err, st, text, 409);
     } else {
@@ -325,8 +324,8 @@ static int rate_limits(auth_api_t *api, const char *tenant, const char *user,
             return -1;
         int other = *tenant && strcmp(c.pub->tenant, tenant) != 0;
         if (other)
-            auth_fail(err, 400, "credential %s belongs to tenant %s, not %s",
-                      user_quoted(q, user), c.pub->tenant, tenant);
+            auth_fail(err, 400, "credential %s belongs to tenant %s, not %s", user_quoted(q, user),
+                      c.pub->tenant, tenant);
         limits[(*n)++] = (auth_rate_limit_t){AUTH_RATE_CREDENTIAL, user, c.pub->rate_per_minute,
                                              c.pub->rate_per_day};
         auth_cred_clear(&c);

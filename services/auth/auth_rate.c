@@ -63,8 +63,7 @@ void auth_rate_destroy(auth_rate_t **p)
 
 static int make_key(char *out, const auth_rate_limit_t *l)
 {
-    int n = snprintf(out, RATE_KEY_MAX, "%c:%s", l->scope == AUTH_RATE_TENANT ? 't' : 'c',
-                     l->name);
+    int n = snprintf(out, RATE_KEY_MAX, "%c:%s", l->scope == AUTH_RATE_TENANT ? 't' : 'c', l->name);
     return n > 2 && n < RATE_KEY_MAX ? 0 : -1;
 }
 
@@ -116,8 +115,8 @@ static void mark_dirty(auth_rate_t *r, const char *key, rate_entry_t *e)
 }
 
 /* Keep the refusal that frees up last: retrying before then would fail again. */
-static void consider(auth_rate_refusal_t *best, int *have, const auth_rate_limit_t *l,
-                     int per_day, uint32_t limit, uint32_t retry)
+static void consider(auth_rate_refusal_t *best, int *have, const auth_rate_limit_t *l, int per_day,
+                     uint32_t limit, uint32_t retry)
 {
     if (*have && best->retry_after_s >= retry)
         return;
@@ -139,8 +138,7 @@ int auth_rate_take(auth_rate_t *r, const auth_rate_limit_t *limits, size_t n, ui
         for (size_t i = 0; i < n; i++) {
             const auth_rate_limit_t *l = &limits[i];
             char key[RATE_KEY_MAX];
-            if ((l->per_minute == 0 && l->per_day == 0) || l->name == NULL ||
-                make_key(key, l) < 0)
+            if ((l->per_minute == 0 && l->per_day == 0) || l->name == NULL || make_key(key, l) < 0)
                 continue;
             rate_entry_t *e = auth_table_touch(r->table, key, NULL);
             if (e == NULL)

@@ -10,8 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define REC_HEADER_LEN 2
-#define REC_FIELD_HEAD 5 /* tag + u32 length */
+#define REC_HEADER_LEN   2
+#define REC_FIELD_HEAD   5  /* tag + u32 length */
 #define REC_SECRET_FIXED 17 /* kind + created + expires, before the hash text */
 
 enum { REC_TENANT = 'T', REC_DOMAIN = 'D', REC_CRED = 'C' };

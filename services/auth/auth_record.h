@@ -25,13 +25,13 @@
 #define AUTH_RECORD_VERSION 1
 #define AUTH_RECORD_MAX     (64u << 10) /* no record of ours comes near this */
 
-#define AUTH_TENANT_MAX       64  /* tenant name length */
-#define AUTH_USERNAME_MAX     128
-#define AUTH_DOMAIN_MAX       255
-#define AUTH_CRED_DOMAINS_MAX 100 /* sending domains named on one credential */
-#define AUTH_SECRETS_MAX      8   /* live secrets on one credential (rotation) */
-#define AUTH_CRED_NETWORKS_MAX 64 /* client networks allowed on one credential */
-#define AUTH_NETWORK_MAX      49  /* "ffff:...:ffff/128", normalised */
+#define AUTH_TENANT_MAX        64 /* tenant name length */
+#define AUTH_USERNAME_MAX      128
+#define AUTH_DOMAIN_MAX        255
+#define AUTH_CRED_DOMAINS_MAX  100 /* sending domains named on one credential */
+#define AUTH_SECRETS_MAX       8   /* live secrets on one credential (rotation) */
+#define AUTH_CRED_NETWORKS_MAX 64  /* client networks allowed on one credential */
+#define AUTH_NETWORK_MAX       49  /* "ffff:...:ffff/128", normalised */
 
 /* Field tags of a credential record. */
 enum {
@@ -64,7 +64,7 @@ typedef struct auth_cred {
     uint64_t updated_at_ms;
     auth_secret_t *secrets;
     size_t n_secrets;
-    buf_t unknown;        /* fields of a newer format, written back as they were */
+    buf_t unknown; /* fields of a newer format, written back as they were */
 } auth_cred_t;
 
 /*

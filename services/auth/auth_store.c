@@ -82,8 +82,8 @@ static int schema_fn(store_txn_t *txn, void *arg)
     if (v.len != 4)
         return STORE_ERROR;
     const uint8_t *b = v.data;
-    uint32_t schema = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
-                      (uint32_t)b[3] << 24;
+    uint32_t schema =
+        (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
     return schema == AUTH_STORE_SCHEMA ? 0 : STORE_ERROR;
 }
 
@@ -209,14 +209,13 @@ static int tenant_domains_fn(const store_val_t *key, const store_val_t *val, voi
     (void)val;
     domains_scan_t *s = arg;
     if (key->len > s->prefix_len)
-        strv_push(&s->v, &s->n, (const char *)key->data + s->prefix_len,
-                  key->len - s->prefix_len);
+        strv_push(&s->v, &s->n, (const char *)key->data + s->prefix_len, key->len - s->prefix_len);
     return 0;
 }
 
 /* Every domain of a tenant, from the index. */
-static auth_st_t tenant_domains(auth_store_t *as, store_txn_t *txn, const char *tenant,
-                                char ***v, size_t *n)
+static auth_st_t tenant_domains(auth_store_t *as, store_txn_t *txn, const char *tenant, char ***v,
+                                size_t *n)
 {
     char prefix[AUTH_TENANT_MAX + 2];
     size_t plen = strlen(tenant) + 1;
@@ -425,8 +424,12 @@ static int tenant_limits_fn(store_txn_t *txn, void *arg)
 auth_st_t auth_store_tenant_set_limits(auth_store_t *st, const char *name, uint32_t per_minute,
                                        uint32_t per_day, char *err, size_t errlen)
 {
-    tenant_limits_t a = {.as = st, .name = name, .per_minute = per_minute, .per_day = per_day,
-                         .err = err, .errlen = errlen};
+    tenant_limits_t a = {.as = st,
+                         .name = name,
+                         .per_minute = per_minute,
+                         .per_day = per_day,
+                         .err = err,
+                         .errlen = errlen};
     int rc = store_write(st->st, tenant_limits_fn, &a);
     if (a.result != AUTH_ST_OK)
         return a.result;
@@ -512,8 +515,13 @@ auth_st_t auth_store_domain_add(auth_store_t *st, const char *domain, const char
                                 int verified, uint64_t now_ms, int *updated, char *err,
                                 size_t errlen)
 {
-    domain_add_t a = {.as = st, .domain = domain, .tenant = tenant, .verified = verified,
-                      .now_ms = now_ms, .err = err, .errlen = errlen};
+    domain_add_t a = {.as = st,
+                      .domain = domain,
+                      .tenant = tenant,
+                      .verified = verified,
+                      .now_ms = now_ms,
+                      .err = err,
+                      .errlen = errlen};
     int rc = store_write(st->st, domain_add_fn, &a);
     if (updated)
         *updated = a.updated;
@@ -750,8 +758,8 @@ static int cred_update_fn(store_txn_t *txn, void *arg)
 auth_st_t auth_store_cred_update(auth_store_t *st, auth_cred_t *c, uint64_t expected_generation,
                                  char *err, size_t errlen)
 {
-    cred_update_t a = {.as = st, .c = c, .expected = expected_generation, .err = err,
-                       .errlen = errlen};
+    cred_update_t a = {
+        .as = st, .c = c, .expected = expected_generation, .err = err, .errlen = errlen};
     int rc = store_write(st->st, cred_update_fn, &a);
     if (a.result != AUTH_ST_OK)
         return a.result;
@@ -933,7 +941,6 @@ auth_st_t auth_store_rate_put(auth_store_t *st, const auth_rate_rec_t *recs, siz
     rate_put_t a = {.as = st, .recs = recs, .n = n};
     int rc = store_write(st->st, rate_put_fn, &a);
     if (rc != STORE_OK)
-        log_error("event=store_failed db=rate_day records=%zu error=\"%s\"", n,
-                  store_strerror(rc));
+        log_error("event=store_failed db=rate_day records=%zu error=\"%s\"", n, store_strerror(rc));
     return map_store(rc);
 }

@@ -73,8 +73,7 @@ auth_st_t auth_store_domain_list(auth_store_t *st, const char *tenant, PB(Domain
                                  size_t *n);
 
 /* The checks auth_store_cred_add will make, without writing (before a slow hash). */
-auth_st_t auth_store_cred_check(auth_store_t *st, const auth_cred_t *c, char *err,
-                                size_t errlen);
+auth_st_t auth_store_cred_check(auth_store_t *st, const auth_cred_t *c, char *err, size_t errlen);
 /* Add a new credential; sets c->generation. */
 auth_st_t auth_store_cred_add(auth_store_t *st, auth_cred_t *c, char *err, size_t errlen);
 /*

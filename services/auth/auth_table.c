@@ -16,8 +16,8 @@
 #include <string.h>
 
 #define TABLE_MAC_KEY_LEN 32
-#define TABLE_MIN_BUCKETS     16
-#define TABLE_MAX_BUCKETS     ((size_t)1 << 24)
+#define TABLE_MIN_BUCKETS 16
+#define TABLE_MAX_BUCKETS ((size_t)1 << 24)
 
 typedef struct table_entry {
     struct table_entry *chain;

@@ -32,10 +32,10 @@
 #include <string.h>
 #include <strings.h>
 
-#define QUOTED_MAX   (4 * AUTH_USERNAME_MAX + 8) /* log_quote of a username, worst case */
+#define QUOTED_MAX      (4 * AUTH_USERNAME_MAX + 8) /* log_quote of a username, worst case */
 #define LOCKED_TEXT_MAX 128
-#define OPENID_PATH  "/.well-known/openid-configuration"
-#define OAUTH_SCOPE  "smtp"
+#define OPENID_PATH     "/.well-known/openid-configuration"
+#define OAUTH_SCOPE     "smtp"
 
 typedef enum {
     MECH_PASSWORD = 0, /* PLAIN, LOGIN */
@@ -48,15 +48,15 @@ typedef enum {
     V_UNKNOWN_USER,
     V_BAD_PASSWORD,
     V_REVOKED,
-    V_NO_PASSWORD,   /* the credential has no live password */
-    V_AUTHZID,       /* authzid names someone else */
-    V_BAD_REQUEST,   /* username or secret that no credential can have */
-    V_NETWORK,       /* the client address is outside the credential's allowlist */
-    V_TOKEN,         /* the bearer token was refused (auth_jwt says why) */
-    V_LOCKED,        /* too many failures: refused unchecked */
-    V_MECHANISM,     /* a mechanism this service does not check */
-    V_STORE_ERROR,   /* unreadable record or store failure: try later */
-    V_BUSY,          /* the hash queue is full: try later */
+    V_NO_PASSWORD, /* the credential has no live password */
+    V_AUTHZID,     /* authzid names someone else */
+    V_BAD_REQUEST, /* username or secret that no credential can have */
+    V_NETWORK,     /* the client address is outside the credential's allowlist */
+    V_TOKEN,       /* the bearer token was refused (auth_jwt says why) */
+    V_LOCKED,      /* too many failures: refused unchecked */
+    V_MECHANISM,   /* a mechanism this service does not check */
+    V_STORE_ERROR, /* unreadable record or store failure: try later */
+    V_BUSY,        /* the hash queue is full: try later */
 } verdict_t;
 
 static const char *const verdict_names[] = {
@@ -164,8 +164,8 @@ static PB(Status) * verdict_status(verdict_t verdict, uint32_t retry_after_s)
     case V_BUSY:
         return status_new(454, "4.7.0", "Temporary authentication failure");
     case V_LOCKED:
-        snprintf(text, sizeof(text),
-                 "Too many authentication failures; try again in %u seconds", retry_after_s);
+        snprintf(text, sizeof(text), "Too many authentication failures; try again in %u seconds",
+                 retry_after_s);
         return status_new(421, "4.7.0", text);
     default:
         return status_new(535, "5.7.8", "Authentication credentials invalid");
@@ -228,7 +228,7 @@ static void publish_failure(auth_api_t *api, const auth_verify_t *v, verdict_t v
     if (api->event_fn == NULL)
         return;
     PB(Attr) attrs[4];
-    PB(Attr) *pattrs[4];
+    PB(Attr) * pattrs[4];
     const char *keys[4] = {"username", "client_ip", "reason", "mechanism"};
     const char *values[4] = {user, v->client_ip, verdict_reason(v, verdict), v->mechanism};
     for (size_t i = 0; i < 4; i++) {
@@ -252,8 +252,8 @@ static void publish_failure(auth_api_t *api, const auth_verify_t *v, verdict_t v
 static void count_failure(auth_api_t *api, const auth_verify_t *v, const char *user,
                           const char *sid)
 {
-    unsigned began = auth_guard_failure(api->guard, v->client_key, v->known ? v->username : NULL,
-                                        auth_now(api));
+    unsigned began =
+        auth_guard_failure(api->guard, v->client_key, v->known ? v->username : NULL, auth_now(api));
     if (began & AUTH_GUARD_CLIENT)
         log_warn("event=auth_lockout sid=%s scope=client client=%s duration_s=%llu", sid,
                  v->client_key, (unsigned long long)(api->conf.lockout.duration_ms / 1000));
@@ -263,8 +263,8 @@ static void count_failure(auth_api_t *api, const auth_verify_t *v, const char *u
 }
 
 /* Log, count, publish and answer; consumes the job. */
-static PB(AuthLoginVerifyReply) * conclude(auth_api_t *api, auth_verify_t **vp, verdict_t verdict,
-                                          int cached)
+static PB(AuthLoginVerifyReply) *
+    conclude(auth_api_t *api, auth_verify_t **vp, verdict_t verdict, int cached)
 {
     auth_verify_t *v = *vp;
     char user[QUOTED_MAX], ip[2 * AUTH_IP_MAX + 8], sid[2 * AUTH_SID_MAX + 8];
@@ -532,8 +532,7 @@ PB(AuthLoginVerifyReply) * auth_api_verify_finish(auth_api_t *api, auth_verify_t
     if (v->malformed && v->known && !v->no_live) {
         char user[QUOTED_MAX];
         log_error("event=hash_malformed user=%s count=%u",
-                  log_quote(user, sizeof(user), v->username, strlen(v->username)),
-                  v->malformed);
+                  log_quote(user, sizeof(user), v->username, strlen(v->username)), v->malformed);
     }
     if (verdict == V_OK)
         verdict = recheck(api, v);

@@ -35,7 +35,7 @@ struct auth_worker {
     job_list_t todo;     /* waiting for a thread */
     job_list_t finished; /* waiting for the loop */
     int stopping;
-    size_t pending;      /* submitted, not yet delivered; loop thread only */
+    size_t pending; /* submitted, not yet delivered; loop thread only */
     size_t queue_max;
     pthread_t *threads;
     unsigned nthreads;

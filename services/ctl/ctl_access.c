@@ -70,8 +70,8 @@ static int allow_run(ctl_t *ctl, const ctl_args_t *args, allow_op_t op)
         req.auth_allow_list = &list;
     }
     sx_env_t *reply;
-    int rc = ctl_call_one(ctl, "auth", ctl_auth_endpoint(ctl), &req, PB_BODY(AUTH_ALLOW_REPLY),
-                          &reply);
+    int rc =
+        ctl_call_one(ctl, "auth", ctl_auth_endpoint(ctl), &req, PB_BODY(AUTH_ALLOW_REPLY), &reply);
     if (rc != CTL_OK)
         return rc;
     char done[CTL_TEXT_MAX];

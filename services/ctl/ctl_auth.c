@@ -13,9 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CTL_PASSWORD_MAX 1024
-#define CTL_DOMAINS_MAX  32
-#define CTL_NAME_MAX     255
+#define CTL_PASSWORD_MAX    1024
+#define CTL_DOMAINS_MAX     32
+#define CTL_NAME_MAX        255
 #define CTL_GRACE_DEFAULT_S (24u * 3600u)
 #define CTL_GRACE_MAX_S     (30u * 86400u) /* auth refuses longer ones */
 
@@ -161,8 +161,8 @@ int ctl_cmd_cred_add(ctl_t *ctl, const ctl_args_t *args)
     req.body_case = PB_BODY(AUTH_CREDENTIAL_ADD);
     req.auth_credential_add = &add;
     sx_env_t *reply;
-    int rc = ctl_call_one(ctl, "auth", ctl_auth_endpoint(ctl), &req, PB_BODY(AUTH_CREDENTIAL_ADD_REPLY),
-                          &reply);
+    int rc = ctl_call_one(ctl, "auth", ctl_auth_endpoint(ctl), &req,
+                          PB_BODY(AUTH_CREDENTIAL_ADD_REPLY), &reply);
     explicit_bzero(password, sizeof(password));
     if (rc != CTL_OK)
         return rc;
@@ -317,8 +317,8 @@ int ctl_cmd_tenant_add(ctl_t *ctl, const ctl_args_t *args)
     req.body_case = PB_BODY(AUTH_TENANT_ADD);
     req.auth_tenant_add = &add;
     sx_env_t *reply;
-    int rc =
-        ctl_call_one(ctl, "auth", ctl_auth_endpoint(ctl), &req, PB_BODY(AUTH_TENANT_ADD_REPLY), &reply);
+    int rc = ctl_call_one(ctl, "auth", ctl_auth_endpoint(ctl), &req, PB_BODY(AUTH_TENANT_ADD_REPLY),
+                          &reply);
     if (rc != CTL_OK)
         return rc;
     const PB(Tenant) *t = reply->auth_tenant_add_reply->tenant;

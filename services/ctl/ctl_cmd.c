@@ -78,14 +78,17 @@ const ctl_command_t ctl_commands[] = {
     {"cred", "rotate", ctl_cmd_cred_rotate, "<USER>", 1, opts_cred_rotate,
      "(--password-stdin | --password P) [--grace DURATION]",
      "add a new password; the older ones keep working for --grace (default 24h; 30s, 5m, 2h, "
-     "1d; 0 stops them now)", NULL},
+     "1d; 0 stops them now)",
+     NULL},
     {"cred", "revoke", ctl_cmd_cred_revoke, "<USER>", 1, NULL, "",
      "stop every password of a login at once, for good", NULL},
     {"tenant", "add", ctl_cmd_tenant_add, "<NAME>", 1, NULL, "", "add a tenant", NULL},
-    {"tenant", "list", ctl_cmd_tenant_list, NULL, 0, NULL, "", "list tenants and their domains", NULL},
+    {"tenant", "list", ctl_cmd_tenant_list, NULL, 0, NULL, "", "list tenants and their domains",
+     NULL},
     {"domain", "add", ctl_cmd_domain_add, "<DOMAIN>", 1, opts_domain_add, "--tenant T [--verified]",
      "add a sending domain to a tenant; logins may send from it once verified (--verified: you "
-     "vouch for it; again with --verified marks an existing one)", NULL},
+     "vouch for it; again with --verified marks an existing one)",
+     NULL},
     {"domain", "list", ctl_cmd_domain_list, NULL, 0, opts_tenant, "[--tenant T]",
      "list sending domains and whether they are verified", NULL},
     {"allow", "add", ctl_cmd_allow_add, "<USER>", 1, NULL, "",
@@ -98,7 +101,8 @@ const ctl_command_t ctl_commands[] = {
     {"limit", "set", ctl_cmd_limit_set, NULL, 0, opts_limit_set,
      "(--tenant T | --cred U) [--per-minute N] [--per-day N]",
      "messages a tenant or a login may send; 0 removes a limit, an option not given keeps its "
-     "value", NULL},
+     "value",
+     NULL},
     {"sandbox", "fail", ctl_cmd_sandbox_fail, NULL, 0, opts_sandbox_fail,
      "--code C --seconds S [--text T]",
      "make the sandbox refuse connections with code C for S seconds; --code 0 clears", NULL},
@@ -109,9 +113,8 @@ const ctl_command_t ctl_commands[] = {
 static void print_line(FILE *f, const ctl_command_t *c, int indent)
 {
     char head[256];
-    snprintf(head, sizeof(head), "%s%s%s%s%s%s%s", c->name, c->sub ? " " : "",
-             c->sub ? c->sub : "", c->arg ? " " : "", c->arg ? c->arg : "", c->arg2 ? " " : "",
-             c->arg2 ? c->arg2 : "");
+    snprintf(head, sizeof(head), "%s%s%s%s%s%s%s", c->name, c->sub ? " " : "", c->sub ? c->sub : "",
+             c->arg ? " " : "", c->arg ? c->arg : "", c->arg2 ? " " : "", c->arg2 ? c->arg2 : "");
     if (indent) {
         fprintf(f, "  %s%s%s\n", head, c->usage[0] ? " " : "", c->usage);
         fprintf(f, "      %s\n", c->summary);

@@ -16,7 +16,7 @@ static unsigned tenant_add_code(fixture_t *f, const char *name)
 {
     PB(AuthTenantAdd) req = PB_INIT(AUTH_TENANT_ADD);
     req.name = (char *)name;
-    PB(AuthTenantAddReply) *r;
+    PB(AuthTenantAddReply) * r;
     auth_err_t err;
     int rc = auth_api_tenant_add(f->api, &req, &r, &err);
     if (rc == 0) {
@@ -50,7 +50,7 @@ static void test_tenant_add(void **state)
     assert_int_equal(tenant_add_code(f, "acme"), 409);
 
     auth_err_t err;
-    PB(AuthTenantAddReply) *r;
+    PB(AuthTenantAddReply) * r;
     assert_int_equal(auth_api_tenant_add(f->api, NULL, &r, &err), -1);
     assert_int_equal(err.code, 400);
 
@@ -68,7 +68,7 @@ static void test_tenant_list_with_domains(void **state)
     fx_domain(f, "b.example", "acme");
     fx_domain(f, "a.example", "acme");
     fx_domain(f, "c.example", "acme2");
-    PB(AuthTenantListReply) *r;
+    PB(AuthTenantListReply) * r;
     auth_err_t err;
     assert_int_equal(auth_api_tenant_list(f->api, NULL, &r, &err), 0);
     assert_int_equal(r->n_tenants, 3);
@@ -92,7 +92,7 @@ static unsigned domain_add(fixture_t *f, const char *domain, const char *tenant,
     PB(AuthDomainAdd) req = PB_INIT(AUTH_DOMAIN_ADD);
     req.domain = (char *)domain;
     req.tenant = (char *)tenant;
-    PB(AuthDomainAddReply) *r;
+    PB(AuthDomainAddReply) * r;
     auth_err_t err;
     if (auth_api_domain_add(f->api, &req, &r, &err) == 0) {
         if (text)
@@ -121,9 +121,9 @@ static void test_domain_add(void **state)
     assert_int_equal(domain_add(f, "MAIL.example.test", "other", text, sizeof(text)), 409);
     assert_non_null(strstr(text, "another tenant"));
 
-    static const char *const bad[] = {"",           "-bad.test",       "bad-.test", "a..test",
-                                      "exa mple.test", "[192.0.2.1]",   "a.test.",   ".a.test",
-                                      "ex_ample.test", "user@a.test",   "bücher.test"};
+    static const char *const bad[] = {
+        "",        "-bad.test", "bad-.test",     "a..test",     "exa mple.test", "[192.0.2.1]",
+        "a.test.", ".a.test",   "ex_ample.test", "user@a.test", "bücher.test"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         if (domain_add(f, bad[i], "acme", NULL, 0) != 400)
             fail_msg("domain \"%s\" not refused with 400", bad[i]);
@@ -135,7 +135,7 @@ static void test_domain_add(void **state)
     assert_int_equal(domain_add(f, "ok.test", "Bad Tenant", NULL, 0), 400);
 
     /* a refused domain left nothing behind */
-    PB(AuthTenantListReply) *r;
+    PB(AuthTenantListReply) * r;
     auth_err_t err;
     assert_int_equal(auth_api_tenant_list(f->api, NULL, &r, &err), 0);
     assert_int_equal(r->tenants[0]->n_domains, 1);
@@ -164,7 +164,7 @@ static void test_domain_verified(void **state)
     assert_string_equal(r->domains[0], "a.test");
     auth_api_reply_free(r);
 
-    PB(AuthTenantListReply) *tl;
+    PB(AuthTenantListReply) * tl;
     auth_err_t err;
     assert_int_equal(auth_api_tenant_list(f->api, NULL, &tl, &err), 0);
     assert_int_equal(tl->tenants[0]->n_domains, 2);
@@ -175,7 +175,7 @@ static void test_domain_verified(void **state)
     req.domain = (char *)"B.test";
     req.tenant = (char *)"acme";
     req.verified = 1;
-    PB(AuthDomainAddReply) *dr;
+    PB(AuthDomainAddReply) * dr;
     assert_int_equal(auth_api_domain_add(f->api, &req, &dr, &err), 0);
     assert_string_equal(dr->domain, "b.test");
     assert_true(dr->verified);
@@ -210,7 +210,7 @@ static void test_domain_list(void **state)
     fx_domain_v(f, "m.test", "beta", 0);
     fx_domain_v(f, "a.test", "acme", 0);
     PB(AuthDomainList) req = PB_INIT(AUTH_DOMAIN_LIST);
-    PB(AuthDomainListReply) *r;
+    PB(AuthDomainListReply) * r;
     auth_err_t err;
     assert_int_equal(auth_api_domain_list(f->api, &req, &r, &err), 0);
     assert_int_equal(r->n_domains, 3);
@@ -263,8 +263,7 @@ static void test_credential_add_checks(void **state)
     char longname[130];
     memset(longname, 'u', 129);
     longname[129] = '\0';
-    static const char *const bad_users[] = {"", "has space", "tab\there", "caf\xc3\xa9",
-                                            "del\x7f"};
+    static const char *const bad_users[] = {"", "has space", "tab\there", "caf\xc3\xa9", "del\x7f"};
     for (size_t i = 0; i < sizeof(bad_users) / sizeof(bad_users[0]); i++)
         assert_int_equal(fx_cred_try(f, bad_users[i], "password1", "acme", NULL, NULL, 0, NULL),
                          400);
@@ -310,7 +309,7 @@ static void test_credential_add_reply(void **state)
     req.tenant = (char *)"acme";
     req.domains = (char **)doms;
     req.n_domains = 3;
-    PB(AuthCredentialAddReply) *r;
+    PB(AuthCredentialAddReply) * r;
     auth_err_t err;
     assert_int_equal(auth_api_credential_add(f->api, &req, &r, &err), 0);
     PB(Credential) *c = r->credential;
@@ -345,7 +344,7 @@ static void test_credential_list(void **state)
     fx_cred(f, "c-user", "password1", "acme", NULL, 0);
 
     PB(AuthCredentialList) req = PB_INIT(AUTH_CREDENTIAL_LIST);
-    PB(AuthCredentialListReply) *r;
+    PB(AuthCredentialListReply) * r;
     auth_err_t err;
     assert_int_equal(auth_api_credential_list(f->api, &req, &r, &err), 0);
     assert_int_equal(r->n_credentials, 3);
@@ -627,8 +626,7 @@ static void test_verify_cache_invalidated_by_change(void **state)
     /* revoke: even the cached new password fails */
     assert_int_equal(auth_store_cred_get(f->st, "app", &c), AUTH_ST_OK);
     c.pub->revoked = 1;
-    assert_int_equal(auth_store_cred_update(f->st, &c, c.generation, err, sizeof(err)),
-                     AUTH_ST_OK);
+    assert_int_equal(auth_store_cred_update(f->st, &c, c.generation, err, sizeof(err)), AUTH_ST_OK);
     auth_cred_clear(&c);
     PB(AuthLoginVerifyReply) *r = fx_verify(f, "app", "brand-new-password");
     assert_false(r->ok);
@@ -649,14 +647,13 @@ static void test_verify_rotation(void **state)
     assert_int_equal(auth_hash_make(&fast, "next-password", 13, h, sizeof(h)), 0);
     assert_int_equal(auth_cred_add_secret(&c, AUTH_SECRET_PASSWORD, h, 1, 0), 0);
     c.secrets[0].expires_at_ms = (uint64_t)time(NULL) * 1000 + 3600000;
-    assert_int_equal(auth_store_cred_update(f->st, &c, c.generation, err, sizeof(err)),
-                     AUTH_ST_OK);
+    assert_int_equal(auth_store_cred_update(f->st, &c, c.generation, err, sizeof(err)), AUTH_ST_OK);
     auth_cred_clear(&c);
     assert_true(fx_login_ok(f, "app", "correct-password"));
     assert_true(fx_login_ok(f, "app", "next-password"));
 
     PB(AuthCredentialList) lreq = PB_INIT(AUTH_CREDENTIAL_LIST);
-    PB(AuthCredentialListReply) *lr;
+    PB(AuthCredentialListReply) * lr;
     auth_err_t aerr;
     assert_int_equal(auth_api_credential_list(f->api, &lreq, &lr, &aerr), 0);
     assert_int_equal(lr->credentials[0]->password_count, 2);
@@ -664,8 +661,7 @@ static void test_verify_rotation(void **state)
 
     assert_int_equal(auth_store_cred_get(f->st, "app", &c), AUTH_ST_OK);
     c.secrets[0].expires_at_ms = 1; /* long gone */
-    assert_int_equal(auth_store_cred_update(f->st, &c, c.generation, err, sizeof(err)),
-                     AUTH_ST_OK);
+    assert_int_equal(auth_store_cred_update(f->st, &c, c.generation, err, sizeof(err)), AUTH_ST_OK);
     auth_cred_clear(&c);
     assert_false(fx_login_ok(f, "app", "correct-password"));
     assert_true(fx_login_ok(f, "app", "next-password"));
@@ -673,8 +669,7 @@ static void test_verify_rotation(void **state)
     /* every password expired: nothing passes, the reply stays the generic one */
     assert_int_equal(auth_store_cred_get(f->st, "app", &c), AUTH_ST_OK);
     c.secrets[1].expires_at_ms = 1;
-    assert_int_equal(auth_store_cred_update(f->st, &c, c.generation, err, sizeof(err)),
-                     AUTH_ST_OK);
+    assert_int_equal(auth_store_cred_update(f->st, &c, c.generation, err, sizeof(err)), AUTH_ST_OK);
     auth_cred_clear(&c);
     assert_false(fx_login_ok(f, "app", "next-password"));
     assert_string_equal(f->events[f->n_events - 1].reason, "no_password");

@@ -156,8 +156,11 @@ static inline int fx_setup(void **state)
     snprintf(f->dir, sizeof(f->dir), "%s/auth-XXXXXX", base);
     if (mkdtemp(f->dir) == NULL)
         return -1;
-    auth_api_conf_t conf = {.scrypt = {10, 8, 1}, .cache_ttl_ms = FX_TTL_MS, .cache_max = 100,
-                            .clock = fx_clock, .clock_arg = f};
+    auth_api_conf_t conf = {.scrypt = {10, 8, 1},
+                            .cache_ttl_ms = FX_TTL_MS,
+                            .cache_max = 100,
+                            .clock = fx_clock,
+                            .clock_arg = f};
     f->conf = conf;
     fx_open(f);
     *state = f;
@@ -179,7 +182,7 @@ static inline void fx_tenant(fixture_t *f, const char *name)
 {
     PB(AuthTenantAdd) req = PB_INIT(AUTH_TENANT_ADD);
     req.name = (char *)name;
-    PB(AuthTenantAddReply) *r;
+    PB(AuthTenantAddReply) * r;
     auth_err_t err;
     if (auth_api_tenant_add(f->api, &req, &r, &err) < 0)
         fail_msg("tenant %s: %u %s", name, err.code, err.text);
@@ -193,7 +196,7 @@ static inline void fx_domain_v(fixture_t *f, const char *domain, const char *ten
     req.domain = (char *)domain;
     req.tenant = (char *)tenant;
     req.verified = verified;
-    PB(AuthDomainAddReply) *r;
+    PB(AuthDomainAddReply) * r;
     auth_err_t err;
     if (auth_api_domain_add(f->api, &req, &r, &err) < 0)
         fail_msg("domain %s: %u %s", domain, err.code, err.text);
@@ -207,9 +210,9 @@ static inline void fx_domain(fixture_t *f, const char *domain, const char *tenan
 }
 
 /* Add a credential; 0 or the error code (err filled when given). */
-static inline unsigned fx_cred_try(fixture_t *f, const char *user, const char *pw, const char *tenant,
-                            const char *env, const char *const *domains, size_t n,
-                            auth_err_t *err_out)
+static inline unsigned fx_cred_try(fixture_t *f, const char *user, const char *pw,
+                                   const char *tenant, const char *env, const char *const *domains,
+                                   size_t n, auth_err_t *err_out)
 {
     PB(AuthCredentialAdd) req = PB_INIT(AUTH_CREDENTIAL_ADD);
     req.username = (char *)user;
@@ -218,7 +221,7 @@ static inline unsigned fx_cred_try(fixture_t *f, const char *user, const char *p
     req.environment = (char *)(env ? env : "");
     req.domains = (char **)domains;
     req.n_domains = n;
-    PB(AuthCredentialAddReply) *r;
+    PB(AuthCredentialAddReply) * r;
     auth_err_t err;
     int rc = auth_api_credential_add(f->api, &req, &r, &err);
     if (err_out)
@@ -233,7 +236,7 @@ static inline unsigned fx_cred_try(fixture_t *f, const char *user, const char *p
 }
 
 static inline void fx_cred(fixture_t *f, const char *user, const char *pw, const char *tenant,
-                    const char *const *domains, size_t n)
+                           const char *const *domains, size_t n)
 {
     auth_err_t err;
     if (fx_cred_try(f, user, pw, tenant, NULL, domains, n, &err) != 0)
@@ -241,8 +244,9 @@ static inline void fx_cred(fixture_t *f, const char *user, const char *pw, const
 }
 
 /* A login from a given client address. */
-static inline PB(AuthLoginVerifyReply) * fx_verify_ip(fixture_t *f, const char *mech, const char *user,
-                                               const char *pw, const char *authzid, const char *ip)
+static inline PB(AuthLoginVerifyReply) * fx_verify_ip(fixture_t *f, const char *mech,
+                                                      const char *user, const char *pw,
+                                                      const char *authzid, const char *ip)
 {
     PB(AuthLoginVerify) req = PB_INIT(AUTH_LOGIN_VERIFY);
     req.mechanism = (char *)mech;
@@ -258,8 +262,9 @@ static inline PB(AuthLoginVerifyReply) * fx_verify_ip(fixture_t *f, const char *
     return r;
 }
 
-static inline PB(AuthLoginVerifyReply) * fx_verify_full(fixture_t *f, const char *mech, const char *user,
-                                                 const char *pw, const char *authzid)
+static inline PB(AuthLoginVerifyReply) * fx_verify_full(fixture_t *f, const char *mech,
+                                                        const char *user, const char *pw,
+                                                        const char *authzid)
 {
     return fx_verify_ip(f, mech, user, pw, authzid, "192.0.2.7");
 }

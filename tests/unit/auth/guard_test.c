@@ -20,8 +20,7 @@
 #define T0 1700000000000ull
 #define S  1000ull
 
-static auth_guard_t *guard(unsigned failures, uint64_t window_ms, uint64_t duration_ms,
-                           size_t max)
+static auth_guard_t *guard(unsigned failures, uint64_t window_ms, uint64_t duration_ms, size_t max)
 {
     auth_guard_conf_t c = {failures, window_ms, duration_ms, max};
     auth_guard_t *g = auth_guard_new(&c);

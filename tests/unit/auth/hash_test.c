@@ -122,13 +122,13 @@ static void test_parse_errors(void **state)
     const char *tail = strchr(good + 8, '$'); /* "$salt$key" */
     char buf[512];
     static const char *const bad_params[] = {
-        "ln=9,r=8,p=1",    /* below the cost floor */
-        "ln=21,r=8,p=1",   /* above the ceiling */
-        "ln=0,r=8,p=1",    "ln=10,r=0,p=1",  "ln=10,r=33,p=1", "ln=10,r=8,p=0",
-        "ln=10,r=8,p=17",  "ln=010,r=8,p=1", /* leading zero */
-        "ln=10,p=1,r=8",   /* order is fixed */
-        "ln=10,r=8",       "ln=,r=8,p=1",    "ln=1000,r=8,p=1", "ln=10;r=8;p=1",
-        "LN=10,r=8,p=1",   "ln=10,r=8,p=1,x=2", "ln=-1,r=8,p=1", "ln=20,r=32,p=1", /* 4 GiB */
+        "ln=9,r=8,p=1",  /* below the cost floor */
+        "ln=21,r=8,p=1", /* above the ceiling */
+        "ln=0,r=8,p=1",   "ln=10,r=0,p=1",     "ln=10,r=33,p=1",  "ln=10,r=8,p=0",
+        "ln=10,r=8,p=17", "ln=010,r=8,p=1", /* leading zero */
+        "ln=10,p=1,r=8",                    /* order is fixed */
+        "ln=10,r=8",      "ln=,r=8,p=1",       "ln=1000,r=8,p=1", "ln=10;r=8;p=1",
+        "LN=10,r=8,p=1",  "ln=10,r=8,p=1,x=2", "ln=-1,r=8,p=1",   "ln=20,r=32,p=1", /* 4 GiB */
     };
     for (size_t i = 0; i < sizeof(bad_params) / sizeof(bad_params[0]); i++) {
         snprintf(buf, sizeof(buf), "$scrypt$%s%s", bad_params[i], tail);
@@ -140,15 +140,20 @@ static void test_parse_errors(void **state)
     static const char *const bad_whole[] = {
         "",
         "$scrypt$",
-        "scrypt$ln=10,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-        "$bcrypt$ln=10,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-        "$scrypt$ln=10,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAA==",                  /* no key */
-        "$scrypt$ln=10,r=8,p=1$$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", /* no salt */
+        "scrypt$ln=10,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAA==$"
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        "$bcrypt$ln=10,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAA==$"
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        "$scrypt$ln=10,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAA==",                          /* no key */
+        "$scrypt$ln=10,r=8,p=1$$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",     /* no salt */
         "$scrypt$ln=10,r=8,p=1$AAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", /* short salt */
-        "$scrypt$ln=10,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAA",          /* short key */
-        "$scrypt$ln=10,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAA=$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-        "$scrypt$ln=10,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=$",
-        "$scrypt$ln=10,r=8,p=1$AAAA AAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        "$scrypt$ln=10,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAA",                 /* short key */
+        "$scrypt$ln=10,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAA=$"
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        "$scrypt$ln=10,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAA==$"
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=$",
+        "$scrypt$ln=10,r=8,p=1$AAAA "
+        "AAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
     };
     for (size_t i = 0; i < sizeof(bad_whole) / sizeof(bad_whole[0]); i++) {
         auth_hash_parsed_t p;
@@ -201,10 +206,13 @@ static void test_default_cost(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_format_round_trip),  cmocka_unit_test(test_wrong_password),
+        cmocka_unit_test(test_format_round_trip),
+        cmocka_unit_test(test_wrong_password),
         cmocka_unit_test(test_binary_and_empty_passwords),
-        cmocka_unit_test(test_different_salts),    cmocka_unit_test(test_tampered_string),
-        cmocka_unit_test(test_parse_errors),       cmocka_unit_test(test_params_check),
+        cmocka_unit_test(test_different_salts),
+        cmocka_unit_test(test_tampered_string),
+        cmocka_unit_test(test_parse_errors),
+        cmocka_unit_test(test_params_check),
         cmocka_unit_test(test_default_cost),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -19,12 +19,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#define JF_ISS_HS     "https://hs.example.test"
-#define JF_ISS_RS     "https://rs.example.test"
-#define JF_ISS_ES     "https://es.example.test/"
-#define JF_AUD        "sendarix"
-#define JF_SECRET     "0123456789abcdef0123456789abcdef-hs256-test-secret"
-#define JF_TOKEN_MAX  8192
+#define JF_ISS_HS    "https://hs.example.test"
+#define JF_ISS_RS    "https://rs.example.test"
+#define JF_ISS_ES    "https://es.example.test/"
+#define JF_AUD       "sendarix"
+#define JF_SECRET    "0123456789abcdef0123456789abcdef-hs256-test-secret"
+#define JF_TOKEN_MAX 8192
 
 typedef struct jf_keys {
     EVP_PKEY *rsa;
@@ -80,8 +80,7 @@ static inline void jf_keys_free(jf_keys_t *k)
 
 static inline size_t jf_b64url(const unsigned char *in, size_t len, char *out)
 {
-    static const char abc[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     size_t n = 0;
     for (size_t i = 0; i < len; i += 3) {
         uint32_t v = (uint32_t)in[i] << 16;
@@ -133,8 +132,8 @@ static inline void jf_sign(char *out, const char *header_alg, const char *sign_a
     size_t siglen = 0;
     if (strcmp(sign_alg, "HS256") == 0) {
         unsigned int n = 0;
-        HMAC(EVP_sha256(), secret, (int)strlen(secret), (const unsigned char *)out, signed_len,
-             sig, &n);
+        HMAC(EVP_sha256(), secret, (int)strlen(secret), (const unsigned char *)out, signed_len, sig,
+             &n);
         siglen = n;
     } else if (strcmp(sign_alg, "RS256") == 0 || strcmp(sign_alg, "ES256") == 0) {
         EVP_MD_CTX *ctx = EVP_MD_CTX_new();

@@ -106,7 +106,10 @@ static void test_bad_signature(void **state)
         jf_token(tok, &jt.keys, algs[i], USER, NULL);
         /* change the claims after signing: another user */
         char claims[1024], forged[JF_TOKEN_MAX];
-        jf_claims(claims, sizeof(claims), i == 0 ? JF_ISS_HS : i == 1 ? JF_ISS_RS : JF_ISS_ES,
+        jf_claims(claims, sizeof(claims),
+                  i == 0   ? JF_ISS_HS
+                  : i == 1 ? JF_ISS_RS
+                           : JF_ISS_ES,
                   "admin@acme.test", NULL);
         jf_sign(forged, algs[i], algs[i], claims, i == 1 ? jt.keys.rsa : jt.keys.ec, JF_SECRET);
         char *sig_orig = strrchr(tok, '.'), *sig_forged = strrchr(forged, '.');
@@ -192,15 +195,15 @@ static void test_times(void **state)
         auth_jwt_status_t want;
     } cases[] = {
         {"exp", "", now - 61, AUTH_JWT_EXPIRED},
-        {"exp", "", now - 30, AUTH_JWT_OK}, /* inside the skew */
-        {"nbf", "", now, AUTH_JWT_EXPIRED}, /* no exp at all */
+        {"exp", "", now - 30, AUTH_JWT_OK},            /* inside the skew */
+        {"nbf", "", now, AUTH_JWT_EXPIRED},            /* no exp at all */
         {"exp", "\"", now + 3600, AUTH_JWT_MALFORMED}, /* exp as a string */
         {"exp", "", -5, AUTH_JWT_MALFORMED},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char t[128];
-        snprintf(t, sizeof(t), "\"%s\":%s%lld%s", cases[i].claim, cases[i].quote,
-                 cases[i].value, cases[i].quote);
+        snprintf(t, sizeof(t), "\"%s\":%s%lld%s", cases[i].claim, cases[i].quote, cases[i].value,
+                 cases[i].quote);
         snprintf(claims, sizeof(claims), "{\"iss\":\"%s\",\"aud\":\"%s\",\"sub\":\"%s\",%s}",
                  JF_ISS_HS, JF_AUD, USER, t);
         jf_sign(tok, "HS256", "HS256", claims, NULL, JF_SECRET);
@@ -220,9 +223,8 @@ static void test_times(void **state)
     /* the clock the caller gives is the one used: an hour later the token is gone */
     jf_token(tok, &jt.keys, "HS256", USER, NULL);
     auth_jwt_result_t r;
-    assert_int_equal(
-        auth_jwt_verify(jt.issuers, tok, strlen(tok), USER, now_ms() + 3661000, &r),
-        AUTH_JWT_EXPIRED);
+    assert_int_equal(auth_jwt_verify(jt.issuers, tok, strlen(tok), USER, now_ms() + 3661000, &r),
+                     AUTH_JWT_EXPIRED);
 }
 
 static void test_issuer_audience_identity(void **state)
@@ -241,11 +243,10 @@ static void test_issuer_audience_identity(void **state)
     assert_int_equal(check(tok, USER), AUTH_JWT_ISSUER);
     /* no issuers configured at all */
     jf_token(tok, &jt.keys, "HS256", USER, NULL);
-    assert_int_equal(auth_jwt_verify(NULL, tok, strlen(tok), USER, now_ms(), &r),
-                     AUTH_JWT_ISSUER);
+    assert_int_equal(auth_jwt_verify(NULL, tok, strlen(tok), USER, now_ms(), &r), AUTH_JWT_ISSUER);
 
-    static const char *const auds[] = {"\"aud\":\"other\"", "\"aud\":[\"a\",\"b\"]",
-                                       "\"aud\":[]", "\"aud\":42", "\"aud\":[42]"};
+    static const char *const auds[] = {"\"aud\":\"other\"", "\"aud\":[\"a\",\"b\"]", "\"aud\":[]",
+                                       "\"aud\":42", "\"aud\":[42]"};
     for (size_t i = 0; i < 5; i++) {
         snprintf(claims, sizeof(claims), "{\"iss\":\"%s\",%s,\"sub\":\"%s\",\"exp\":%lld}",
                  JF_ISS_RS, auds[i], USER, jf_now() + 60);
@@ -300,8 +301,7 @@ static void test_malformed(void **state)
     /* the signature's last character with non-zero unused bits: the same bytes
      * spelled another way (32 bytes are 43 characters, the last one carrying 2
      * unused bits), refused as malformed before any signature check */
-    static const char abc[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     memcpy(bad, tok, len + 1);
     assert_int_equal(strlen(strrchr(bad, '.') + 1), 43);
     char *last = bad + len - 1;
@@ -323,16 +323,15 @@ static void test_malformed(void **state)
     }
     /* a NUL inside, and a token longer than any we take */
     memcpy(bad, tok, len + 1);
-    assert_int_equal(auth_jwt_verify(jt.issuers, bad, len + 1, USER, now_ms(),
-                                     &(auth_jwt_result_t){0}),
-                     AUTH_JWT_MALFORMED);
+    assert_int_equal(
+        auth_jwt_verify(jt.issuers, bad, len + 1, USER, now_ms(), &(auth_jwt_result_t){0}),
+        AUTH_JWT_MALFORMED);
     char *big = malloc(AUTH_JWT_TOKEN_MAX + 2);
     memset(big, 'A', AUTH_JWT_TOKEN_MAX + 1);
     big[AUTH_JWT_TOKEN_MAX + 1] = '\0';
     assert_int_equal(check(big, USER), AUTH_JWT_MALFORMED);
     free(big);
-    assert_int_equal(auth_jwt_verify(jt.issuers, NULL, 0, USER, now_ms(),
-                                     &(auth_jwt_result_t){0}),
+    assert_int_equal(auth_jwt_verify(jt.issuers, NULL, 0, USER, now_ms(), &(auth_jwt_result_t){0}),
                      AUTH_JWT_MALFORMED);
 }
 
@@ -349,8 +348,8 @@ static int parse_conf(const char *text, auth_jwt_issuers_t **out, char *err, siz
     conf_file_t *cf = conf_open(path, err, errlen);
     assert_non_null(cf);
     static const conf_field_t table[] = {
-        {"oauth_issuers", CONF_CUSTOM, 0, NULL, 0, 0, 0, auth_jwt_conf_parse,
-         auth_jwt_conf_release, "issuers"},
+        {"oauth_issuers", CONF_CUSTOM, 0, NULL, 0, 0, 0, auth_jwt_conf_parse, auth_jwt_conf_release,
+         "issuers"},
         {NULL},
     };
     *out = NULL;
@@ -427,7 +426,8 @@ static void test_config(void **state)
         char entry[1024];
         snprintf(entry, sizeof(entry), "%s", bad[i].entry);
         char *at;
-        const char *subst[][2] = {{"@EC@", jt.keys.ec_pem}, {"@RSA@", jt.keys.rsa_pem},
+        const char *subst[][2] = {{"@EC@", jt.keys.ec_pem},
+                                  {"@RSA@", jt.keys.rsa_pem},
                                   {"@SMALL@", jt.keys.rsa_small_pem}};
         for (size_t k = 0; k < 3; k++) {
             if ((at = strstr(entry, subst[k][0])) != NULL) {
@@ -452,8 +452,7 @@ static void test_config(void **state)
             fail_msg("case %zu: %s", i, err);
     }
     /* not a list */
-    assert_int_equal(parse_conf("auth = { oauth_issuers = \"x\"; };\n", &l, err, sizeof(err)),
-                     -1);
+    assert_int_equal(parse_conf("auth = { oauth_issuers = \"x\"; };\n", &l, err, sizeof(err)), -1);
     assert_non_null(strstr(err, "issuers.conf:1"));
 }
 

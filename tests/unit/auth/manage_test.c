@@ -25,7 +25,7 @@ static unsigned rotate(fixture_t *f, const char *user, const char *pw, uint32_t 
     req.username = (char *)user;
     req.password = (char *)pw;
     req.grace_s = grace_s;
-    PB(AuthCredentialRotateReply) *r;
+    PB(AuthCredentialRotateReply) * r;
     auth_err_t err;
     int rc = auth_api_credential_rotate(f->api, &req, &r, &err);
     if (err_out)
@@ -46,7 +46,7 @@ static unsigned revoke_cred(fixture_t *f, const char *user, PB(Credential) * *cr
 {
     PB(AuthCredentialRevoke) req = PB_INIT(AUTH_CREDENTIAL_REVOKE);
     req.username = (char *)user;
-    PB(AuthCredentialRevokeReply) *r;
+    PB(AuthCredentialRevokeReply) * r;
     auth_err_t err;
     if (auth_api_credential_revoke(f->api, &req, &r, &err) < 0)
         return err.code;
@@ -65,7 +65,7 @@ static void free_cred(PB(Credential) * c)
 
 static PB(Credential) * listed(fixture_t *f, const char *user)
 {
-    PB(AuthCredentialListReply) *r;
+    PB(AuthCredentialListReply) * r;
     auth_err_t err;
     assert_int_equal(auth_api_credential_list(f->api, NULL, &r, &err), 0);
     PB(Credential) *found = NULL;
@@ -88,7 +88,7 @@ static void test_rotate_with_grace(void **state)
     fixture_t *f = *state;
     setup_acme(f);
     f->now_ms = 1700000000000ull;
-    PB(Credential) *c;
+    PB(Credential) * c;
     assert_int_equal(rotate(f, "app", "second-password", 3600, &c, NULL), 0);
     assert_int_equal(c->password_count, 2);
     assert_int_equal(c->rotated_at_ms, f->now_ms);
@@ -132,7 +132,7 @@ static void test_rotate_at_once(void **state)
     /* the old password cached a moment before */
     assert_true(fx_login_ok(f, "app", "first-password"));
     assert_true(fx_login_ok(f, "app", "first-password"));
-    PB(Credential) *c;
+    PB(Credential) * c;
     assert_int_equal(rotate(f, "app", "second-password", 0, &c, NULL), 0);
     assert_int_equal(c->password_count, 1);
     free_cred(c);
@@ -156,7 +156,7 @@ static void test_rotate_refusals(void **state)
     assert_int_equal(rotate(f, "app", "short", 0, NULL, &err), 400);
     assert_int_equal(rotate(f, "app", "second-password", AUTH_GRACE_MAX_S + 1, NULL, &err), 400);
     assert_int_equal(rotate(f, "has space", "second-password", 0, NULL, &err), 400);
-    PB(AuthCredentialRotateReply) *r;
+    PB(AuthCredentialRotateReply) * r;
     assert_int_equal(auth_api_credential_rotate(f->api, NULL, &r, &err), -1);
     assert_int_equal(err.code, 400);
     /* none of these changed anything */
@@ -174,7 +174,7 @@ static void test_rotate_refusals(void **state)
     assert_int_equal(n, AUTH_SECRETS_MAX);
     assert_non_null(strstr(err.text, "grace 0"));
     /* grace 0 always works and leaves one */
-    PB(Credential) *c;
+    PB(Credential) * c;
     assert_int_equal(rotate(f, "app", "the-only-one", 0, &c, NULL), 0);
     assert_int_equal(c->password_count, 1);
     free_cred(c);
@@ -195,7 +195,7 @@ static void test_revoke(void **state)
     auth_api_stats(f->api, &s);
     assert_true(s.cache_hits >= 1);
 
-    PB(Credential) *c;
+    PB(Credential) * c;
     assert_int_equal(revoke_cred(f, "app", &c), 0);
     assert_true(c->revoked);
     assert_int_equal(c->password_count, 0);
@@ -227,7 +227,7 @@ static void test_revoke(void **state)
 static unsigned allow(fixture_t *f, int add, const char *user, const char *net,
                       PB(AuthAllowReply) * *out)
 {
-    PB(AuthAllowReply) *r;
+    PB(AuthAllowReply) * r;
     auth_err_t err;
     int rc;
     if (add) {
@@ -270,7 +270,7 @@ static void test_allowlist(void **state)
     assert_true(login_from(f, "203.0.113.9"));
     assert_true(login_from(f, "203.0.113.9")); /* cached now */
 
-    PB(AuthAllowReply) *r;
+    PB(AuthAllowReply) * r;
     assert_int_equal(allow(f, 1, "app", "10.1.2.3/8", &r), 0);
     assert_string_equal(r->username, "app");
     assert_int_equal(r->n_networks, 1);
@@ -298,8 +298,8 @@ static void test_allowlist(void **state)
     assert_false(login_from(f, ""));
     assert_false(login_from(f, "garbage"));
     /* the right password from outside is still refused, with the one reply */
-    PB(AuthLoginVerifyReply) *v = fx_verify_ip(f, "PLAIN", "app", "first-password", NULL,
-                                               "198.51.100.1");
+    PB(AuthLoginVerifyReply) *v =
+        fx_verify_ip(f, "PLAIN", "app", "first-password", NULL, "198.51.100.1");
     assert_false(v->ok);
     assert_string_equal(v->status->text, "Authentication credentials invalid");
     auth_api_reply_free(v);
@@ -353,7 +353,7 @@ static unsigned limit_set(fixture_t *f, const char *tenant, const char *user, ui
     req.username = (char *)user;
     req.per_minute = per_minute;
     req.per_day = per_day;
-    PB(AuthLimitSetReply) *r;
+    PB(AuthLimitSetReply) * r;
     auth_err_t err;
     if (auth_api_limit_set(f->api, &req, &r, &err) < 0)
         return err.code;
@@ -371,7 +371,7 @@ static unsigned rate_check(fixture_t *f, const char *tenant, const char *user, c
     req.tenant = (char *)tenant;
     req.username = (char *)user;
     req.session_id = (char *)"sid-1";
-    PB(AuthRateCheckReply) *r;
+    PB(AuthRateCheckReply) * r;
     auth_err_t err;
     if (auth_api_rate_check(f->api, &req, &r, &err) < 0) {
         if (text)
@@ -402,12 +402,12 @@ static void test_limit_set(void **state)
     assert_int_equal(limit_set(f, "nobody", "", 1, 1), 404);
     assert_int_equal(limit_set(f, "", "nobody", 1, 1), 404);
     assert_int_equal(limit_set(f, "Bad Name", "", 1, 1), 400);
-    PB(AuthLimitSetReply) *r;
+    PB(AuthLimitSetReply) * r;
     auth_err_t err;
     assert_int_equal(auth_api_limit_set(f->api, NULL, &r, &err), -1);
     assert_int_equal(err.code, 400);
 
-    PB(AuthTenantListReply) *tl;
+    PB(AuthTenantListReply) * tl;
     assert_int_equal(auth_api_tenant_list(f->api, NULL, &tl, &err), 0);
     assert_int_equal(tl->tenants[0]->rate_per_minute, 100);
     assert_int_equal(tl->tenants[0]->rate_per_day, 1000);

@@ -43,10 +43,22 @@ static void test_normalize(void **state)
         if (strcmp(out, good[i].out) != 0)
             fail_msg("%s -> %s, want %s", good[i].in, out, good[i].out);
     }
-    static const char *const bad[] = {"",           "10.0.0.0/",    "10.0.0.0/33",  "10.0.0.0/-1",
-                                      "10.0.0.0/+8", "10.0.0.0/ 8", "10.0.0.0/8x",  "10.0.0.0/0008",
-                                      "10.0.0/8",   "10.0.0.256",   "example.test", "::1/129",
-                                      " 10.0.0.1",  "fe80::1%eth0", "/8",           "1.2.3.4/8/8"};
+    static const char *const bad[] = {"",
+                                      "10.0.0.0/",
+                                      "10.0.0.0/33",
+                                      "10.0.0.0/-1",
+                                      "10.0.0.0/+8",
+                                      "10.0.0.0/ 8",
+                                      "10.0.0.0/8x",
+                                      "10.0.0.0/0008",
+                                      "10.0.0/8",
+                                      "10.0.0.256",
+                                      "example.test",
+                                      "::1/129",
+                                      " 10.0.0.1",
+                                      "fe80::1%eth0",
+                                      "/8",
+                                      "1.2.3.4/8/8"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         if (auth_net_normalize(bad[i], out) == 0)
             fail_msg("\"%s\" accepted as %s", bad[i], out);

@@ -161,8 +161,8 @@ static void test_credential_required_fields(void **state)
     auth_cred_t d;
     /* no public part */
     buf_init(&b, 0);
-    const uint8_t head[] = {'C', AUTH_RECORD_VERSION, AUTH_CRED_F_GENERATION, 8, 0, 0, 0,
-                            1,   0,                   0,                      0, 0, 0, 0, 0};
+    const uint8_t head[] = {
+        'C', AUTH_RECORD_VERSION, AUTH_CRED_F_GENERATION, 8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0};
     buf_append(&b, head, sizeof(head));
     assert_int_equal(auth_record_cred_decode(buf_head(&b), buf_used(&b), &d), -1);
     buf_free(&b);
@@ -247,8 +247,8 @@ static void test_tenant_and_domain(void **state)
     assert_int_equal(auth_record_domain_decode(buf_head(&vb), buf_used(&vb), &back), 0);
     assert_int_equal(back.verified, 0);
     buf_free(&vb);
-    static const uint8_t legacy[] = {'D', 1, 1, 4, 0, 0, 0, 'a', 'c', 'm', 'e',
-                                     2, 8, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0};
+    static const uint8_t legacy[] = {'D', 1, 1, 4, 0, 0, 0, 'a', 'c', 'm', 'e', 2,
+                                     8,   0, 0, 0, 9, 0, 0, 0,   0,   0,   0,   0};
     assert_int_equal(auth_record_domain_decode(legacy, sizeof(legacy), &back), 0);
     assert_string_equal(back.tenant, "acme");
     assert_int_equal(back.created_at_ms, 9);

@@ -76,7 +76,7 @@ static void test_reopen_keeps_everything(void **state)
     PB(AuthDomainAdd) req = PB_INIT(AUTH_DOMAIN_ADD);
     req.domain = (char *)"acme.test";
     req.tenant = (char *)"acme";
-    PB(AuthDomainAddReply) *r;
+    PB(AuthDomainAddReply) * r;
     auth_err_t err;
     assert_int_equal(auth_api_domain_add(f->api, &req, &r, &err), -1);
     assert_int_equal(err.code, 409);
@@ -136,7 +136,7 @@ static void test_corrupt_credential(void **state)
     assert_true(fx_login_ok(f, "app", "password-one"));
     assert_true(fx_login_ok(f, "zed", "password-zed"));
     PB(AuthCredentialList) req = PB_INIT(AUTH_CREDENTIAL_LIST);
-    PB(AuthCredentialListReply) *lr;
+    PB(AuthCredentialListReply) * lr;
     auth_err_t err;
     assert_int_equal(auth_api_credential_list(f->api, &req, &lr, &err), 0);
     assert_int_equal(lr->n_credentials, 2);
@@ -157,7 +157,7 @@ static void test_corrupt_tenant_and_domain(void **state)
     poke(f, "tenants", "broken", "T\x01\x01\xff\xff\xff\x7f", 7);
     poke(f, "domains", "bad.test", "nonsense", 8);
 
-    PB(AuthTenantListReply) *r;
+    PB(AuthTenantListReply) * r;
     auth_err_t err;
     assert_int_equal(auth_api_tenant_list(f->api, NULL, &r, &err), 0);
     assert_int_equal(r->n_tenants, 2);
@@ -169,7 +169,7 @@ static void test_corrupt_tenant_and_domain(void **state)
     PB(AuthDomainAdd) dreq = PB_INIT(AUTH_DOMAIN_ADD);
     dreq.domain = (char *)"bad.test";
     dreq.tenant = (char *)"beta";
-    PB(AuthDomainAddReply) *dr;
+    PB(AuthDomainAddReply) * dr;
     assert_int_equal(auth_api_domain_add(f->api, &dreq, &dr, &err), -1);
     assert_int_equal(err.code, 500);
     const char *doms[] = {"bad.test"};

@@ -13,9 +13,9 @@
 
 #include <fcntl.h>
 
-#define T0    1700000000000ull
-#define MIN   60000ull
-#define USER  "app@acme.test"
+#define T0   1700000000000ull
+#define MIN  60000ull
+#define USER "app@acme.test"
 
 static jf_keys_t keys;
 static auth_jwt_issuers_t *issuers;
@@ -65,8 +65,8 @@ static int setup(void **state)
     return 0;
 }
 
-static PB(AuthLoginVerifyReply) * login(fixture_t *f, const char *mech, const char *user,
-                                       const char *secret, const char *ip)
+static PB(AuthLoginVerifyReply) *
+    login(fixture_t *f, const char *mech, const char *user, const char *secret, const char *ip)
 {
     return fx_verify_ip(f, mech, user, secret, NULL, ip);
 }
@@ -217,7 +217,7 @@ static PB(AuthLoginVerifyReply) * finish(fixture_t *f, auth_verify_t *v)
 static void test_change_during_check(void **state)
 {
     fixture_t *f = *state;
-    PB(AuthLoginVerifyReply) *r;
+    PB(AuthLoginVerifyReply) * r;
     auth_err_t err;
     f->conf.lockout.failures = 0; /* the refusals here would lock the user */
     fx_reopen(f);
@@ -227,7 +227,7 @@ static void test_change_during_check(void **state)
     PB(AuthCredentialRotate) ro = PB_INIT(AUTH_CREDENTIAL_ROTATE);
     ro.username = (char *)USER;
     ro.password = (char *)"new-password";
-    PB(AuthCredentialRotateReply) *ror;
+    PB(AuthCredentialRotateReply) * ror;
     assert_int_equal(auth_api_credential_rotate(f->api, &ro, &ror, &err), 0);
     auth_api_reply_free(ror);
     r = finish(f, v);
@@ -243,7 +243,7 @@ static void test_change_during_check(void **state)
     PB(AuthAllowAdd) aa = PB_INIT(AUTH_ALLOW_ADD);
     aa.username = (char *)USER;
     aa.network = (char *)"10.0.0.0/8";
-    PB(AuthAllowReply) *ar;
+    PB(AuthAllowReply) * ar;
     assert_int_equal(auth_api_allow_add(f->api, &aa, &ar, &err), 0);
     auth_api_reply_free(ar);
     r = finish(f, v);
@@ -256,7 +256,7 @@ static void test_change_during_check(void **state)
     PB(AuthLimitSet) ls = PB_INIT(AUTH_LIMIT_SET);
     ls.username = (char *)USER;
     ls.per_minute = 5;
-    PB(AuthLimitSetReply) *lsr;
+    PB(AuthLimitSetReply) * lsr;
     assert_int_equal(auth_api_limit_set(f->api, &ls, &lsr, &err), 0);
     auth_api_reply_free(lsr);
     fx_domain(f, "late.acme.test", "acme");
@@ -270,7 +270,7 @@ static void test_change_during_check(void **state)
     v = begin(f, "second@acme.test", "second-password", "192.0.2.7");
     PB(AuthCredentialRevoke) rv = PB_INIT(AUTH_CREDENTIAL_REVOKE);
     rv.username = (char *)"second@acme.test";
-    PB(AuthCredentialRevokeReply) *rvr;
+    PB(AuthCredentialRevokeReply) * rvr;
     assert_int_equal(auth_api_credential_revoke(f->api, &rv, &rvr, &err), 0);
     auth_api_reply_free(rvr);
     r = finish(f, v);
@@ -339,10 +339,12 @@ static void expect_refused(fixture_t *f, const char *mech, const char *tok, cons
     auth_api_reply_free(r);
 }
 
-#define BEARER_HS "{\"status\":\"invalid_token\",\"scope\":\"smtp\",\"openid-configuration\":" \
-                  "\"https://hs.example.test/.well-known/openid-configuration\"}"
-#define BEARER_ES "{\"status\":\"invalid_token\",\"scope\":\"smtp\",\"openid-configuration\":" \
-                  "\"https://es.example.test/.well-known/openid-configuration\"}"
+#define BEARER_HS                                                                                  \
+    "{\"status\":\"invalid_token\",\"scope\":\"smtp\",\"openid-configuration\":"                   \
+    "\"https://hs.example.test/.well-known/openid-configuration\"}"
+#define BEARER_ES                                                                                  \
+    "{\"status\":\"invalid_token\",\"scope\":\"smtp\",\"openid-configuration\":"                   \
+    "\"https://es.example.test/.well-known/openid-configuration\"}"
 #define BEARER_NONE "{\"status\":\"invalid_token\",\"scope\":\"smtp\"}"
 #define XOAUTH2_ERR "{\"status\":\"401\",\"schemes\":\"bearer\",\"scope\":\"smtp\"}"
 
@@ -366,9 +368,8 @@ static void test_token_refusals(void **state)
     /* the issuer's name ends in a slash: the URL has one */
     expect_refused(f, "OAUTHBEARER", tok, "token_alg", BEARER_ES);
 
-    snprintf(claims, sizeof(claims),
-             "{\"iss\":\"%s\",\"aud\":\"%s\",\"sub\":\"%s\",\"exp\":%lld}", JF_ISS_HS, JF_AUD,
-             USER, jf_now() - 120);
+    snprintf(claims, sizeof(claims), "{\"iss\":\"%s\",\"aud\":\"%s\",\"sub\":\"%s\",\"exp\":%lld}",
+             JF_ISS_HS, JF_AUD, USER, jf_now() - 120);
     jf_sign(tok, "HS256", "HS256", claims, NULL, JF_SECRET);
     expect_refused(f, "OAUTHBEARER", tok, "token_expired", BEARER_HS);
     expect_refused(f, "XOAUTH2", tok, "token_expired", XOAUTH2_ERR);
@@ -409,7 +410,7 @@ static void test_token_credential_rules(void **state)
     PB(AuthAllowAdd) aa = PB_INIT(AUTH_ALLOW_ADD);
     aa.username = (char *)USER;
     aa.network = (char *)"2001:db8::/32";
-    PB(AuthAllowReply) *ar;
+    PB(AuthAllowReply) * ar;
     assert_int_equal(auth_api_allow_add(f->api, &aa, &ar, &err), 0);
     auth_api_reply_free(ar);
     token(tok, "RS256", USER, NULL);
@@ -420,7 +421,7 @@ static void test_token_credential_rules(void **state)
     /* revoked: the token no longer helps */
     PB(AuthCredentialRevoke) rv = PB_INIT(AUTH_CREDENTIAL_REVOKE);
     rv.username = (char *)USER;
-    PB(AuthCredentialRevokeReply) *rvr;
+    PB(AuthCredentialRevokeReply) * rvr;
     assert_int_equal(auth_api_credential_revoke(f->api, &rv, &rvr, &err), 0);
     auth_api_reply_free(rvr);
     r = login(f, "XOAUTH2", USER, tok, "2001:db8::7");

@@ -108,8 +108,11 @@ static void test_full_pool_refuses(void **state)
     auth_worker_t *w = auth_worker_new(loop, 1, 2);
     atomic_int gate = 0;
     int finished = 0;
-    job_t a = {.loop_thread = pthread_self(), .gate = &gate, .finished = &finished,
-               .stop_at = 2, .loop = loop};
+    job_t a = {.loop_thread = pthread_self(),
+               .gate = &gate,
+               .finished = &finished,
+               .stop_at = 2,
+               .loop = loop};
     job_t b = a, c = a;
     assert_int_equal(auth_worker_submit(w, job_work, job_done, &a), 0);
     assert_int_equal(auth_worker_submit(w, job_work, job_done, &b), 0);

@@ -912,9 +912,9 @@ static void test_access(void **state)
     expect(&r, 0);
     cred = json_array_get(json_object_get(r.doc, "credentials"), 0);
     assert_string_equal(jstr(cred, "username"), "alice");
-    assert_string_equal(json_string_value(json_array_get(json_object_get(cred, "allowed_networks"),
-                                                         0)),
-                        "2001:db8::/32");
+    assert_string_equal(
+        json_string_value(json_array_get(json_object_get(cred, "allowed_networks"), 0)),
+        "2001:db8::/32");
     run_free(&r);
     r = ctl(NULL, "allow list bob --config %s", c);
     expect(&r, 0);
@@ -936,7 +936,8 @@ static void test_access(void **state)
     run_free(&r);
     r = ctl(NULL, "limit set --cred bob --per-minute 7 --per-day 0 --config %s", c);
     expect(&r, 0);
-    assert_non_null(strstr(r.out, "limits of credential bob: 7 messages per minute, no limit per day"));
+    assert_non_null(
+        strstr(r.out, "limits of credential bob: 7 messages per minute, no limit per day"));
     assert_int_equal(find_cred("bob")->per_minute, 7);
     run_free(&r);
     r = ctl(NULL, "--json tenant list --config %s", c);
@@ -1084,9 +1085,9 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_status),       cmocka_unit_test(test_tenant_domain_cred),
-        cmocka_unit_test(test_access),
-        cmocka_unit_test(test_log_search),   cmocka_unit_test(test_queue_show),
-        cmocka_unit_test(test_sandbox_fail), cmocka_unit_test(test_service_down),
+        cmocka_unit_test(test_access),       cmocka_unit_test(test_log_search),
+        cmocka_unit_test(test_queue_show),   cmocka_unit_test(test_sandbox_fail),
+        cmocka_unit_test(test_service_down),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

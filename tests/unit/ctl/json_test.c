@@ -177,8 +177,9 @@ static void test_credential_and_tenant(void **state)
     c.rate_per_day = 5000;
     c.revoked = 1;
     o = ctl_json_credential(&c);
-    assert_string_equal(json_string_value(json_array_get(json_object_get(o, "allowed_networks"), 1)),
-                        "2001:db8::/32");
+    assert_string_equal(
+        json_string_value(json_array_get(json_object_get(o, "allowed_networks"), 1)),
+        "2001:db8::/32");
     assert_string_equal(str(o, "rotated_at"), "2023-11-14T22:13:21Z");
     assert_int_equal(num(o, "rate_per_minute"), 60);
     assert_int_equal(num(o, "rate_per_day"), 5000);
@@ -242,8 +243,7 @@ static void test_queue_show(void **state)
     last.enhanced = "4.7.1";
     last.text = "greylisted";
     PB(QueueRecipientState)
-    r0 = PB_INIT(QUEUE_RECIPIENT_STATE),
-    r1 = PB_INIT(QUEUE_RECIPIENT_STATE);
+    r0 = PB_INIT(QUEUE_RECIPIENT_STATE), r1 = PB_INIT(QUEUE_RECIPIENT_STATE);
     r0.index = 0;
     r0.address = "a@example.test";
     r0.state = "delivered";

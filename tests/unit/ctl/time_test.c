@@ -97,8 +97,8 @@ static void test_duration(void **state)
         const char *text;
         uint64_t s;
     } good[] = {
-        {"0", 0},     {"30s", 30},     {"5m", 300},       {"2h", 7200}, {"1d", 86400},
-        {"90", 90},   {"0h", 0},       {"30d", 2592000},  {"720h", 2592000},
+        {"0", 0},   {"30s", 30}, {"5m", 300},      {"2h", 7200},      {"1d", 86400},
+        {"90", 90}, {"0h", 0},   {"30d", 2592000}, {"720h", 2592000},
     };
     uint64_t v;
     for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
@@ -106,8 +106,10 @@ static void test_duration(void **state)
             fail_msg("%s refused", good[i].text);
         assert_int_equal(v, good[i].s);
     }
-    static const char *const bad[] = {"",   "s",   "-5m", "+5m", "5 m", "5mm", "1w",  "1.5h",
-                                      "5M", "31d", "2592001", "99999999999999999999", "0x10"};
+    static const char *const bad[] = {"",    "s",   "-5m",     "+5m",
+                                      "5 m", "5mm", "1w",      "1.5h",
+                                      "5M",  "31d", "2592001", "99999999999999999999",
+                                      "0x10"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         if (ctl_duration_parse(bad[i], 2592000, &v) == 0)
             fail_msg("\"%s\" accepted as %llu", bad[i], (unsigned long long)v);
@@ -117,10 +119,8 @@ static void test_duration(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_format),
-        cmocka_unit_test(test_parse_accepts),
-        cmocka_unit_test(test_parse_refuses),
-        cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_format),        cmocka_unit_test(test_parse_accepts),
+        cmocka_unit_test(test_parse_refuses), cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_duration),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
