@@ -271,9 +271,9 @@ int auth_api_domain_add(auth_api_t *api, const PB(AuthDomainAdd) * req,
 /* Check a tenant filter of a list request: "" passes; 0 or -1 with err (400, 404). */
 static int tenant_filter_ok(auth_api_t *api, const char *tenant, auth_err_t *err)
 {
-    char q[160];
     if (*tenant == '\0')
         return 0;
+    char q[160];
     if (!auth_tenant_name_valid(tenant))
         return auth_fail(err, 400, "tenant name %s is invalid", auth_quoted(q, sizeof(q), tenant));
     int exists = auth_store_tenant_exists(api->st, tenant);

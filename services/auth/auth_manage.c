@@ -132,8 +132,8 @@ int auth_api_credential_revoke(auth_api_t *api, const PB(AuthCredentialRevoke) *
     auth_cred_t c;
     if (load_cred(api, req ? auth_str(req->username) : "", &c, err) < 0)
         return -1;
-    char q[USER_QUOTED_MAX];
     if (!c.pub->revoked) {
+        char q[USER_QUOTED_MAX];
         c.pub->revoked = 1;
         auth_cred_drop_secrets(&c);
         if (save_cred(api, &c, err) < 0) {
@@ -170,13 +170,13 @@ static PB(AuthAllowReply) * allow_reply(const PB(Credential) * p)
 /* The normal form of a requested network; 0 or -1 with err (400). */
 static int network_arg(const char *given, char out[AUTH_NETWORK_MAX + 1], auth_err_t *err)
 {
+    if (auth_net_normalize(given, out) == 0)
+        return 0;
     char q[160];
-    if (auth_net_normalize(given, out) < 0)
-        return auth_fail(err, 400,
-                         "network %s is not an IPv4 or IPv6 network (CIDR such as 192.0.2.0/24, "
-                         "or one address)",
-                         auth_quoted(q, sizeof(q), given));
-    return 0;
+    return auth_fail(err, 400,
+                     "network %s is not an IPv4 or IPv6 network (CIDR such as 192.0.2.0/24, or one "
+                     "address)",
+                     auth_quoted(q, sizeof(q), given));
 }
 
 static ssize_t network_index(const PB(Credential) * p, const char *net)
@@ -266,10 +266,11 @@ int auth_api_limit_set(auth_api_t *api, const PB(AuthLimitSet) * req,
     *reply = NULL;
     const char *tenant = req ? auth_str(req->tenant) : "";
     const char *user = req ? auth_str(req->username) : "";
-    char q[USER_QUOTED_MAX], text[AUTH_ERR_TEXT_MAX] = "";
+    char q[USER_QUOTED_MAX];
     if ((*tenant != '\0') == (*user != '\0'))
         return auth_fail(err, 400, "name exactly one of a tenant and a credential");
     if (*tenant) {
+        char text[AUTH_ERR_TEXT_MAX] = "";
         if (!auth_tenant_name_valid(tenant))
             return auth_fail(err, 400, "tenant name %s is invalid",
                              auth_quoted(q, sizeof(q), tenant));

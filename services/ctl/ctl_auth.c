@@ -93,12 +93,12 @@ static int get_password(ctl_t *ctl, const ctl_args_t *args, char *buf, size_t si
 {
     const char *given = ctl_opt(args, "password");
     int from_stdin = ctl_flag(args, "password-stdin");
-    char why[CTL_TEXT_MAX];
     if (from_stdin && given)
         return ctl_usage_error(ctl, args->cmd, "give --password-stdin or --password, not both");
     if (!from_stdin && given == NULL)
         return ctl_usage_error(ctl, args->cmd, "missing option --password-stdin or --password");
     if (from_stdin) {
+        char why[CTL_TEXT_MAX];
         if (ctl_read_password(stdin, buf, size, why, sizeof(why)) < 0)
             return ctl_fail(ctl, "%s", why);
         return CTL_OK;
