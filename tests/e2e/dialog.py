@@ -215,6 +215,8 @@ def with_index(arg, i):
     """A step argument with {i} replaced by a repeat block's counter."""
     if isinstance(arg, bytes):
         return arg.replace(b"{i}", str(i).encode())
+    if isinstance(arg, str):
+        return arg.replace("{i}", str(i))
     if isinstance(arg, Pattern):
         return Pattern(arg.text.replace("{i}", str(i)))
     if isinstance(arg, tuple):
@@ -223,9 +225,7 @@ def with_index(arg, i):
 
 
 def parse_step(line, lineno):
-    def exp(s):
-        return expand(s)
-
+    """One step line; {i} of a repeat block is filled in later (with_index)."""
     def exp_bytes(s):
         return unescape(expand(s))
 
@@ -234,7 +234,7 @@ def parse_step(line, lineno):
     if m:
         tag, rest = m.group(1), m.group(2)
         if tag == "C:":
-            return Step("send", exp(rest).encode("utf-8") + b"\r\n", lineno, line)
+            return Step("send", expand(rest).encode("utf-8") + b"\r\n", lineno, line)
         if tag == "C>":
             return Step("raw", exp_bytes(rest), lineno, line)
         kind = {"S:": "expect", "S*:": "expect_many", "S!:": "expect_none",
@@ -247,7 +247,7 @@ def parse_step(line, lineno):
             if not em:
                 raise ValueError("E: needs key = pattern")
             return Step(kind, (em.group(1), compile_pattern(em.group(2).rstrip())), lineno, line)
-        return Step(kind, compile_pattern(exp(rest.rstrip())), lineno, line)
+        return Step(kind, compile_pattern(expand(rest.rstrip())), lineno, line)
     words = stripped.split(None, 1)
     word = words[0].rstrip(":")
     if stripped in ("tls", "close", "mark"):

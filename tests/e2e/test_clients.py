@@ -25,7 +25,7 @@ import pytest
 
 from dialog import (DEMO_PASSWORD, DEMO_USER, HOSTNAME, add_demo_login, config_editor,
                     split_trace)
-from harness import E2E_DIR, ROOT, Relay, wait_for
+from harness import E2E_DIR, Relay, wait_for
 
 CLIENTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "clients")
 
