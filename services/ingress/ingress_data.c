@@ -29,6 +29,7 @@
 #define DERR_QUEUE     4
 #define DERR_STORAGE   5
 #define DERR_HEADER    6
+#define DERR_UNCONFIRMED 7 /* the commit went out but no answer came back */
 
 static void send_commit(session_t *s);
 
@@ -262,6 +263,11 @@ static void reply_data_error(session_t *s, int err)
     case DERR_STORAGE:
         session_reply(s, "452 4.3.1 Insufficient system storage, try again later");
         break;
+    case DERR_UNCONFIRMED:
+        /* the queue may have stored it: do not claim it was refused */
+        session_reply(s, "451 4.3.0 The queue did not confirm the message in time; "
+                         "try again later");
+        break;
     case DERR_HEADER:
         session_reply(s, "552 5.3.4 Message header exceeds %llu octets",
                       (unsigned long long)s->ing->conf.max_header_size);
@@ -318,7 +324,7 @@ static void on_commit_reply(bus_msg_t *reply, bus_status_t status, void *arg)
     } else {
         const char *why = status == BUS_TIMEOUT ? "timeout" : "error";
         log_warn("sid=%s msg=%s event=commit_failed reason=%s", s->sid, s->msgid, why);
-        reply_data_error(s, DERR_QUEUE);
+        reply_data_error(s, status == BUS_TIMEOUT ? DERR_UNCONFIRMED : DERR_QUEUE);
     }
     finish_transaction(s);
     session_resume(s);

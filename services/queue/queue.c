@@ -167,6 +167,7 @@ int main(int argc, char **argv)
             goto out;
         q.nrouters++;
     }
+    queue_sched_watch_routers(&q);
     q.api = bus_server_new(svc.bus, endpoint, queue_request, &q);
     if (q.api == NULL)
         goto out;

@@ -51,8 +51,10 @@ typedef struct queue {
     unsigned db_dom;   /* domain -> operator suspension (until, ms) */
     bus_server_t *api;
     bus_client_t **routers;
+    uint64_t *router_started;  /* start time each router reported; a change means a restart */
     size_t nrouters;
     size_t next_router;
+    loop_timer_t router_ping;
     bus_client_t **peers;  /* the other queue instances (suppression replication) */
     size_t npeers;
 
@@ -124,6 +126,7 @@ void queue_on_show(queue_t *q, bus_msg_t *msg);
 typedef struct queue_domain {
     char name[256];
     uint32_t failures;        /* consecutive destination failures */
+    uint32_t hold_level;      /* holds in a row without a success */
     uint64_t held_until;      /* wall ms: held after repeated failures */
     uint64_t suspended_until; /* wall ms: operator; UINT64_MAX: until resumed */
     char last_error[256];
@@ -198,6 +201,9 @@ typedef struct job_ctx {
     char domain[256];
     uint32_t *indexes;
     size_t n;
+    size_t router;            /* which router took it */
+    uint64_t request_id;      /* its bus request, to cancel if that router restarts */
+    struct job_ctx *prev, *next; /* jobs out at routers */
 } job_ctx_t;
 
 typedef enum {
@@ -238,6 +244,8 @@ void queue_sched_add(queue_t *q, const char *id, uint64_t due_ms);
 size_t queue_sched_size(const queue_t *q);
 size_t queue_sched_inflight(const queue_t *q);
 int queue_sched_is_inflight(const queue_t *q, const char *id);
+/* Ping routers; jobs held by one that restarted are retried at once. */
+void queue_sched_watch_routers(queue_t *q);
 /* Mark a finished message for removal once done_retention has passed. */
 void queue_sched_done(queue_t *q, const char *id, uint64_t at);
 

@@ -284,28 +284,30 @@ void queue_domain_result(queue_t *q, const char *domain, int failed, const char 
 {
     queue_domain_t *d = queue_domain_get(q, domain, 1);
     if (!failed) {
-        if (d->failures >= (uint32_t)q->conf.domain_hold_after)
+        if (d->hold_level)
             log_info("event=domain_recovered domain=%s", d->name);
         d->failures = 0;
+        d->hold_level = 0;
         d->held_until = 0;
         return;
     }
-    d->failures++;
     if (error) {
         sx_strlcpy(d->last_error, error, sizeof(d->last_error));
         d->last_error_at = now;
     }
+    /* results of attempts started before the hold began change nothing */
+    if (d->held_until > now)
+        return;
+    d->failures++;
     if (d->failures < (uint32_t)q->conf.domain_hold_after)
         return;
-    /* each failed probe doubles the hold, up to the maximum */
+    /* each hold that ends in another failure doubles the next, up to the maximum */
     uint64_t hold = q->conf.domain_hold_base;
-    for (uint32_t i = (uint32_t)q->conf.domain_hold_after; i < d->failures; i++) {
+    for (uint32_t i = 0; i < d->hold_level && hold < q->conf.domain_hold_max; i++)
         hold *= 2;
-        if (hold >= q->conf.domain_hold_max) {
-            hold = q->conf.domain_hold_max;
-            break;
-        }
-    }
+    if (hold > q->conf.domain_hold_max)
+        hold = q->conf.domain_hold_max;
+    d->hold_level++;
     d->held_until = now + hold;
     log_info("event=domain_held domain=%s failures=%u hold_ms=%llu last_error=\"%s\"", d->name,
              d->failures, (unsigned long long)hold, d->last_error);

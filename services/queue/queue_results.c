@@ -127,9 +127,12 @@ static int apply_remote(queue_t *q, store_txn_t *txn, PB(QueueRecord) * rec, res
     const char *enh = st->last_reply->enhanced;
     const char *text = st->last_reply->text;
 
-    /* does the destination itself work? (for holding a failing domain) */
-    if (outcome != PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__DEFERRED) ||
-        !queue_destination_failure(code, enh)) {
+    /* does the destination itself work? (for holding a failing domain) Only
+     * a result from delivery says so: a lost job is our failure, not theirs */
+    if (rr == NULL) {
+        /* unknown */
+    } else if (outcome != PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__DEFERRED) ||
+               !queue_destination_failure(code, enh)) {
         r->dest_failed = 0;
     } else if (r->dest_failed != 0) {
         r->dest_failed = 1;

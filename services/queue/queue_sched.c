@@ -48,6 +48,7 @@ typedef struct done_entry {
 } done_entry_t;
 
 struct queue_sched {
+    job_ctx_t *jobs;           /* out at routers, newest first */
     sched_entry_t *heap;
     size_t len, cap;
     inflight_t **inflight;     /* hash buckets */
@@ -192,17 +193,37 @@ size_t queue_sched_inflight(const queue_t *q)
 
 static void on_job_result(bus_msg_t *reply, bus_status_t status, void *arg);
 
-static bus_client_t *pick_router(queue_t *q)
+static size_t pick_router(queue_t *q)
 {
     for (size_t k = 0; k < q->nrouters; k++) {
-        bus_client_t *c = q->routers[(q->next_router + k) % q->nrouters];
-        if (bus_client_up(c)) {
-            q->next_router = (q->next_router + k + 1) % q->nrouters;
-            return c;
+        size_t i = (q->next_router + k) % q->nrouters;
+        if (bus_client_up(q->routers[i])) {
+            q->next_router = (i + 1) % q->nrouters;
+            return i;
         }
     }
     /* none known up: try them in turn anyway, the send tells */
-    return q->nrouters ? q->routers[q->next_router++ % q->nrouters] : NULL;
+    return q->next_router++ % q->nrouters;
+}
+
+static void job_link(queue_sched_t *s, job_ctx_t *job)
+{
+    job->prev = NULL;
+    job->next = s->jobs;
+    if (s->jobs)
+        s->jobs->prev = job;
+    s->jobs = job;
+}
+
+static void job_unlink(queue_sched_t *s, job_ctx_t *job)
+{
+    if (job->prev)
+        job->prev->next = job->next;
+    else if (s->jobs == job)
+        s->jobs = job->next;
+    if (job->next)
+        job->next->prev = job->prev;
+    job->prev = job->next = NULL;
 }
 
 void queue_job_free(job_ctx_t *job)
@@ -268,13 +289,13 @@ static int send_job(queue_t *q, const PB(QueueRecord) * rec, const store_val_t *
     job_ctx_t *ctx = job_new(q, e->message_id, domain, idx, n);
     int rc = -1;
     for (size_t tries = 0; tries < q->nrouters && rc < 0; tries++) {
-        bus_client_t *router = pick_router(q);
+        ctx->router = pick_router(q);
         zmq_msg_t payload;
         zmq_msg_init_size(&payload, body->len);
         if (body->len)
             memcpy(zmq_msg_data(&payload), body->data, body->len);
-        rc = bus_client_request(router, &env, &payload, q->conf.job_timeout, on_job_result, ctx,
-                                NULL);
+        rc = bus_client_request(q->routers[ctx->router], &env, &payload, q->conf.job_timeout,
+                                on_job_result, ctx, &ctx->request_id);
     }
     free(rcpts);
     free(rp);
@@ -282,6 +303,7 @@ static int send_job(queue_t *q, const PB(QueueRecord) * rec, const store_val_t *
         queue_job_free(ctx);
         return -1;
     }
+    job_link(s, ctx);
     log_info("event=dispatched msg=%s job=%s domain=%s rcpts=%zu attempt=%u", e->message_id,
              job_id, domain, n, job.attempt);
     return 0;
@@ -430,6 +452,7 @@ static void on_job_result(bus_msg_t *reply, bus_status_t status, void *arg)
 {
     job_ctx_t *ctx = arg;
     queue_t *q = ctx->q;
+    job_unlink(q->sched, ctx);
     result_t *r = xcalloc(1, sizeof(*r));
     r->kind = RESULT_REMOTE;
     r->job = ctx;
@@ -451,6 +474,80 @@ static void on_job_result(bus_msg_t *reply, bus_status_t status, void *arg)
                                              : "unexpected reply from router";
     }
     queue_results_push(q, r);
+}
+
+/* ---- routers that restart lose the jobs they held ---- */
+
+#define ROUTER_PING_MS 2000
+
+typedef struct router_ping {
+    queue_t *q;
+    size_t router;
+} router_ping_t;
+
+/* A router restarted: what it held will never be answered; try it again now. */
+static void router_lost_jobs(queue_t *q, size_t router)
+{
+    queue_sched_t *s = q->sched;
+    size_t n = 0;
+    job_ctx_t *job = s->jobs;
+    while (job) {
+        job_ctx_t *next = job->next;
+        if (job->router == router) {
+            bus_client_cancel(q->routers[router], job->request_id);
+            job_unlink(s, job);
+            result_t *r = xcalloc(1, sizeof(*r));
+            r->kind = RESULT_REMOTE;
+            r->job = job;
+            r->counts_inflight = 1;
+            r->fail_text = "router restarted before reporting";
+            queue_results_push(q, r);
+            n++;
+        }
+        job = next;
+    }
+    if (n)
+        log_warn("event=router_restarted router=%s jobs_lost=%zu",
+                 bus_client_endpoint(q->routers[router]), n);
+}
+
+static void on_router_pong(bus_msg_t *reply, bus_status_t status, void *arg)
+{
+    router_ping_t *p = arg;
+    queue_t *q = p->q;
+    size_t i = p->router;
+    free(p);
+    if (status != BUS_OK || reply->env->body_case != PB_BODY(SERVICE_PONG))
+        return;
+    uint64_t started = reply->env->service_pong->started_at_ms;
+    if (q->router_started[i] && started != q->router_started[i])
+        router_lost_jobs(q, i);
+    q->router_started[i] = started;
+}
+
+static void router_ping(loop_t *loop, void *arg)
+{
+    queue_t *q = arg;
+    for (size_t i = 0; i < q->nrouters; i++) {
+        PB(ServicePing) ping = PB_INIT(SERVICE_PING);
+        sx_env_t env = PB_INIT(ENVELOPE);
+        env.body_case = PB_BODY(SERVICE_PING);
+        env.service_ping = &ping;
+        router_ping_t *p = xmalloc(sizeof(*p));
+        p->q = q;
+        p->router = i;
+        if (bus_client_request(q->routers[i], &env, NULL, ROUTER_PING_MS, on_router_pong, p,
+                               NULL) < 0)
+            free(p);
+    }
+    loop_timer_start(loop, &q->router_ping, ROUTER_PING_MS);
+}
+
+void queue_sched_watch_routers(queue_t *q)
+{
+    q->router_started = xcalloc(q->nrouters ? q->nrouters : 1, sizeof(uint64_t));
+    loop_timer_init(&q->router_ping, router_ping, q);
+    loop_timer_start(q->svc->loop, &q->router_ping, 0);
 }
 
 /* The results path has written (or failed to write) r: schedule what follows. */
@@ -604,6 +701,15 @@ void queue_sched_fini(queue_t *q)
         return;
     loop_timer_stop(q->svc->loop, &s->tick);
     loop_timer_stop(q->svc->loop, &s->done_sweep);
+    loop_timer_stop(q->svc->loop, &q->router_ping);
+    free(q->router_started);
+    q->router_started = NULL;
+    /* jobs still out: their bus requests died with the clients */
+    while (s->jobs) {
+        job_ctx_t *job = s->jobs;
+        job_unlink(s, job);
+        queue_job_free(job);
+    }
     for (size_t b = 0; b < s->inflight_buckets; b++) {
         inflight_t *f = s->inflight[b];
         while (f) {
