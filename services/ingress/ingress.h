@@ -158,6 +158,7 @@ typedef struct session {
     session_state_t bdat_return_state;
     int bdat_bad_eol;        /* bare CR/LF seen in BDAT data */
     int bdat_prev_cr;
+    size_t bdat_line;        /* octets of the current BDAT text line so far */
     int data_error;          /* 0, or the reply already decided for this message */
     int commit_pending;      /* end of data reached, commit waits for a chunk reply */
     buf_t header;            /* the client's header block, up to max_header_size */

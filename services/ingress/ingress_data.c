@@ -573,6 +573,8 @@ static int data_feed_text(session_t *s)
 
 /* ---- BDAT ---- */
 
+/* BDAT text obeys DATA's rules: CRLF line ends only, lines of at most
+ * DATA_LINE_MAX octets, so a message is refused or taken the same either way. */
 static void bdat_check_eol(session_t *s, const char *p, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
@@ -580,6 +582,11 @@ static void bdat_check_eol(session_t *s, const char *p, size_t n)
         if ((s->bdat_prev_cr && c != '\n') || (c == '\n' && !s->bdat_prev_cr))
             s->bdat_bad_eol = 1;
         s->bdat_prev_cr = c == '\r';
+        if (c == '\n') {
+            s->bdat_line = 0;
+        } else if (c != '\r' && ++s->bdat_line > DATA_LINE_MAX && s->data_error == DERR_NONE) {
+            s->data_error = DERR_LONG_LINE;
+        }
     }
 }
 
@@ -682,6 +689,7 @@ void bdat_command(session_t *s, char *args)
         s->bdat_open = 1;
         s->bdat_prev_cr = 0;
         s->bdat_bad_eol = 0;
+        s->bdat_line = 0;
     }
     session_enter_state(s, SS_BDAT);
     session_arm(s);

@@ -382,19 +382,23 @@ static void cmd_mail(session_t *s, char *args)
         mail_accept(s);
 }
 
+/* NEVER, or a comma list of SUCCESS, FAILURE, DELAY without empty items (RFC 3461 4.1). */
 static int notify_valid(const char *v)
 {
     if (strcasecmp(v, "NEVER") == 0)
         return 1;
-    char tmp[64];
-    if (strlen(v) >= sizeof(tmp))
-        return 0;
-    sx_strlcpy(tmp, v, sizeof(tmp));
-    for (char *tok = strtok(tmp, ","); tok; tok = strtok(NULL, ","))
-        if (strcasecmp(tok, "SUCCESS") != 0 && strcasecmp(tok, "FAILURE") != 0 &&
-            strcasecmp(tok, "DELAY") != 0)
+    const char *p = v;
+    for (;;) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        if (!((n == 7 && strncasecmp(p, "SUCCESS", 7) == 0) ||
+              (n == 7 && strncasecmp(p, "FAILURE", 7) == 0) ||
+              (n == 5 && strncasecmp(p, "DELAY", 5) == 0)))
             return 0;
-    return 1;
+        if (comma == NULL)
+            return 1;
+        p = comma + 1;
+    }
 }
 
 static void cmd_rcpt(session_t *s, char *args)
@@ -587,7 +591,7 @@ static int next_line(session_t *s, char *line, size_t size)
             (buf_used(in) >= 5 && strncasecmp(buf_head(in), "AUTH ", 5) == 0))
             max = AUTH_LINE_MAX;
         if (lf < 0) {
-            if (buf_used(in) > max) {
+            if (buf_used(in) >= max) {
                 /* an over-long line: drop what we have, and the rest up to LF */
                 if (!s->discarding)
                     log_info("sid=%s event=line_too_long", s->sid);
@@ -598,7 +602,8 @@ static int next_line(session_t *s, char *line, size_t size)
         }
         size_t len = (size_t)lf;
         const char *p = buf_head(in);
-        if (s->discarding || len > max) {
+        /* the limit counts the whole line, CRLF included (RFC 5321 4.5.3.1.4) */
+        if (s->discarding || len + 1 > max) {
             buf_consume(in, len + 1);
             s->discarding = 0;
             session_reply(s, "500 5.5.2 Error: line too long");
