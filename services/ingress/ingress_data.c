@@ -330,6 +330,19 @@ static void on_commit_reply(bus_msg_t *reply, bus_status_t status, void *arg)
     session_resume(s);
 }
 
+/* A stream name: trimmed, printable ASCII without spaces, lowercased. */
+static void stream_clean(char *v)
+{
+    char *p = v;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    size_t o = 0;
+    for (; *p && *p != ' ' && *p != '\t'; p++)
+        if ((unsigned char)*p > 32 && (unsigned char)*p < 127)
+            v[o++] = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
+    v[o] = '\0';
+}
+
 static void send_commit(session_t *s)
 {
     if (s->data_error != DERR_NONE) {
@@ -357,6 +370,14 @@ static void send_commit(session_t *s)
     e.smtputf8 = s->smtputf8;
     e.eightbit = s->eightbit || s->reader.eightbit;
     e.session_id = s->sid;
+    /* routing rules may match on the stream a message declares */
+    char stream[128] = "";
+    if (s->header_done) {
+        header_field(buf_head(&s->header), buf_used(&s->header), "X-Sendarix-Stream", stream,
+                     sizeof(stream));
+        stream_clean(stream);
+    }
+    e.stream = stream;
     PB(QueueRecipient) *r = xcalloc(s->nrcpts, sizeof(*r));
     PB(QueueRecipient) **rp = xcalloc(s->nrcpts, sizeof(*rp));
     for (size_t i = 0; i < s->nrcpts; i++) {

@@ -266,6 +266,7 @@ static int send_job(queue_t *q, const PB(QueueRecord) * rec, const store_val_t *
     job.dsn_ret = e->dsn_ret;
     job.dsn_envid = e->dsn_envid;
     job.queue = q->name;
+    job.stream = e->stream;
     PB(DeliveryRecipient) *rcpts = xcalloc(n, sizeof(*rcpts));
     PB(DeliveryRecipient) **rp = xcalloc(n, sizeof(*rp));
     uint32_t attempt = 0;
