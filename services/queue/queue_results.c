@@ -27,6 +27,7 @@ typedef enum {
     O_SOFT_HARD,   /* soft bounces that persisted */
     O_SUPPRESSED,
     O_OPERATOR,    /* bounced by an operator */
+    O_THROTTLED,   /* router held it back; not an attempt */
 } outcome_t;
 
 typedef struct results_state {
@@ -116,6 +117,12 @@ static int apply_remote(queue_t *q, store_txn_t *txn, PB(QueueRecord) * rec, res
     const char *tenant = rec->envelope->tenant ? rec->envelope->tenant : "";
     const PB(DeliveryRecipientResult) *rr = remote_of(r, idx);
     int outcome = rr ? rr->outcome : PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__DEFERRED);
+    if (r->res && r->res->not_attempted) {
+        /* held back by router's shaping: no attempt was made, none is counted */
+        st->next_attempt_ms = now + (r->res->retry_after_ms ? r->res->retry_after_ms : 1000);
+        r->dest_failed = -1;
+        return O_THROTTLED;
+    }
     if (rr && rr->reply)
         set_reply(st, rr->reply->code, rr->reply->enhanced, rr->reply->text);
     else
