@@ -121,7 +121,8 @@ void bus_set_stats(bus_t *bus, bus_stats_fn fn, void *arg)
 
 int bus_endpoint_prepare(const char *endpoint)
 {
-    if (strncmp(endpoint, "ipc://", 6) != 0)
+    /* only filesystem sockets need a directory ("ipc://@name" is abstract) */
+    if (strncmp(endpoint, "ipc://", 6) != 0 || endpoint[6] == '@')
         return 0;
     char path[512];
     snprintf(path, sizeof(path), "%s", endpoint + 6);

@@ -18,6 +18,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, "build", "bin")
 E2E_DIR = os.path.join(ROOT, "build", "e2e")
+# Relays' var folders live under a short path: their ipc:// socket names must
+# fit in a Unix socket address (107 bytes) wherever the repository is cloned.
+VAR_BASE = os.environ.get("SENDARIX_E2E_VAR", "/tmp/sendarix-e2e")
 ALL_SERVICES = ["events", "auth", "queue", "router", "delivery", "sandbox", "ingress"]
 
 
@@ -60,8 +63,8 @@ def wait_for(predicate, timeout=15.0, interval=0.1, what="condition"):
 
 class Relay:
     def __init__(self, name, retry_base="2s", config_edit=None):
-        os.makedirs(E2E_DIR, exist_ok=True)
-        self.var = tempfile.mkdtemp(prefix=name + "-", dir=E2E_DIR)
+        os.makedirs(VAR_BASE, exist_ok=True)
+        self.var = tempfile.mkdtemp(prefix=name[:24] + "-", dir=VAR_BASE)
         self.base = free_port_block()
         self.submission = self.base
         self.smtps = self.base + 1
