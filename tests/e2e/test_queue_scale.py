@@ -18,8 +18,8 @@ def three_queues(text):
     """config_edit: bus.queue lists queue-1, queue-2 and queue-3."""
     def repl(m):
         return "queue = [ %s ];" % ", ".join(
-            '"ipc://%s/run/queue-%d.sock"' % (m.group(1), i) for i in INSTANCES)
-    out, n = re.subn(r'queue = \[ "ipc://([^"]+)/run/queue-1\.sock" \];', repl, text)
+            '"%squeue-%d.sock"' % (m.group(1), i) for i in INSTANCES)
+    out, n = re.subn(r'^  queue = \[ "(ipc://[^"]*)queue-1\.sock" \];', repl, text, flags=re.M)
     assert n == 1, "the template's bus.queue line was not found"
     return out
 
