@@ -2,9 +2,9 @@
  * ctl: what the modules of sendarixctl share. The CLI is one command
  * table (ctl_cmd.c) over a small argument parser (ctl_args.c), a request
  * runner on the bus (ctl_bus.c), JSON and time rendering (ctl_json.c,
- * ctl_time.c) and one file per topic (status, queue, log, auth for
- * credentials, tenants and domains, access for allowlists and limits,
- * sandbox).
+ * ctl_time.c) and one file per topic (status, queue show, queue
+ * operations, suppression list, log, auth for credentials, tenants and
+ * domains, access for allowlists and limits, sandbox).
  * Exit status: CTL_OK, CTL_FAIL (the operation failed), CTL_USAGE.
  */
 #ifndef SX_CTL_H
@@ -25,6 +25,7 @@
 #define CTL_TIMEOUT_MAX_S      3600
 #define CTL_PING_TIMEOUT_MS    1000 /* status: per ping, unless --timeout is given */
 #define CTL_OPTS_MAX           32
+#define CTL_ARGS_MAX           1000 /* positional arguments of a command whose argument repeats */
 #define CTL_TEXT_MAX           512
 
 /* A command's option: --name, with a value or not, once or repeated. */
@@ -51,6 +52,7 @@ typedef struct ctl_command {
     const char *usage;          /* the options, as shown after "name sub arg arg2" */
     const char *summary;
     const char *arg2; /* a second positional argument, always required, or NULL */
+    int arg_multi;    /* the first argument may repeat (`queue hold <ID>...`) */
 } ctl_command_t;
 
 typedef struct ctl_opt_value {
@@ -60,9 +62,11 @@ typedef struct ctl_opt_value {
 
 struct ctl_args {
     const ctl_command_t *cmd;
-    const char *name; /* the command word as typed, once known */
-    const char *arg;  /* the positional argument, or NULL */
-    const char *arg2; /* the second one, or NULL */
+    const char *name;               /* the command word as typed, once known */
+    const char *arg;                /* the positional argument, or NULL */
+    const char *arg2;               /* the second one, or NULL */
+    const char *args[CTL_ARGS_MAX]; /* every value of a repeating argument (args[0] == arg) */
+    size_t nargs;
     ctl_opt_value_t opts[CTL_OPTS_MAX];
     size_t nopts;
     int help; /* --help or -h was given */
@@ -132,7 +136,8 @@ typedef struct ctl_call {
     const char *endpoint;
     sx_env_t *req; /* the caller's; must live until ctl_calls_run returns */
     ctl_call_state_t state;
-    sx_env_t *reply; /* owned; freed by ctl_calls_free */
+    sx_env_t *reply;     /* owned; freed by ctl_calls_free */
+    uint64_t connect_ms; /* not sent within this long: down (0: the whole timeout) */
     /* private to ctl_bus.c */
     struct ctl_batch *batch;
     bus_client_t *client;
@@ -159,6 +164,27 @@ const char *ctl_call_problem(const ctl_t *ctl, const ctl_call_t *call, char *buf
 int ctl_call_one(ctl_t *ctl, const char *what, const char *endpoint, sx_env_t *req, int expect_case,
                  sx_env_t **reply);
 
+/* The same request to every endpoint of a list, in parallel. */
+typedef struct ctl_fanout {
+    sx_env_t *reqs; /* one envelope per call: request ids are written into it */
+    ctl_call_t *calls;
+    size_t n;
+} ctl_fanout_t;
+
+/* Send req (its body borrowed, not copied) to every endpoint of list and wait for each. */
+void ctl_fanout_run(ctl_t *ctl, ctl_fanout_t *fo, const conf_strlist_t *list, const sx_env_t *req);
+void ctl_fanout_free(ctl_fanout_t *fo);
+/*
+ * NULL when call answered with a body of the expected case; otherwise why
+ * not, in buf ("not reachable at ...", an Error's text, "unexpected reply").
+ * *code gets an Error's code (0 for other problems) when not NULL.
+ */
+const char *ctl_call_check(const ctl_t *ctl, const ctl_call_t *call, int expect_case,
+                           unsigned *code, char *buf, size_t size);
+/* The first call of fo without a usable answer, as "what instance N: why" in buf; or NULL. */
+const char *ctl_fanout_problem(const ctl_t *ctl, const ctl_fanout_t *fo, const char *what,
+                               int expect_case, char *buf, size_t size);
+
 /* ---- ctl_auth.c ---- */
 
 /*
@@ -172,10 +198,35 @@ const char *ctl_auth_endpoint(const ctl_t *ctl);
 /* Usage check of a name argument: 1 to 255 bytes. CTL_OK or CTL_USAGE (printed). */
 int ctl_check_name(ctl_t *ctl, const ctl_args_t *args, const char *what, const char *v);
 
+/* ---- ctl_queue_ops.c ---- */
+
+/* The --state values a selection accepts, NULL-terminated. */
+extern const char *const ctl_queue_states[];
+/*
+ * Fill sel from --domain, --tenant, --recipient, --older-than and --state;
+ * with with_ids also from the message ids given as arguments, refusing a
+ * call with neither ids nor a condition, or with both. CTL_OK or
+ * CTL_USAGE (printed). sel borrows the strings of args.
+ */
+int ctl_queue_select(ctl_t *ctl, const ctl_args_t *args, PB(QueueSelect) * sel, int with_ids);
+
 /* ---- topics ---- */
 
 int ctl_cmd_status(ctl_t *ctl, const ctl_args_t *args);
 int ctl_cmd_queue_show(ctl_t *ctl, const ctl_args_t *args);
+int ctl_cmd_queue_list(ctl_t *ctl, const ctl_args_t *args);
+int ctl_cmd_queue_stats(ctl_t *ctl, const ctl_args_t *args);
+int ctl_cmd_queue_hold(ctl_t *ctl, const ctl_args_t *args);
+int ctl_cmd_queue_release(ctl_t *ctl, const ctl_args_t *args);
+int ctl_cmd_queue_retry(ctl_t *ctl, const ctl_args_t *args);
+int ctl_cmd_queue_delete(ctl_t *ctl, const ctl_args_t *args);
+int ctl_cmd_queue_bounce(ctl_t *ctl, const ctl_args_t *args);
+int ctl_cmd_queue_suspend(ctl_t *ctl, const ctl_args_t *args);
+int ctl_cmd_queue_resume(ctl_t *ctl, const ctl_args_t *args);
+int ctl_cmd_suppress_add(ctl_t *ctl, const ctl_args_t *args);
+int ctl_cmd_suppress_remove(ctl_t *ctl, const ctl_args_t *args);
+int ctl_cmd_suppress_list(ctl_t *ctl, const ctl_args_t *args);
+int ctl_cmd_suppress_check(ctl_t *ctl, const ctl_args_t *args);
 int ctl_cmd_log_search(ctl_t *ctl, const ctl_args_t *args);
 int ctl_cmd_cred_add(ctl_t *ctl, const ctl_args_t *args);
 int ctl_cmd_cred_list(ctl_t *ctl, const ctl_args_t *args);

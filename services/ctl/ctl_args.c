@@ -2,7 +2,8 @@
  * ctl_args: the command line of sendarixctl. Global options (--config,
  * --json, --timeout, --help) may stand anywhere; the first word is the
  * command, the next its subcommand when it has some; then come the
- * command's own options and its arguments (one, or two for `allow add`). "--name=value" and
+ * command's own options and its arguments (one, two for `allow add`, or
+ * any number for `queue hold <ID>...`). "--name=value" and
  * "--name value" both work; "--" ends the options. Every problem is a
  * usage error with a sentence naming it. It does not run anything.
  */
@@ -167,8 +168,13 @@ static int positional(const ctl_command_t *table, ctl_args_t *args, const char *
         }
         return CTL_OK;
     }
-    if (args->cmd->arg != NULL && args->arg == NULL) {
-        args->arg = w;
+    if (args->cmd->arg != NULL && (args->arg == NULL || args->cmd->arg_multi)) {
+        if (args->nargs == CTL_ARGS_MAX) {
+            snprintf(why, whylen, "at most %d arguments %s", CTL_ARGS_MAX, args->cmd->arg);
+            return CTL_USAGE;
+        }
+        args->args[args->nargs++] = w;
+        args->arg = args->args[0];
         return CTL_OK;
     }
     if (args->cmd->arg2 != NULL && args->arg2 == NULL) {

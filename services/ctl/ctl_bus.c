@@ -103,13 +103,16 @@ static void on_reply(bus_msg_t *reply, bus_status_t status, void *arg)
 static void call_try(ctl_call_t *c)
 {
     uint64_t now = clock_mono_ms();
-    if (c->client == NULL || now >= c->deadline) {
+    uint64_t give_up = c->deadline;
+    if (c->connect_ms && c->connect_ms < c->timeout_ms)
+        give_up = c->deadline - c->timeout_ms + c->connect_ms;
+    if (c->client == NULL || now >= give_up) {
         call_done(c, CTL_CALL_DOWN);
         return;
     }
     if (bus_client_request(c->client, c->req, NULL, c->deadline - now, on_reply, c, NULL) == 0)
         return;
-    uint64_t wait = c->deadline - now < CTL_RETRY_MS ? c->deadline - now : CTL_RETRY_MS;
+    uint64_t wait = give_up - now < CTL_RETRY_MS ? give_up - now : CTL_RETRY_MS;
     loop_timer_start(c->batch->loop, &c->retry, wait);
 }
 
@@ -225,4 +228,60 @@ int ctl_call_one(ctl_t *ctl, const char *what, const char *endpoint, sx_env_t *r
     }
     *reply = call.reply;
     return CTL_OK;
+}
+
+void ctl_fanout_run(ctl_t *ctl, ctl_fanout_t *fo, const conf_strlist_t *list, const sx_env_t *req)
+{
+    fo->n = list->n;
+    fo->reqs = xcalloc(fo->n ? fo->n : 1, sizeof(*fo->reqs));
+    fo->calls = xcalloc(fo->n ? fo->n : 1, sizeof(*fo->calls));
+    for (size_t i = 0; i < fo->n; i++) {
+        fo->reqs[i] = *req;
+        fo->calls[i].endpoint = list->v[i];
+        fo->calls[i].req = &fo->reqs[i];
+    }
+    ctl_calls_run(ctl, fo->calls, fo->n, ctl->timeout_ms);
+}
+
+void ctl_fanout_free(ctl_fanout_t *fo)
+{
+    if (fo->calls)
+        ctl_calls_free(fo->calls, fo->n);
+    free(fo->calls);
+    free(fo->reqs);
+    fo->calls = NULL;
+    fo->reqs = NULL;
+    fo->n = 0;
+}
+
+const char *ctl_call_check(const ctl_t *ctl, const ctl_call_t *call, int expect_case,
+                           unsigned *code, char *buf, size_t size)
+{
+    if (code)
+        *code = 0;
+    if (call->state != CTL_CALL_OK)
+        return ctl_call_problem(ctl, call, buf, size);
+    const char *err = ctl_reply_error(call->reply, code);
+    if (err) {
+        snprintf(buf, size, "%s", err);
+        return buf;
+    }
+    if ((int)call->reply->body_case != expect_case) {
+        snprintf(buf, size, "unexpected reply (%s)", codec_body_name(call->reply));
+        return buf;
+    }
+    return NULL;
+}
+
+const char *ctl_fanout_problem(const ctl_t *ctl, const ctl_fanout_t *fo, const char *what,
+                               int expect_case, char *buf, size_t size)
+{
+    for (size_t i = 0; i < fo->n; i++) {
+        char why[CTL_TEXT_MAX];
+        if (ctl_call_check(ctl, &fo->calls[i], expect_case, NULL, why, sizeof(why)) == NULL)
+            continue;
+        snprintf(buf, size, "%s instance %zu: %s", what, i + 1, why);
+        return buf;
+    }
+    return NULL;
 }

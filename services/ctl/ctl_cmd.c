@@ -12,6 +12,10 @@
 #include <string.h>
 
 #define USAGE_GLOBAL "[--config FILE] [--json] [--timeout SECONDS]"
+/* the messages of an operator action: ids, or conditions that all hold (one at least) */
+#define SELECT_USAGE                                                                               \
+    "[--domain D] [--tenant T] [--older-than DURATION] [--state active|held|deferred] "            \
+    "[--recipient R]"
 
 static int cmd_help(ctl_t *ctl, const ctl_args_t *args);
 
@@ -54,6 +58,38 @@ static const ctl_opt_spec_t opts_tenant[] = {
     {"tenant", CTL_OPT_VALUE},
     {NULL, 0},
 };
+static const ctl_opt_spec_t opts_queue_list[] = {
+    {"domain", CTL_OPT_VALUE},
+    {"tenant", CTL_OPT_VALUE},
+    {"recipient", CTL_OPT_VALUE},
+    {"older-than", CTL_OPT_VALUE},
+    {"state", CTL_OPT_VALUE},
+    {"limit", CTL_OPT_VALUE},
+    {NULL, 0},
+};
+static const ctl_opt_spec_t opts_queue_action[] = {
+    {"domain", CTL_OPT_VALUE},     {"tenant", CTL_OPT_VALUE}, {"recipient", CTL_OPT_VALUE},
+    {"older-than", CTL_OPT_VALUE}, {"state", CTL_OPT_VALUE},  {NULL, 0},
+};
+static const ctl_opt_spec_t opts_queue_suspend[] = {
+    {"for", CTL_OPT_VALUE},
+    {NULL, 0},
+};
+static const ctl_opt_spec_t opts_suppress_add[] = {
+    {"tenant", CTL_OPT_VALUE | CTL_OPT_REQUIRED},
+    {"reason", CTL_OPT_VALUE},
+    {"ttl", CTL_OPT_VALUE},
+    {NULL, 0},
+};
+static const ctl_opt_spec_t opts_suppress_one[] = {
+    {"tenant", CTL_OPT_VALUE | CTL_OPT_REQUIRED},
+    {NULL, 0},
+};
+static const ctl_opt_spec_t opts_suppress_list[] = {
+    {"tenant", CTL_OPT_VALUE},
+    {"limit", CTL_OPT_VALUE},
+    {NULL, 0},
+};
 static const ctl_opt_spec_t opts_sandbox_fail[] = {
     {"code", CTL_OPT_VALUE | CTL_OPT_REQUIRED},
     {"seconds", CTL_OPT_VALUE},
@@ -63,50 +99,87 @@ static const ctl_opt_spec_t opts_sandbox_fail[] = {
 
 const ctl_command_t ctl_commands[] = {
     {"status", NULL, ctl_cmd_status, NULL, 0, NULL, "",
-     "ping every service on the bus; exit 1 unless all are up", NULL},
+     "ping every service on the bus; exit 1 unless all are up", NULL, 0},
     {"queue", "show", ctl_cmd_queue_show, "<ID>", 1, NULL, "",
-     "a message's envelope and recipients, from the queue instance holding it", NULL},
+     "a message's envelope, recipients (with DSN NOTIFY and ORCPT) and whether it is held, "
+     "from the queue instance holding it",
+     NULL, 0},
+    {"queue", "list", ctl_cmd_queue_list, NULL, 0, opts_queue_list,
+     "[--domain D] [--tenant T] [--recipient R] [--older-than DURATION] "
+     "[--state active|held|deferred] [--limit N]",
+     "messages in every queue instance meeting all the conditions, oldest first (limit 1..10000, "
+     "default 100; durations 30s, 5m, 2h, 3d)",
+     NULL, 0},
+    {"queue", "stats", ctl_cmd_queue_stats, NULL, 0, NULL, "",
+     "queue depth by state, the oldest message's age, and each destination domain with its last "
+     "error",
+     NULL, 0},
+    {"queue", "hold", ctl_cmd_queue_hold, "[<ID>...]", 0, opts_queue_action, SELECT_USAGE,
+     "stop trying messages until released; name them by id or by conditions", NULL, 1},
+    {"queue", "release", ctl_cmd_queue_release, "[<ID>...]", 0, opts_queue_action, SELECT_USAGE,
+     "try held messages again", NULL, 1},
+    {"queue", "retry", ctl_cmd_queue_retry, "[<ID>...]", 0, opts_queue_action, SELECT_USAGE,
+     "try the waiting recipients now", NULL, 1},
+    {"queue", "delete", ctl_cmd_queue_delete, "[<ID>...]", 0, opts_queue_action, SELECT_USAGE,
+     "remove messages without telling the sender", NULL, 1},
+    {"queue", "bounce", ctl_cmd_queue_bounce, "[<ID>...]", 0, opts_queue_action, SELECT_USAGE,
+     "fail the waiting recipients now, with a bounce report to the sender", NULL, 1},
+    {"queue", "suspend", ctl_cmd_queue_suspend, "<DOMAIN>", 1, opts_queue_suspend,
+     "[--for DURATION]", "stop deliveries to a domain, until resumed or for a while", NULL, 0},
+    {"queue", "resume", ctl_cmd_queue_resume, "<DOMAIN>", 1, NULL, "",
+     "deliver to a suspended domain again, at once", NULL, 0},
+    {"suppress", "add", ctl_cmd_suppress_add, "<ADDRESS>", 1, opts_suppress_add,
+     "--tenant T [--reason TEXT] [--ttl DURATION]",
+     "stop a tenant's mail to an address (until removed, or for --ttl)", NULL, 0},
+    {"suppress", "remove", ctl_cmd_suppress_remove, "<ADDRESS>", 1, opts_suppress_one, "--tenant T",
+     "let a tenant's mail reach a suppressed address again", NULL, 0},
+    {"suppress", "list", ctl_cmd_suppress_list, NULL, 0, opts_suppress_list,
+     "[--tenant T] [--limit N]", "suppressed addresses (limit 1..100000, default 1000)", NULL, 0},
+    {"suppress", "check", ctl_cmd_suppress_check, "<ADDRESS>", 1, opts_suppress_one, "--tenant T",
+     "whether a tenant's mail to an address is suppressed, and why (exit 0 either "
+     "way)",
+     NULL, 0},
     {"log", "search", ctl_cmd_log_search, NULL, 0, opts_log_search,
      "[--id ID] [--type T] [--recipient R] [--since ISO] [--until ISO] [--limit N]",
-     "events in time order (limit 1..10000, default 100)", NULL},
+     "events in time order (limit 1..10000, default 100)", NULL, 0},
     {"cred", "add", ctl_cmd_cred_add, "<USER>", 1, opts_cred_add,
      "--tenant T (--password-stdin | --password P) [--env production|staging|development] "
      "[--domain D]...",
-     "add a login; --password-stdin reads one line", NULL},
+     "add a login; --password-stdin reads one line", NULL, 0},
     {"cred", "list", ctl_cmd_cred_list, NULL, 0, opts_tenant, "[--tenant T]",
-     "list logins (never their passwords)", NULL},
+     "list logins (never their passwords)", NULL, 0},
     {"cred", "rotate", ctl_cmd_cred_rotate, "<USER>", 1, opts_cred_rotate,
      "(--password-stdin | --password P) [--grace DURATION]",
      "add a new password; the older ones keep working for --grace (default 24h; 30s, 5m, 2h, "
      "1d; 0 stops them now)",
-     NULL},
+     NULL, 0},
     {"cred", "revoke", ctl_cmd_cred_revoke, "<USER>", 1, NULL, "",
-     "stop every password of a login at once, for good", NULL},
-    {"tenant", "add", ctl_cmd_tenant_add, "<NAME>", 1, NULL, "", "add a tenant", NULL},
+     "stop every password of a login at once, for good", NULL, 0},
+    {"tenant", "add", ctl_cmd_tenant_add, "<NAME>", 1, NULL, "", "add a tenant", NULL, 0},
     {"tenant", "list", ctl_cmd_tenant_list, NULL, 0, NULL, "", "list tenants and their domains",
-     NULL},
+     NULL, 0},
     {"domain", "add", ctl_cmd_domain_add, "<DOMAIN>", 1, opts_domain_add, "--tenant T [--verified]",
      "add a sending domain to a tenant; logins may send from it once verified (--verified: you "
      "vouch for it; again with --verified marks an existing one)",
-     NULL},
+     NULL, 0},
     {"domain", "list", ctl_cmd_domain_list, NULL, 0, opts_tenant, "[--tenant T]",
-     "list sending domains and whether they are verified", NULL},
+     "list sending domains and whether they are verified", NULL, 0},
     {"allow", "add", ctl_cmd_allow_add, "<USER>", 1, NULL, "",
      "let a login in only from the networks on its list (CIDR or one address, IPv4 or IPv6)",
-     "<CIDR>"},
+     "<CIDR>", 0},
     {"allow", "list", ctl_cmd_allow_list, "<USER>", 1, NULL, "",
-     "the networks a login may come from (none listed: any)", NULL},
+     "the networks a login may come from (none listed: any)", NULL, 0},
     {"allow", "remove", ctl_cmd_allow_remove, "<USER>", 1, NULL, "",
-     "take a network off a login's list", "<CIDR>"},
+     "take a network off a login's list", "<CIDR>", 0},
     {"limit", "set", ctl_cmd_limit_set, NULL, 0, opts_limit_set,
      "(--tenant T | --cred U) [--per-minute N] [--per-day N]",
      "messages a tenant or a login may send; 0 removes a limit, an option not given keeps its "
      "value",
-     NULL},
+     NULL, 0},
     {"sandbox", "fail", ctl_cmd_sandbox_fail, NULL, 0, opts_sandbox_fail,
      "--code C --seconds S [--text T]",
-     "make the sandbox refuse connections with code C for S seconds; --code 0 clears", NULL},
-    {"help", NULL, cmd_help, "[COMMAND]", 0, NULL, "", "this text", NULL},
+     "make the sandbox refuse connections with code C for S seconds; --code 0 clears", NULL, 0},
+    {"help", NULL, cmd_help, "[COMMAND]", 0, NULL, "", "this text", NULL, 0},
     {NULL},
 };
 

@@ -172,8 +172,13 @@ static json_t *queue_message(const PB(QueueEnvelope) * e)
     return o;
 }
 
-static json_t *queue_recipient(const PB(QueueRecipientState) * r)
+static json_t *queue_recipient(const PB(QueueRecipientState) * r, const PB(QueueEnvelope) * e)
 {
+    /* NOTIFY and ORCPT were given with the envelope's recipient of the same index */
+    const PB(QueueRecipient) *orig = NULL;
+    for (size_t i = 0; i < e->n_recipients && orig == NULL; i++)
+        if (e->recipients[i] && e->recipients[i]->index == r->index)
+            orig = e->recipients[i];
     json_t *o = json_object();
     json_object_set_new(o, "index", json_integer(r->index));
     json_object_set_new(o, "address", ctl_json_str(r->address));
@@ -182,20 +187,54 @@ static json_t *queue_recipient(const PB(QueueRecipientState) * r)
     json_object_set_new(o, "next_attempt", ctl_json_time(r->next_attempt_ms, 0));
     json_object_set_new(o, "last_reply", ctl_json_status(r->last_reply));
     json_object_set_new(o, "last_remote", ctl_json_str(r->last_remote));
+    json_object_set_new(o, "notify", ctl_json_str(orig ? orig->notify : ""));
+    json_object_set_new(o, "orcpt", ctl_json_str(orig ? orig->orcpt : ""));
     return o;
 }
 
-json_t *ctl_json_queue_show(const PB(QueueMessageShowReply) * r)
+json_t *ctl_json_queue_show(const PB(QueueMessageShowReply) * r, int held)
 {
     static const PB(QueueEnvelope) empty = PB_INIT(QUEUE_ENVELOPE);
+    const PB(QueueEnvelope) *e = r->envelope ? r->envelope : &empty;
     json_t *o = json_object();
-    json_object_set_new(o, "message", queue_message(r->envelope ? r->envelope : &empty));
+    json_object_set_new(o, "message", queue_message(e));
     json_t *list = json_array();
     for (size_t i = 0; i < r->n_recipients; i++)
         if (r->recipients[i])
-            json_array_append_new(list, queue_recipient(r->recipients[i]));
+            json_array_append_new(list, queue_recipient(r->recipients[i], e));
     json_object_set_new(o, "recipients", list);
     json_object_set_new(o, "state", ctl_json_str(r->state));
+    json_object_set_new(o, "held", held < 0 ? json_null() : json_boolean(held));
     json_object_set_new(o, "body_size", json_integer((json_int_t)r->body_size));
+    return o;
+}
+
+json_t *ctl_json_queue_summary(const char *instance, const PB(QueueMessageSummary) * m)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "instance", ctl_json_str(instance));
+    json_object_set_new(o, "message_id", ctl_json_str(m->message_id));
+    json_object_set_new(o, "mail_from", ctl_json_str(m->mail_from));
+    json_object_set_new(o, "tenant", ctl_json_str(m->tenant));
+    json_object_set_new(o, "received_at", ctl_json_time(m->received_at_ms, 0));
+    json_object_set_new(o, "size", json_integer((json_int_t)m->size));
+    json_object_set_new(o, "recipients", json_integer(m->recipients));
+    json_object_set_new(o, "pending", json_integer(m->pending));
+    json_object_set_new(o, "state", ctl_json_str(m->state));
+    json_object_set_new(o, "next_attempt", ctl_json_time(m->next_attempt_ms, 0));
+    json_object_set_new(o, "last_error", ctl_json_str(m->last_error));
+    json_object_set_new(o, "domains", ctl_json_strings(m->domains, m->n_domains));
+    return o;
+}
+
+json_t *ctl_json_suppression(const PB(Suppression) * e)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "tenant", ctl_json_str(e->tenant));
+    json_object_set_new(o, "address", ctl_json_str(e->address));
+    json_object_set_new(o, "reason", ctl_json_str(e->reason));
+    json_object_set_new(o, "reply", ctl_json_status(e->reply));
+    json_object_set_new(o, "created_at", ctl_json_time(e->created_at_ms, 0));
+    json_object_set_new(o, "expires_at", ctl_json_time(e->expires_at_ms, 0));
     return o;
 }

@@ -1,7 +1,8 @@
 /*
  * ctl_args and ctl_cmd: the command line. Global options anywhere, the
  * command table, subcommands, options with "--x v" and "--x=v", repeated
- * options, "--", and every usage error (exit 2) with its sentence; help
+ * options and arguments (`queue hold <ID>...`), "--", the selection of the
+ * queue operations, and every usage error (exit 2) with its sentence; help
  * exits 0; a valid command with an unreadable config fails with 1.
  */
 #include <setjmp.h>
@@ -198,6 +199,82 @@ static void test_help_flag(void **state)
     free(p);
 }
 
+/* Queue operations: repeated ids, conditions, durations, and the selection they make. */
+static void test_queue_selection(void **state)
+{
+    (void)state;
+    parsed_t *p = parse("queue hold id1 id2 --json -- id3");
+    assert_int_equal(p->rc, CTL_OK);
+    assert_string_equal(p->args.cmd->sub, "hold");
+    assert_int_equal(p->args.nargs, 3);
+    assert_string_equal(p->args.arg, "id1");
+    assert_string_equal(p->args.args[2], "id3");
+    PB(QueueSelect) sel = PB_INIT(QUEUE_SELECT);
+    p->ctl.out = p->ctl.err = stderr;
+    assert_int_equal(ctl_queue_select(&p->ctl, &p->args, &sel, 1), CTL_OK);
+    assert_int_equal(sel.n_message_ids, 3);
+    assert_string_equal(sel.message_ids[1], "id2");
+    assert_string_equal(sel.domain, "");
+    free(p);
+
+    p = parse("queue list --domain a.example --tenant demo --state deferred --older-than 2h "
+              "--recipient x@a.example --limit 5");
+    assert_int_equal(p->rc, CTL_OK);
+    PB(QueueSelect) sel2 = PB_INIT(QUEUE_SELECT);
+    assert_int_equal(ctl_queue_select(&p->ctl, &p->args, &sel2, 0), CTL_OK);
+    assert_string_equal(sel2.domain, "a.example");
+    assert_string_equal(sel2.tenant, "demo");
+    assert_string_equal(sel2.state, "deferred");
+    assert_string_equal(sel2.recipient, "x@a.example");
+    assert_int_equal(sel2.older_than_s, 7200);
+    assert_int_equal(sel2.n_message_ids, 0);
+    free(p);
+
+    /* conditions alone select for an action; several conditions all hold */
+    p = parse("queue bounce --older-than 3d --state held");
+    assert_int_equal(p->rc, CTL_OK);
+    PB(QueueSelect) sel3 = PB_INIT(QUEUE_SELECT);
+    assert_int_equal(ctl_queue_select(&p->ctl, &p->args, &sel3, 1), CTL_OK);
+    assert_int_equal(sel3.older_than_s, 3 * 86400);
+    assert_string_equal(sel3.state, "held");
+    free(p);
+
+    p = parse("queue suspend slow.example --for 30m");
+    assert_int_equal(p->rc, CTL_OK);
+    assert_string_equal(p->args.arg, "slow.example");
+    assert_string_equal(ctl_opt(&p->args, "for"), "30m");
+    free(p);
+    p = parse("suppress add a@b.example --tenant demo --reason complaint --ttl 3d");
+    assert_int_equal(p->rc, CTL_OK);
+    assert_string_equal(ctl_opt(&p->args, "reason"), "complaint");
+    free(p);
+
+    static const struct {
+        const char *line;
+        const char *why;
+    } cases[] = {
+        {"queue show a b", "unexpected argument 'b'"},
+        {"queue suspend", "missing argument <DOMAIN>"},
+        {"queue resume x.example --for 5m", "unknown option '--for'"},
+        {"queue stats extra", "unexpected argument 'extra'"},
+        {"queue list id1", "unexpected argument 'id1'"},
+        {"queue list --domain", "needs a value"},
+        {"suppress add a@b.example", "missing option --tenant"},
+        {"suppress check a@b.example", "missing option --tenant"},
+        {"suppress remove --tenant t", "missing argument <ADDRESS>"},
+        {"suppress list a@b.example", "unexpected argument"},
+        {"suppress", "needs a subcommand: add, remove, list, check"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        p = parse(cases[i].line);
+        if (p->rc != CTL_USAGE)
+            fail_msg("'%s' parsed (rc %d)", cases[i].line, p->rc);
+        if (strstr(p->why, cases[i].why) == NULL)
+            fail_msg("'%s': \"%s\" does not say \"%s\"", cases[i].line, p->why, cases[i].why);
+        free(p);
+    }
+}
+
 /* ---- ctl_main: exit status and what is printed where ---- */
 
 typedef struct run {
@@ -290,6 +367,28 @@ static void test_main_exit_codes(void **state)
         "limit set --tenant a --per-minute five",
         "limit set --cred b --per-day -1",
         "limit set --cred b --per-day 4294967296",
+        "queue hold",
+        "queue release --limit 5",
+        "queue retry id1 --domain a.example",
+        "queue delete --state done",
+        "queue bounce --older-than 2w",
+        "queue bounce --older-than 0",
+        "queue hold --domain a@b.example",
+        "queue list --state queued",
+        "queue list --limit 0",
+        "queue list --limit 10001",
+        "queue list --older-than soon",
+        "queue list --tenant=",
+        "queue suspend a@b.example",
+        "queue suspend x.example --for 0",
+        "queue suspend x.example --for 366d",
+        "suppress add nobody --tenant t",
+        "suppress add a@b.example --tenant t --ttl 1y",
+        "suppress add a@b.example --tenant t --reason=",
+        "suppress add a@b.example --tenant=",
+        "suppress check a<b@c.example --tenant t",
+        "suppress list --limit 0",
+        "suppress list --limit 100001",
     };
     for (size_t i = 0; i < sizeof(bad_values) / sizeof(bad_values[0]); i++) {
         r = run_main(bad_values[i]);
@@ -297,6 +396,24 @@ static void test_main_exit_codes(void **state)
             fail_msg("'%s' exited %d: %s", bad_values[i], r.rc, r.err);
         run_free(&r);
     }
+
+    /* an action naming no message is refused before anything is asked, saying why */
+    r = run_main("--json queue delete --config /nonexistent/sendarix.conf");
+    assert_int_equal(r.rc, 2);
+    doc = json_loads(r.out, 0, &jerr);
+    assert_non_null(doc);
+    assert_non_null(strstr(json_string_value(json_object_get(doc, "error")), "name the messages"));
+    json_decref(doc);
+    assert_non_null(strstr(r.err, "usage: sendarixctl queue delete [<ID>...]"));
+    run_free(&r);
+    r = run_main("queue hold m1 --tenant demo");
+    assert_int_equal(r.rc, 2);
+    assert_non_null(strstr(r.err, "not both"));
+    run_free(&r);
+    r = run_main("queue list --state done");
+    assert_int_equal(r.rc, 2);
+    assert_non_null(strstr(r.err, "--state must be active, held or deferred"));
+    run_free(&r);
 }
 
 static void test_main_help(void **state)
@@ -360,7 +477,7 @@ int main(void)
         cmocka_unit_test(test_globals_anywhere),    cmocka_unit_test(test_commands_and_options),
         cmocka_unit_test(test_usage_errors),        cmocka_unit_test(test_help_flag),
         cmocka_unit_test(test_main_exit_codes),     cmocka_unit_test(test_main_help),
-        cmocka_unit_test(test_main_config_missing),
+        cmocka_unit_test(test_main_config_missing), cmocka_unit_test(test_queue_selection),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
