@@ -2,13 +2,15 @@
  * sendarix-events: the event collector. main, the `events` config table
  * and the wiring: the PULL socket every service pushes events to, the
  * ROUTER socket that answers searches, the HTTP server, the retention
- * sweep and the stats in ServicePong. The work itself is in events_*.c.
+ * sweep, the service metrics poller and the stats in ServicePong. The work
+ * itself is in events_*.c.
  */
 #include "core/clock.h"
 #include "core/log.h"
 #include "events_bus.h"
 #include "events_http.h"
 #include "events_ingest.h"
+#include "events_metrics.h"
 #include "events_store.h"
 #include "ipc/service.h"
 
@@ -23,6 +25,7 @@ typedef struct events_conf {
     uint64_t sweep_interval_ms;
     char *http_address;
     long long http_port;
+    uint64_t metrics_interval_ms;
 } events_conf_t;
 
 static const conf_field_t events_table[] = {
@@ -34,6 +37,9 @@ static const conf_field_t events_table[] = {
      NULL, "address of the HTTP API, /metrics and /healthz"},
     {"http_port", CONF_INT, offsetof(events_conf_t, http_port), "8025", 0, 65535, 0, NULL, NULL,
      "port of the HTTP API; 0 turns HTTP off"},
+    {"metrics_interval", CONF_DURATION, offsetof(events_conf_t, metrics_interval_ms),
+     EVMETRICS_INTERVAL_DEFAULT, 200, 3600000, 0, NULL, NULL,
+     "how often every service is pinged (and each queue asked for its stats) for /metrics"},
     {NULL},
 };
 
@@ -45,6 +51,7 @@ typedef struct events_app {
     bus_pull_t *pull;
     bus_server_t *server;
     events_http_t *http;
+    evmetrics_t *metrics;
     loop_timer_t sweep;
 } events_app_t;
 
@@ -99,10 +106,15 @@ static int app_start(events_app_t *app)
         fprintf(stderr, "sendarix-events: cannot bind %s or %s\n", ingest_ep, api_ep);
         return -1;
     }
+    app->metrics = evmetrics_new(svc->bus, &svc->ep, app->conf.metrics_interval_ms);
+    if (app->metrics == NULL) {
+        fprintf(stderr, "sendarix-events: cannot connect to the services for /metrics\n");
+        return -1;
+    }
     if (app->conf.http_port) {
         app->http =
             events_http_new(svc->loop, app->conf.http_address, (unsigned)app->conf.http_port,
-                            app->store, app->ingest, err, sizeof(err));
+                            app->store, app->ingest, app->metrics, err, sizeof(err));
         if (app->http == NULL) {
             fprintf(stderr, "sendarix-events: %s\n", err);
             return -1;
@@ -120,6 +132,7 @@ static void app_stop(events_app_t *app)
 {
     loop_timer_stop(app->svc.loop, &app->sweep);
     events_http_destroy(&app->http);
+    evmetrics_destroy(&app->metrics);
     bus_server_destroy(&app->server);
     bus_pull_destroy(&app->pull);
     evingest_destroy(&app->ingest); /* writes what is still queued */

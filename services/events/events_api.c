@@ -66,7 +66,8 @@ static void metric_type(const char *type, uint64_t count, void *arg)
     buf_printf(arg, "sendarix_events_total{type=\"%s\"} %llu\n", type, (unsigned long long)count);
 }
 
-static void handle_metrics(evstore_t *st, const evingest_t *in, events_api_reply_t *r)
+static void handle_metrics(evstore_t *st, const evingest_t *in, const evmetrics_t *metrics,
+                           events_api_reply_t *r)
 {
     reply_init(r, 200, TYPE_METRICS);
     buf_t *b = &r->body;
@@ -92,6 +93,7 @@ static void handle_metrics(evstore_t *st, const evingest_t *in, events_api_reply
                "sendarix_events_dropped_total %llu\n",
                (unsigned long long)evstore_count(st), evstore_bytes(st),
                (unsigned long long)s.rejected, (unsigned long long)s.dropped);
+    evmetrics_render(metrics, b);
 }
 
 /* ---- /api/v1/events ---- */
@@ -167,8 +169,9 @@ static void handle_events(evstore_t *st, const events_api_param_t *params, size_
     reply_json(r, 200, doc);
 }
 
-void events_api_handle(evstore_t *st, const evingest_t *in, const char *method, const char *path,
-                       const events_api_param_t *params, size_t nparams, events_api_reply_t *out)
+void events_api_handle(evstore_t *st, const evingest_t *in, const evmetrics_t *metrics,
+                       const char *method, const char *path, const events_api_param_t *params,
+                       size_t nparams, events_api_reply_t *out)
 {
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
         reply_error(out, 405, "method %.16s not allowed", method);
@@ -178,7 +181,7 @@ void events_api_handle(evstore_t *st, const evingest_t *in, const char *method, 
         reply_init(out, 200, TYPE_TEXT);
         buf_append_str(&out->body, "ok\n");
     } else if (strcmp(path, "/metrics") == 0) {
-        handle_metrics(st, in, out);
+        handle_metrics(st, in, metrics, out);
     } else if (strcmp(path, "/api/v1/events") == 0) {
         handle_events(st, params, nparams, out);
     } else {

@@ -24,6 +24,7 @@ struct events_http {
     loop_timer_t timer;
     evstore_t *store;
     const evingest_t *ingest;
+    const evmetrics_t *metrics;
 };
 
 typedef struct param_set {
@@ -77,7 +78,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         buf_init(&reply.body, 0);
         buf_append_str(&reply.body, msg);
     } else {
-        events_api_handle(h->store, h->ingest, method, url, ps.v, ps.n, &reply);
+        events_api_handle(h->store, h->ingest, h->metrics, method, url, ps.v, ps.n, &reply);
     }
     struct MHD_Response *resp = MHD_create_response_from_buffer(
         buf_used(&reply.body), (void *)buf_head(&reply.body), MHD_RESPMEM_MUST_COPY);
@@ -146,7 +147,8 @@ static int make_addr(const char *address, unsigned port, struct sockaddr_storage
 }
 
 events_http_t *events_http_new(loop_t *loop, const char *address, unsigned port, evstore_t *st,
-                               const evingest_t *in, char *err, size_t errlen)
+                               const evingest_t *in, const evmetrics_t *metrics, char *err,
+                               size_t errlen)
 {
     struct sockaddr_storage ss;
     if (make_addr(address, port, &ss) < 0) {
@@ -157,6 +159,7 @@ events_http_t *events_http_new(loop_t *loop, const char *address, unsigned port,
     h->loop = loop;
     h->store = st;
     h->ingest = in;
+    h->metrics = metrics;
     h->epoll_fd = -1;
     loop_timer_init(&h->timer, on_timer, h);
     unsigned flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG;

@@ -10,6 +10,7 @@
 
 #include "core/loop.h"
 #include "events_ingest.h"
+#include "events_metrics.h"
 #include "events_store.h"
 
 #include <stddef.h>
@@ -19,9 +20,13 @@
 
 typedef struct events_http events_http_t;
 
-/* Listen on address:port (IPv4 or IPv6 literal); NULL with err set on failure. */
+/*
+ * Listen on address:port (IPv4 or IPv6 literal); NULL with err set on
+ * failure. metrics (may be NULL) is read by /metrics and must outlive h.
+ */
 events_http_t *events_http_new(loop_t *loop, const char *address, unsigned port, evstore_t *st,
-                               const evingest_t *in, char *err, size_t errlen);
+                               const evingest_t *in, const evmetrics_t *metrics, char *err,
+                               size_t errlen);
 void events_http_destroy(events_http_t **h);
 
 #endif

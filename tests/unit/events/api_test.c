@@ -113,7 +113,7 @@ static json_t *get_json(fixture_t *f, const char *path, const events_api_param_t
                         unsigned want_status)
 {
     events_api_reply_t r;
-    events_api_handle(f->store, f->ingest, "GET", path, p, n, &r);
+    events_api_handle(f->store, f->ingest, NULL, "GET", path, p, n, &r);
     if (r.status != want_status)
         fail_msg("%s: status %u, want %u: %.*s", path, r.status, want_status,
                  (int)buf_used(&r.body), buf_head(&r.body));
@@ -150,7 +150,7 @@ static void test_healthz_and_404_405(void **state)
 {
     fixture_t *f = *state;
     events_api_reply_t r;
-    events_api_handle(f->store, f->ingest, "GET", "/healthz", NULL, 0, &r);
+    events_api_handle(f->store, f->ingest, NULL, "GET", "/healthz", NULL, 0, &r);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.content_type, "text/plain; charset=utf-8");
     assert_int_equal(buf_used(&r.body), 3);
@@ -161,7 +161,7 @@ static void test_healthz_and_404_405(void **state)
     assert_non_null(json_string_value(json_object_get(doc, "error")));
     json_decref(doc);
 
-    events_api_handle(f->store, f->ingest, "POST", "/api/v1/events", NULL, 0, &r);
+    events_api_handle(f->store, f->ingest, NULL, "POST", "/api/v1/events", NULL, 0, &r);
     assert_int_equal(r.status, 405);
     events_api_reply_free(&r);
 }
@@ -171,7 +171,7 @@ static void test_metrics(void **state)
     fixture_t *f = *state;
     seed(f);
     events_api_reply_t r;
-    events_api_handle(f->store, f->ingest, "GET", "/metrics", NULL, 0, &r);
+    events_api_handle(f->store, f->ingest, NULL, "GET", "/metrics", NULL, 0, &r);
     assert_int_equal(r.status, 200);
     buf_append(&r.body, "", 1); /* terminate for strstr */
     const char *text = buf_head(&r.body);
