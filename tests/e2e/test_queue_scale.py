@@ -202,6 +202,7 @@ def test_killed_instance_keeps_its_mail_and_the_others_take_new(make_relay):
     # queue-2 restarts from its own store and delivers what it held
     r.spawn("queue", instance=2)
     wait_queues_up(r, INSTANCES)
+    assert "event=recovered active=%d " % len(on_2) in r.log("queue-2"), r.log("queue-2")[-2000:]
     wait_delivered(r, on_2)
     time.sleep(2)  # a second copy would arrive now
     got = delivered(r)
