@@ -5,17 +5,22 @@
  * from ingress, and the management requests from sendarixctl. This file
  * holds main, the config table, the bus glue and the timer that writes
  * changed day counters (at most once a second); what the answers are is
- * auth_api/auth_manage/auth_verify, the store is auth_store, and slow
- * hashes and token checks run on the auth_worker pool.
+ * auth_api/auth_manage/auth_verify/auth_dkim_api, the store is
+ * auth_store, and slow hashes, token checks and DKIM key generation run on
+ * the auth_worker pool. The DNS lookups of AuthDomainVerify run on the
+ * loop (auth_dns) and are answered when the last one is back.
  */
 #include "auth_api.h"
+#include "auth_dns.h"
 #include "auth_jwt.h"
 #include "auth_store.h"
 #include "auth_worker.h"
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "ipc/service.h"
 
+#include <openssl/crypto.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +42,7 @@ typedef struct auth_conf {
     long long lockout_table_max;
     long long rate_table_max;
     auth_jwt_issuers_t *oauth_issuers;
+    char *resolver;
 } auth_conf_t;
 
 /* clang-format off */
@@ -73,8 +79,12 @@ static const conf_field_t auth_conf_table[] = {
     C(oauth_issuers, auth_jwt_conf_parse, auth_jwt_conf_release,
       "issuers whose bearer tokens (XOAUTH2, OAUTHBEARER) are accepted: a list of groups "
       "{ issuer; audience; algorithm (HS256, RS256, ES256); secret or public_key }"),
+    F(resolver, CONF_STRING, "", 0, 0,
+      "DNS servers for the DKIM record checks, \"ip[:port],...\"; empty: /etc/resolv.conf"),
     {NULL},
 };
+
+typedef struct dkim_check_job dkim_check_job_t;
 
 typedef struct auth_ctx {
     service_t *svc;
@@ -82,6 +92,8 @@ typedef struct auth_ctx {
     auth_worker_t *worker; /* NULL: hash on the loop thread */
     bus_server_t *server;
     loop_timer_t rate_flush;
+    auth_dns_t *dns;
+    dkim_check_job_t *checks; /* AuthDomainVerify requests waiting for DNS */
 } auth_ctx_t;
 
 /* A login check waiting for a worker. */
@@ -141,20 +153,226 @@ static void handle_verify(auth_ctx_t *ctx, bus_msg_t *msg)
     send_verify_reply(ctx, &msg->peer, rid, r);
 }
 
-/* Send a management reply or the error that replaced it; frees the reply. */
-static void answer(auth_ctx_t *ctx, bus_msg_t *msg, int rc, const auth_err_t *err, sx_env_t *env,
-                   void *reply)
+/* Send a management reply or the error that replaced it to peer; frees the reply. */
+static void answer_to(auth_ctx_t *ctx, const bus_peer_t *peer, uint64_t request_id,
+                      const char *body, int rc, const auth_err_t *err, sx_env_t *env, void *reply)
 {
     if (rc < 0) {
         char text[2 * AUTH_ERR_TEXT_MAX + 8];
-        log_info("event=request_refused body=%s code=%u text=%s", codec_body_name(msg->env),
-                 err->code, log_quote(text, sizeof(text), err->text, strlen(err->text)));
-        bus_server_error(ctx->server, &msg->peer, msg->env->request_id, err->code, err->enhanced,
-                         "%s", err->text);
+        log_info("event=request_refused body=%s code=%u text=%s", body, err->code,
+                 log_quote(text, sizeof(text), err->text, strlen(err->text)));
+        bus_server_error(ctx->server, peer, request_id, err->code, err->enhanced, "%s", err->text);
     } else {
-        bus_server_send(ctx->server, &msg->peer, msg->env->request_id, env, NULL);
+        bus_server_send(ctx->server, peer, request_id, env, NULL);
     }
     auth_api_reply_free(reply);
+}
+
+static void answer(auth_ctx_t *ctx, bus_msg_t *msg, int rc, const auth_err_t *err, sx_env_t *env,
+                   void *reply)
+{
+    answer_to(ctx, &msg->peer, msg->env->request_id, codec_body_name(msg->env), rc, err, env,
+              reply);
+}
+
+/* ---- requests that need DKIM keys made first (AuthDomainAdd, AuthDomainDkim) ---- */
+
+typedef struct keygen_job {
+    auth_ctx_t *ctx;
+    bus_peer_t peer;
+    sx_env_t *req; /* the request, kept until the answer */
+    uint32_t generation;
+    uint64_t now_ms;
+    int failed;
+    auth_dkim_rec_t keys;
+} keygen_job_t;
+
+/*
+ * Run the handler of a keyed request (fresh NULL: it may ask for keys,
+ * returning 1) and, unless it asks, answer it.
+ */
+static int keyed_run(auth_ctx_t *ctx, const bus_peer_t *peer, const sx_env_t *req,
+                     auth_dkim_rec_t *fresh, uint32_t *generation)
+{
+    sx_env_t env = PB_INIT(ENVELOPE);
+    auth_err_t err = {0};
+    void *reply = NULL;
+    int rc;
+    *generation = 1;
+    if (req->body_case == PB_BODY(AUTH_DOMAIN_ADD)) {
+        PB(AuthDomainAddReply) *r = NULL;
+        rc = auth_api_domain_add_keyed(ctx->api, req->auth_domain_add, fresh, &r, &err);
+        env.body_case = PB_BODY(AUTH_DOMAIN_ADD_REPLY);
+        env.auth_domain_add_reply = r;
+        reply = r;
+    } else {
+        PB(AuthDomainDkimReply) *r = NULL;
+        rc = auth_api_domain_dkim(ctx->api, req->auth_domain_dkim, fresh, generation, &r, &err);
+        env.body_case = PB_BODY(AUTH_DOMAIN_DKIM_REPLY);
+        env.auth_domain_dkim_reply = r;
+        reply = r;
+    }
+    if (rc != 1)
+        answer_to(ctx, peer, req->request_id, codec_body_name(req), rc, &err, &env, reply);
+    return rc;
+}
+
+static void keygen_finish(keygen_job_t *job)
+{
+    uint32_t g;
+    if (job->failed) {
+        auth_err_t err = {.code = 500, .enhanced = "4.3.0"};
+        snprintf(err.text, sizeof(err.text), "cannot make DKIM keys (OpenSSL failed)");
+        log_error("event=dkim_keygen_failed generation=%u", job->generation);
+        answer_to(job->ctx, &job->peer, job->req->request_id, codec_body_name(job->req), -1, &err,
+                  NULL, NULL);
+    } else {
+        keyed_run(job->ctx, &job->peer, job->req, &job->keys, &g);
+    }
+}
+
+static void keygen_free(keygen_job_t *job)
+{
+    auth_dkim_rec_clear(&job->keys);
+    codec_free(&job->req);
+    free(job);
+}
+
+static void keygen_work(void *arg)
+{
+    keygen_job_t *job = arg;
+    job->failed = auth_dkim_generate(&job->keys, job->generation, job->now_ms) < 0;
+}
+
+static void keygen_done(void *arg, int completed)
+{
+    keygen_job_t *job = arg;
+    if (completed)
+        keygen_finish(job);
+    keygen_free(job);
+}
+
+static void handle_keyed(auth_ctx_t *ctx, bus_msg_t *msg)
+{
+    uint32_t generation;
+    if (keyed_run(ctx, &msg->peer, msg->env, NULL, &generation) != 1)
+        return;
+    keygen_job_t *job = xcalloc(1, sizeof(*job));
+    job->ctx = ctx;
+    job->peer = msg->peer;
+    job->req = bus_msg_take_env(msg);
+    job->generation = generation;
+    job->now_ms = clock_wall_ms();
+    if (ctx->worker && auth_worker_submit(ctx->worker, keygen_work, keygen_done, job) == 0)
+        return;
+    /* no worker, or its queue is full: an operator's request waits no less for that */
+    keygen_work(job);
+    keygen_done(job, 1);
+}
+
+/* ---- AuthDomainVerify: one TXT lookup per key ---- */
+
+typedef struct check_slot {
+    dkim_check_job_t *job;
+    size_t index;
+    auth_dns_query_t *query;
+} check_slot_t;
+
+struct dkim_check_job {
+    auth_ctx_t *ctx;
+    bus_peer_t peer;
+    uint64_t request_id;
+    char domain[AUTH_DOMAIN_MAX + 1];
+    auth_dkim_rec_t keys; /* public parts only */
+    PB(DkimCheck) checks[AUTH_DKIM_KEYS_MAX];
+    check_slot_t slots[AUTH_DKIM_KEYS_MAX];
+    size_t pending;
+    dkim_check_job_t *prev, *next;
+};
+
+static void check_job_free(dkim_check_job_t *job)
+{
+    auth_ctx_t *ctx = job->ctx;
+    if (job->prev)
+        job->prev->next = job->next;
+    else if (ctx->checks == job)
+        ctx->checks = job->next;
+    if (job->next)
+        job->next->prev = job->prev;
+    for (size_t i = 0; i < job->keys.n; i++) {
+        auth_dns_cancel(&job->slots[i].query);
+        auth_dkim_check_clear(&job->checks[i]);
+    }
+    auth_dkim_rec_clear(&job->keys);
+    free(job);
+}
+
+static void on_txt(char *const *txts, size_t n, const char *err, void *arg)
+{
+    check_slot_t *slot = arg;
+    dkim_check_job_t *job = slot->job;
+    slot->query = NULL;
+    auth_dkim_check(job->domain, &job->keys.keys[slot->index], txts, n, err,
+                    &job->checks[slot->index]);
+    if (--job->pending > 0)
+        return;
+    auth_err_t e = {0};
+    PB(AuthDomainVerifyReply) *r = NULL;
+    int rc =
+        auth_api_domain_verify_finish(job->ctx->api, job->domain, &job->keys, job->checks, &r, &e);
+    sx_env_t env = PB_INIT(ENVELOPE);
+    env.body_case = PB_BODY(AUTH_DOMAIN_VERIFY_REPLY);
+    env.auth_domain_verify_reply = r;
+    answer_to(job->ctx, &job->peer, job->request_id, "auth_domain_verify", rc, &e, &env, r);
+    check_job_free(job);
+}
+
+static void handle_domain_verify(auth_ctx_t *ctx, bus_msg_t *msg)
+{
+    dkim_check_job_t *job = xcalloc(1, sizeof(*job));
+    auth_err_t err = {0};
+    job->ctx = ctx;
+    job->peer = msg->peer;
+    job->request_id = msg->env->request_id;
+    if (auth_api_domain_verify_begin(ctx->api, msg->env->auth_domain_verify, job->domain,
+                                     &job->keys, &err) < 0) {
+        free(job);
+        answer(ctx, msg, -1, &err, NULL, NULL);
+        return;
+    }
+    job->next = ctx->checks;
+    if (ctx->checks)
+        ctx->checks->prev = job;
+    ctx->checks = job;
+    job->pending = job->keys.n;
+    for (size_t i = 0; i < job->keys.n; i++) {
+        char name[AUTH_DKIM_TXT_NAME_MAX];
+        PB(DkimCheck) init = PB_INIT(DKIM_CHECK);
+        job->checks[i] = init;
+        job->slots[i] = (check_slot_t){job, i, NULL};
+        snprintf(name, sizeof(name), "%s._domainkey.%s", job->keys.keys[i].selector, job->domain);
+        job->slots[i].query = auth_dns_txt(ctx->dns, name, on_txt, &job->slots[i]);
+    }
+}
+
+/* The private keys of a reply are wiped before its memory goes back. */
+static void handle_key_get(auth_ctx_t *ctx, bus_msg_t *msg)
+{
+    auth_err_t err = {0};
+    PB(AuthDkimKeyGetReply) *r = NULL;
+    int rc = auth_api_dkim_key_get(ctx->api, msg->env->auth_dkim_key_get, &r, &err);
+    sx_env_t env = PB_INIT(ENVELOPE);
+    env.body_case = PB_BODY(AUTH_DKIM_KEY_GET_REPLY);
+    env.auth_dkim_key_get_reply = r;
+    if (rc < 0) {
+        answer(ctx, msg, rc, &err, &env, r);
+        return;
+    }
+    bus_server_send(ctx->server, &msg->peer, msg->env->request_id, &env, NULL);
+    for (size_t i = 0; i < r->n_keys; i++)
+        if (r->keys[i] && r->keys[i]->private_key_pem)
+            OPENSSL_cleanse(r->keys[i]->private_key_pem, strlen(r->keys[i]->private_key_pem));
+    auth_api_reply_free(r);
 }
 
 /* One management request: call the handler, answer with its reply or its error. */
@@ -181,14 +399,22 @@ static void on_request(bus_server_t *srv, bus_msg_t *msg, void *arg)
     case PB_BODY(AUTH_LOGIN_VERIFY):
         handle_verify(ctx, msg);
         break;
+    case PB_BODY(AUTH_DOMAIN_ADD):
+    case PB_BODY(AUTH_DOMAIN_DKIM):
+        handle_keyed(ctx, msg);
+        break;
+    case PB_BODY(AUTH_DOMAIN_VERIFY):
+        handle_domain_verify(ctx, msg);
+        break;
+    case PB_BODY(AUTH_DKIM_KEY_GET):
+        handle_key_get(ctx, msg);
+        break;
         HANDLE(AUTH_RATE_CHECK, auth_rate_check, auth_api_rate_check, AUTH_RATE_CHECK_REPLY,
                auth_rate_check_reply, AuthRateCheckReply)
         HANDLE(AUTH_TENANT_ADD, auth_tenant_add, auth_api_tenant_add, AUTH_TENANT_ADD_REPLY,
                auth_tenant_add_reply, AuthTenantAddReply)
         HANDLE(AUTH_TENANT_LIST, auth_tenant_list, auth_api_tenant_list, AUTH_TENANT_LIST_REPLY,
                auth_tenant_list_reply, AuthTenantListReply)
-        HANDLE(AUTH_DOMAIN_ADD, auth_domain_add, auth_api_domain_add, AUTH_DOMAIN_ADD_REPLY,
-               auth_domain_add_reply, AuthDomainAddReply)
         HANDLE(AUTH_DOMAIN_LIST, auth_domain_list, auth_api_domain_list, AUTH_DOMAIN_LIST_REPLY,
                auth_domain_list_reply, AuthDomainListReply)
         HANDLE(AUTH_CREDENTIAL_ADD, auth_credential_add, auth_api_credential_add,
@@ -308,6 +534,13 @@ int main(int argc, char **argv)
             goto out;
         }
     }
+    ctx.dns = auth_dns_new(svc.loop, conf.resolver, err, sizeof(err));
+    if (ctx.dns == NULL) {
+        char where[512];
+        fprintf(stderr, "sendarix-auth: %s: auth.resolver: %s\n",
+                conf_where(conf_group(svc.conf, "auth"), where, sizeof(where)), err);
+        goto out;
+    }
     loop_timer_init(&ctx.rate_flush, on_rate_flush, &ctx);
     ctx.server = bus_server_new(svc.bus, endpoint, on_request, &ctx);
     if (ctx.server == NULL) {
@@ -317,10 +550,11 @@ int main(int argc, char **argv)
     bus_set_stats(svc.bus, on_stats, &ctx);
     log_info("event=auth_ready store=%s tenants=%zu credentials=%zu scrypt_ln=%lld "
              "hash_threads=%lld cache_max=%lld cache_ttl_ms=%llu lockout_failures=%lld "
-             "oauth_issuers=%zu",
+             "oauth_issuers=%zu resolver=%s",
              dir, auth_store_tenant_count(st), auth_store_cred_count(st), conf.scrypt_ln,
              conf.hash_threads, conf.cache_max, (unsigned long long)conf.cache_ttl,
-             conf.lockout_failures, auth_jwt_issuers_count(conf.oauth_issuers));
+             conf.lockout_failures, auth_jwt_issuers_count(conf.oauth_issuers),
+             conf.resolver && *conf.resolver ? conf.resolver : "system");
     rc = service_run(&svc) == 0 ? 0 : 1;
     loop_timer_stop(svc.loop, &ctx.rate_flush);
     if (auth_api_rate_pending(ctx.api))
@@ -328,6 +562,9 @@ int main(int argc, char **argv)
 out:
     bus_set_stats(svc.bus, NULL, NULL);
     auth_worker_destroy(&ctx.worker);
+    while (ctx.checks)
+        check_job_free(ctx.checks);
+    auth_dns_destroy(&ctx.dns);
     bus_server_destroy(&ctx.server);
     auth_api_destroy(&ctx.api);
     auth_store_close(&st);

@@ -176,8 +176,7 @@ int auth_username_valid(const char *s)
     return 1;
 }
 
-/* Lowercase and check a sending domain into out; 0 or -1. */
-static int domain_normalize(const char *in, char out[AUTH_DOMAIN_MAX + 1])
+int auth_domain_normalize(const char *in, char out[AUTH_DOMAIN_MAX + 1])
 {
     size_t n = strnlen(in, AUTH_DOMAIN_MAX + 1);
     if (n == 0 || n > AUTH_DOMAIN_MAX)
@@ -239,33 +238,73 @@ int auth_api_tenant_list(auth_api_t *api, const PB(AuthTenantList) * req,
 
 /* ---- domains ---- */
 
-int auth_api_domain_add(auth_api_t *api, const PB(AuthDomainAdd) * req,
-                        PB(AuthDomainAddReply) * *reply, auth_err_t *err)
+int auth_api_domain_add_keyed(auth_api_t *api, const PB(AuthDomainAdd) * req,
+                              auth_dkim_rec_t *fresh, PB(AuthDomainAddReply) * *reply,
+                              auth_err_t *err)
 {
     *reply = NULL;
     char q[160], text[AUTH_ERR_TEXT_MAX] = "", domain[AUTH_DOMAIN_MAX + 1];
     const char *tenant = req ? auth_str(req->tenant) : "";
     const char *given = req ? auth_str(req->domain) : "";
     int verified = req ? req->verified != 0 : 0, updated = 0;
-    if (domain_normalize(given, domain) < 0)
+    if (auth_domain_normalize(given, domain) < 0)
         return auth_fail(err, 400, "domain %s is not a valid host name",
                          auth_quoted(q, sizeof(q), given));
     if (!auth_tenant_name_valid(tenant))
         return auth_fail(err, 400, "tenant name %s is invalid", auth_quoted(q, sizeof(q), tenant));
-    auth_st_t st = auth_store_domain_add(api->st, domain, tenant, verified, auth_now(api), &updated,
-                                         text, sizeof(text));
+    if (fresh == NULL) {
+        /* keys are made (slowly) only for a domain that will take them */
+        auth_domain_rec_t dom;
+        auth_dkim_rec_t have;
+        auth_st_t st = auth_store_dkim_get(api->st, domain, &dom, &have);
+        if (st == AUTH_ST_NOTFOUND && auth_store_tenant_exists(api->st, tenant) == 1)
+            return 1;
+        if (st == AUTH_ST_OK) {
+            int need = have.n == 0 && verified && !dom.verified && strcmp(dom.tenant, tenant) == 0;
+            auth_dkim_rec_clear(&have);
+            if (need)
+                return 1;
+        }
+    }
+    auth_st_t st = auth_store_domain_add(api->st, domain, tenant, verified, auth_now(api), fresh,
+                                         &updated, text, sizeof(text));
     if (st != AUTH_ST_OK)
         return auth_fail_store(err, st, text, 409);
-    log_info("event=%s domain=%s tenant=%s verified=%d",
-             updated ? "domain_verified" : "domain_added", domain, tenant, verified);
+    PB(Domain) *d = NULL;
+    st = auth_store_domain_get(api->st, domain, &d);
+    if (st != AUTH_ST_OK)
+        return auth_fail_store(err, st, "", 500);
+    log_info("event=%s domain=%s tenant=%s verified=%d dkim_keys=%zu",
+             updated ? "domain_verified" : "domain_added", domain, tenant, d->verified != 0,
+             d->n_dkim);
     PB(AuthDomainAddReply) *r = xmalloc(sizeof(*r));
     PB(AuthDomainAddReply) init = PB_INIT(AUTH_DOMAIN_ADD_REPLY);
     *r = init;
     r->domain = xstrdup(domain);
     r->tenant = xstrdup(tenant);
-    r->verified = verified;
+    r->verified = d->verified;
+    r->dkim = d->dkim; /* moved into the reply */
+    r->n_dkim = d->n_dkim;
+    d->dkim = NULL;
+    d->n_dkim = 0;
+    PB_FN(domain, free_unpacked)(d, NULL);
     *reply = r;
     return 0;
+}
+
+int auth_api_domain_add(auth_api_t *api, const PB(AuthDomainAdd) * req,
+                        PB(AuthDomainAddReply) * *reply, auth_err_t *err)
+{
+    int rc = auth_api_domain_add_keyed(api, req, NULL, reply, err);
+    if (rc != 1)
+        return rc;
+    auth_dkim_rec_t fresh;
+    memset(&fresh, 0, sizeof(fresh));
+    if (auth_dkim_generate(&fresh, 1, auth_now(api)) < 0)
+        return auth_fail(err, 500, "cannot make DKIM keys (OpenSSL failed)");
+    rc = auth_api_domain_add_keyed(api, req, &fresh, reply, err);
+    auth_dkim_rec_clear(&fresh);
+    return rc;
 }
 
 /* Check a tenant filter of a list request: "" passes; 0 or -1 with err (400, 404). */
@@ -351,7 +390,7 @@ static int credential_from_request(const PB(AuthCredentialAdd) * req, uint64_t n
     for (size_t i = 0; i < req->n_domains; i++) {
         char d[AUTH_DOMAIN_MAX + 1];
         const char *given = auth_str(req->domains[i]);
-        if (domain_normalize(given, d) < 0)
+        if (auth_domain_normalize(given, d) < 0)
             return auth_fail(err, 400, "domain %s is not a valid host name",
                              auth_quoted(q, sizeof(q), given));
         int dup = 0;

@@ -23,6 +23,7 @@
 #ifndef SX_AUTH_API_H
 #define SX_AUTH_API_H
 
+#include "auth_dkim.h"
 #include "auth_guard.h"
 #include "auth_hash.h"
 #include "auth_jwt.h"
@@ -102,6 +103,7 @@ int auth_api_tenant_add(auth_api_t *api, const PB(AuthTenantAdd) * req,
                         PB(AuthTenantAddReply) * *reply, auth_err_t *err);
 int auth_api_tenant_list(auth_api_t *api, const PB(AuthTenantList) * req,
                          PB(AuthTenantListReply) * *reply, auth_err_t *err);
+/* Makes the domain's DKIM keys itself when it needs them (see _keyed). */
 int auth_api_domain_add(auth_api_t *api, const PB(AuthDomainAdd) * req,
                         PB(AuthDomainAddReply) * *reply, auth_err_t *err);
 int auth_api_domain_list(auth_api_t *api, const PB(AuthDomainList) * req,
@@ -110,6 +112,44 @@ int auth_api_credential_add(auth_api_t *api, const PB(AuthCredentialAdd) * req,
                             PB(AuthCredentialAddReply) * *reply, auth_err_t *err);
 int auth_api_credential_list(auth_api_t *api, const PB(AuthCredentialList) * req,
                              PB(AuthCredentialListReply) * *reply, auth_err_t *err);
+
+/* ---- auth_dkim_api.c: the DKIM keys of sending domains ---- */
+
+/*
+ * Keys are slow to make (RSA), so the daemon makes them on a worker: a
+ * handler called with fresh NULL returns 1 when the domain will need keys
+ * (of generation *generation), and is called again with them made by
+ * auth_dkim_generate; with fresh given it never returns 1 and uses the
+ * keys only if the domain still has none (or is rotated).
+ */
+
+/* AuthDomainAdd: a new domain gets keys of generation 1. */
+int auth_api_domain_add_keyed(auth_api_t *api, const PB(AuthDomainAdd) * req,
+                              auth_dkim_rec_t *fresh, PB(AuthDomainAddReply) * *reply,
+                              auth_err_t *err);
+/*
+ * AuthDomainDkim: the domain with its keys; a domain without keys (written
+ * before there were any) gets them, and rotate replaces them with the next
+ * generation's (the old selectors stop signing at once).
+ */
+int auth_api_domain_dkim(auth_api_t *api, const PB(AuthDomainDkim) * req, auth_dkim_rec_t *fresh,
+                         uint32_t *generation, PB(AuthDomainDkimReply) * *reply, auth_err_t *err);
+/*
+ * AuthDomainVerify in two steps around the DNS lookups: begin gives the
+ * normalised domain and its keys (public parts only); finish takes one
+ * check per key (auth_dkim_check), marks the domain verified when every
+ * key matched and the keys did not change meanwhile, and replies. A check
+ * that fails never takes a verification away.
+ */
+int auth_api_domain_verify_begin(auth_api_t *api, const PB(AuthDomainVerify) * req,
+                                 char domain[AUTH_DOMAIN_MAX + 1], auth_dkim_rec_t *keys,
+                                 auth_err_t *err);
+int auth_api_domain_verify_finish(auth_api_t *api, const char *domain, const auth_dkim_rec_t *keys,
+                                  PB(DkimCheck) * checks, PB(AuthDomainVerifyReply) * *reply,
+                                  auth_err_t *err);
+/* AuthDkimKeyGet: the private keys of a verified domain; 404 for others. */
+int auth_api_dkim_key_get(auth_api_t *api, const PB(AuthDkimKeyGet) * req,
+                          PB(AuthDkimKeyGetReply) * *reply, auth_err_t *err);
 
 /* ---- auth_manage.c: rotation, revoke, allowlists, limits ---- */
 

@@ -45,6 +45,8 @@ static inline const char *auth_str(const char *s)
 /* A copy of a credential's public part, for a reply. */
 PB(Credential) * auth_credential_copy(const PB(Credential) * p);
 
+/* Lowercase and check a sending domain into out; 0 or -1. */
+int auth_domain_normalize(const char *in, char out[AUTH_DOMAIN_MAX + 1]);
 /* 1 to AUTH_TENANT_MAX characters of a-z 0-9 . _ - */
 int auth_tenant_name_valid(const char *s);
 /* 1 to AUTH_USERNAME_MAX printable ASCII characters, no spaces */

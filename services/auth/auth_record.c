@@ -7,6 +7,8 @@
 #include "auth_hash.h"
 #include "core/alloc.h"
 
+#include <openssl/crypto.h>
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,10 +16,12 @@
 #define REC_FIELD_HEAD   5  /* tag + u32 length */
 #define REC_SECRET_FIXED 17 /* kind + created + expires, before the hash text */
 
-enum { REC_TENANT = 'T', REC_DOMAIN = 'D', REC_CRED = 'C' };
+enum { REC_TENANT = 'T', REC_DOMAIN = 'D', REC_CRED = 'C', REC_DKIM = 'K' };
 
 enum { DOMAIN_F_TENANT = 1, DOMAIN_F_CREATED = 2, DOMAIN_F_VERIFIED = 3 };
 enum { TENANT_F_PUBLIC = 1 };
+enum { DKIM_F_GENERATION = 1, DKIM_F_VERIFIED_AT = 2, DKIM_F_KEY = 3 };
+enum { KEY_F_SELECTOR = 1, KEY_F_ALG = 2, KEY_F_CREATED = 3, KEY_F_PUBLIC = 4, KEY_F_PRIVATE = 5 };
 
 /* ---- little-endian integers ---- */
 
@@ -422,5 +426,151 @@ int auth_record_cred_decode(const void *data, size_t len, auth_cred_t *out)
     return 0;
 bad:
     auth_cred_clear(&c);
+    return -1;
+}
+
+/* ---- DKIM keys ---- */
+
+static void key_clear(auth_dkim_key_t *k)
+{
+    if (k->private_pem) {
+        OPENSSL_cleanse(k->private_pem, strlen(k->private_pem));
+        free(k->private_pem);
+    }
+    free(k->public_b64);
+    memset(k, 0, sizeof(*k));
+}
+
+void auth_dkim_rec_clear(auth_dkim_rec_t *r)
+{
+    for (size_t i = 0; i < r->n && i < AUTH_DKIM_KEYS_MAX; i++)
+        key_clear(&r->keys[i]);
+    memset(r, 0, sizeof(*r));
+}
+
+void auth_dkim_rec_move(auth_dkim_rec_t *dst, auth_dkim_rec_t *src)
+{
+    auth_dkim_rec_clear(dst);
+    *dst = *src;
+    memset(src, 0, sizeof(*src));
+}
+
+static int key_encode(const auth_dkim_key_t *k, buf_t *out)
+{
+    buf_t b;
+    buf_init(&b, AUTH_RECORD_MAX);
+    uint8_t alg = k->alg;
+    size_t pem = k->private_pem ? strnlen(k->private_pem, AUTH_DKIM_PEM_MAX + 1) : 0;
+    size_t pub = k->public_b64 ? strnlen(k->public_b64, AUTH_DKIM_PUBLIC_MAX + 1) : 0;
+    int rc = -1;
+    if (pem > 0 && pem <= AUTH_DKIM_PEM_MAX && pub > 0 && pub <= AUTH_DKIM_PUBLIC_MAX &&
+        rec_field(&b, KEY_F_SELECTOR, k->selector, strnlen(k->selector, AUTH_DKIM_SELECTOR_MAX)) ==
+            0 &&
+        rec_field(&b, KEY_F_ALG, &alg, 1) == 0 &&
+        rec_u64(&b, KEY_F_CREATED, k->created_at_ms) == 0 &&
+        rec_field(&b, KEY_F_PUBLIC, k->public_b64, pub) == 0 &&
+        rec_field(&b, KEY_F_PRIVATE, k->private_pem, pem) == 0)
+        rc = rec_field(out, DKIM_F_KEY, buf_head(&b), buf_used(&b));
+    OPENSSL_cleanse(b.data, b.cap);
+    buf_free(&b);
+    return rc;
+}
+
+int auth_record_dkim_encode(const auth_dkim_rec_t *r, buf_t *out)
+{
+    if (r->n > AUTH_DKIM_KEYS_MAX || rec_begin(out, REC_DKIM) < 0 ||
+        rec_u64(out, DKIM_F_GENERATION, r->generation) < 0 ||
+        rec_u64(out, DKIM_F_VERIFIED_AT, r->verified_at_ms) < 0)
+        return -1;
+    for (size_t i = 0; i < r->n; i++)
+        if (key_encode(&r->keys[i], out) < 0)
+            return -1;
+    return 0;
+}
+
+/* A text sub-field: 1..max bytes, no NUL inside. */
+static char *text_field(const uint8_t *v, size_t n, size_t max)
+{
+    if (n == 0 || n > max || memchr(v, 0, n))
+        return NULL;
+    return xstrndup((const char *)v, n);
+}
+
+static int key_decode(const uint8_t *data, size_t len, auth_dkim_key_t *k)
+{
+    rec_reader_t r = {data, len};
+    uint8_t tag;
+    const uint8_t *v;
+    size_t n;
+    int rc, have_sel = 0, have_alg = 0;
+    while ((rc = rec_next(&r, &tag, &v, &n)) == 1) {
+        switch (tag) {
+        case KEY_F_SELECTOR:
+            if (have_sel || n == 0 || n > AUTH_DKIM_SELECTOR_MAX || memchr(v, 0, n))
+                return -1;
+            memcpy(k->selector, v, n);
+            k->selector[n] = '\0';
+            have_sel = 1;
+            break;
+        case KEY_F_ALG:
+            if (have_alg || n != 1 || v[0] == 0)
+                return -1;
+            k->alg = v[0];
+            have_alg = 1;
+            break;
+        case KEY_F_CREATED:
+            if (field_u64(v, n, &k->created_at_ms) < 0)
+                return -1;
+            break;
+        case KEY_F_PUBLIC:
+            if (k->public_b64 || (k->public_b64 = text_field(v, n, AUTH_DKIM_PUBLIC_MAX)) == NULL)
+                return -1;
+            break;
+        case KEY_F_PRIVATE:
+            if (k->private_pem || (k->private_pem = text_field(v, n, AUTH_DKIM_PEM_MAX)) == NULL)
+                return -1;
+            break;
+        default:
+            break;
+        }
+    }
+    return rc < 0 || !have_sel || !have_alg || !k->public_b64 || !k->private_pem ? -1 : 0;
+}
+
+int auth_record_dkim_decode(const void *data, size_t len, auth_dkim_rec_t *out)
+{
+    rec_reader_t r;
+    uint8_t tag;
+    const uint8_t *v;
+    size_t n;
+    int rc, have_gen = 0;
+    uint64_t g;
+    auth_dkim_rec_t d;
+    memset(&d, 0, sizeof(d));
+    if (rec_open(data, len, REC_DKIM, &r) < 0)
+        return -1;
+    while ((rc = rec_next(&r, &tag, &v, &n)) == 1) {
+        if (tag == DKIM_F_GENERATION) {
+            if (have_gen || field_u64(v, n, &g) < 0 || g > UINT32_MAX)
+                goto bad;
+            d.generation = (uint32_t)g;
+            have_gen = 1;
+        } else if (tag == DKIM_F_VERIFIED_AT) {
+            if (field_u64(v, n, &d.verified_at_ms) < 0)
+                goto bad;
+        } else if (tag == DKIM_F_KEY) {
+            if (d.n >= AUTH_DKIM_KEYS_MAX)
+                goto bad;
+            d.n++;
+            if (key_decode(v, n, &d.keys[d.n - 1]) < 0)
+                goto bad;
+        }
+    }
+    if (rc < 0 || !have_gen)
+        goto bad;
+    *out = d;
+    return 0;
+bad:
+    auth_dkim_rec_clear(&d);
     return -1;
 }

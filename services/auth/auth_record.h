@@ -10,6 +10,11 @@
  * packed in field 1, so it reaches list replies as is; what never leaves the
  * service (password hashes, generation) has fields of its own.
  *
+ * A domain's DKIM keys are a record of their own ('K'): the generation
+ * that named their selectors, when their DNS records last matched, and per
+ * key its selector, algorithm, creation time, public value and PEM private
+ * key, each key a field holding sub-fields of the same tag-length shape.
+ *
  * Decoders check every length and refuse what does not add up; they never
  * trust the bytes. Which key holds which record is auth_store's business.
  */
@@ -32,6 +37,10 @@
 #define AUTH_SECRETS_MAX       8   /* live secrets on one credential (rotation) */
 #define AUTH_CRED_NETWORKS_MAX 64  /* client networks allowed on one credential */
 #define AUTH_NETWORK_MAX       49  /* "ffff:...:ffff/128", normalised */
+#define AUTH_DKIM_KEYS_MAX     2   /* keys a domain signs with at once (RSA, Ed25519) */
+#define AUTH_DKIM_SELECTOR_MAX 63
+#define AUTH_DKIM_PEM_MAX      8192
+#define AUTH_DKIM_PUBLIC_MAX   512
 
 /* Field tags of a credential record. */
 enum {
@@ -78,6 +87,31 @@ typedef struct auth_domain_rec {
     int verified;
 } auth_domain_rec_t;
 
+/* One DKIM key of a domain. */
+typedef struct auth_dkim_key {
+    char selector[AUTH_DKIM_SELECTOR_MAX + 1];
+    uint8_t alg; /* dkim_alg_t */
+    uint64_t created_at_ms;
+    char *public_b64;  /* the p= value */
+    char *private_pem; /* never logged; leaves auth only in AuthDkimKeyGetReply */
+} auth_dkim_key_t;
+
+/*
+ * A domain's DKIM keys. Generation g names the selectors "sx<g>" (RSA) and
+ * "sx<g>e" (Ed25519); a rotation makes generation g + 1 and replaces them.
+ */
+typedef struct auth_dkim_rec {
+    uint32_t generation;     /* 0: no keys */
+    uint64_t verified_at_ms; /* when DNS last showed every key; 0: never */
+    size_t n;
+    auth_dkim_key_t keys[AUTH_DKIM_KEYS_MAX];
+} auth_dkim_rec_t;
+
+/* Wipe the private keys and free the strings; the record is empty after. */
+void auth_dkim_rec_clear(auth_dkim_rec_t *r);
+/* Give dst the keys of src (dst cleared first); src is empty after. */
+void auth_dkim_rec_move(auth_dkim_rec_t *dst, auth_dkim_rec_t *src);
+
 /* An empty credential (pub allocated, no secrets). */
 void auth_cred_init(auth_cred_t *c);
 void auth_cred_clear(auth_cred_t *c);
@@ -96,11 +130,14 @@ void auth_cred_drop_secrets(auth_cred_t *c);
 int auth_record_tenant_encode(const PB(Tenant) * t, buf_t *out);
 int auth_record_domain_encode(const auth_domain_rec_t *d, buf_t *out);
 int auth_record_cred_encode(const auth_cred_t *c, buf_t *out);
+int auth_record_dkim_encode(const auth_dkim_rec_t *r, buf_t *out);
 
 /* Decoders return NULL / -1 for bytes that are not a valid record of that kind. */
 PB(Tenant) * auth_record_tenant_decode(const void *data, size_t len);
 int auth_record_domain_decode(const void *data, size_t len, auth_domain_rec_t *out);
 /* out is filled (free with auth_cred_clear) only on success. */
 int auth_record_cred_decode(const void *data, size_t len, auth_cred_t *out);
+/* out is filled (free with auth_dkim_rec_clear) only on success. */
+int auth_record_dkim_decode(const void *data, size_t len, auth_dkim_rec_t *out);
 
 #endif

@@ -5,10 +5,12 @@
  * does not log successful writes, which auth_api reports.
  */
 #include "auth_store.h"
+#include "auth_dkim.h"
 #include "core/alloc.h"
 #include "core/log.h"
 #include "store/store.h"
 
+#include <openssl/crypto.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,7 +22,7 @@
 
 struct auth_store {
     store_t *st;
-    unsigned tenants, domains, tenant_domains, credentials, rate_day, meta;
+    unsigned tenants, domains, tenant_domains, credentials, rate_day, meta, dkim;
     size_t n_tenants;
     size_t n_creds;
 };
@@ -99,7 +101,8 @@ auth_store_t *auth_store_open(const char *dir, char *err, size_t errlen)
         store_db(as->st, "tenant_domains", &as->tenant_domains) != STORE_OK ||
         store_db(as->st, "credentials", &as->credentials) != STORE_OK ||
         store_db(as->st, "rate_day", &as->rate_day) != STORE_OK ||
-        store_db(as->st, "meta", &as->meta) != STORE_OK) {
+        store_db(as->st, "meta", &as->meta) != STORE_OK ||
+        store_db(as->st, "dkim", &as->dkim) != STORE_OK) {
         set_err(err, errlen, "%s: cannot open the named databases", dir);
         goto fail;
     }
@@ -448,6 +451,7 @@ typedef struct domain_add {
     const char *tenant;
     int verified;
     uint64_t now_ms;
+    const auth_dkim_rec_t *keys;
     int updated;
     auth_st_t result;
     char *err;
@@ -465,11 +469,51 @@ static int put_domain(store_txn_t *txn, auth_store_t *as, const char *domain,
     return rc;
 }
 
+static int put_dkim(store_txn_t *txn, auth_store_t *as, const char *domain,
+                    const auth_dkim_rec_t *rec)
+{
+    buf_t b;
+    buf_init(&b, AUTH_RECORD_MAX);
+    int rc =
+        auth_record_dkim_encode(rec, &b) < 0 ? STORE_ERROR : put_encoded(txn, as->dkim, domain, &b);
+    OPENSSL_cleanse(b.data, b.cap);
+    buf_free(&b);
+    return rc;
+}
+
+/* The domain's keys inside txn: none is AUTH_ST_OK with an empty rec. */
+static auth_st_t dkim_read(auth_store_t *as, store_txn_t *txn, const char *domain,
+                           auth_dkim_rec_t *rec)
+{
+    store_val_t v;
+    memset(rec, 0, sizeof(*rec));
+    int rc = store_get(txn, as->dkim, domain, strlen(domain), &v);
+    if (rc == STORE_NOTFOUND)
+        return AUTH_ST_OK;
+    if (rc != STORE_OK)
+        return map_store(rc);
+    if (auth_record_dkim_decode(v.data, v.len, rec) < 0) {
+        log_corrupt("dkim", domain, strlen(domain));
+        return AUTH_ST_CORRUPT;
+    }
+    return AUTH_ST_OK;
+}
+
+/* Whether the domain has keys inside txn: 1, 0, or -1 (unreadable). */
+static int dkim_present(auth_store_t *as, store_txn_t *txn, const char *domain)
+{
+    store_val_t v;
+    int rc = store_get(txn, as->dkim, domain, strlen(domain), &v);
+    return rc == STORE_OK ? 1 : rc == STORE_NOTFOUND ? 0 : -1;
+}
+
 static int domain_add_fn(store_txn_t *txn, void *arg)
 {
     domain_add_t *a = arg;
     store_val_t v;
     a->result = AUTH_ST_OK;
+    a->updated = 0;
+    int with_keys = a->keys && a->keys->n > 0;
     int rc = store_get(txn, a->as->tenants, a->tenant, strlen(a->tenant), &v);
     if (rc == STORE_NOTFOUND) {
         a->result = AUTH_ST_NOTFOUND;
@@ -485,7 +529,10 @@ static int domain_add_fn(store_txn_t *txn, void *arg)
         if (same && a->verified && !rec.verified) {
             rec.verified = 1;
             a->updated = 1;
-            return put_domain(txn, a->as, a->domain, &rec);
+            rc = put_domain(txn, a->as, a->domain, &rec);
+            if (rc == STORE_OK && with_keys && dkim_present(a->as, txn, a->domain) == 0)
+                rc = put_dkim(txn, a->as, a->domain, a->keys);
+            return rc;
         }
         a->result = same ? AUTH_ST_EXISTS : AUTH_ST_CONFLICT;
         set_err(a->err, a->errlen, "domain %s already belongs to %s", a->domain,
@@ -508,18 +555,21 @@ static int domain_add_fn(store_txn_t *txn, void *arg)
     rc = put_domain(txn, a->as, a->domain, &rec);
     if (rc == STORE_OK)
         rc = store_put(txn, a->as->tenant_domains, key, (size_t)klen, "", 0);
+    if (rc == STORE_OK && with_keys)
+        rc = put_dkim(txn, a->as, a->domain, a->keys);
     return rc;
 }
 
 auth_st_t auth_store_domain_add(auth_store_t *st, const char *domain, const char *tenant,
-                                int verified, uint64_t now_ms, int *updated, char *err,
-                                size_t errlen)
+                                int verified, uint64_t now_ms, const auth_dkim_rec_t *keys,
+                                int *updated, char *err, size_t errlen)
 {
     domain_add_t a = {.as = st,
                       .domain = domain,
                       .tenant = tenant,
                       .verified = verified,
                       .now_ms = now_ms,
+                      .keys = keys,
                       .err = err,
                       .errlen = errlen};
     int rc = store_write(st->st, domain_add_fn, &a);
@@ -534,14 +584,9 @@ auth_st_t auth_store_domain_add(auth_store_t *st, const char *domain, const char
     return AUTH_ST_OK;
 }
 
-typedef struct domain_list {
-    const char *tenant; /* NULL: all */
-    PB(Domain) * *v;
-    size_t n;
-} domain_list_t;
-
-static void domain_list_push(domain_list_t *l, const char *name, size_t nlen,
-                             const auth_domain_rec_t *rec)
+/* A domain's public view from its record and its keys' record inside txn. */
+static PB(Domain) * domain_view(auth_store_t *as, store_txn_t *txn, const char *name, size_t nlen,
+                                const auth_domain_rec_t *rec)
 {
     PB(Domain) *d = xmalloc(sizeof(*d));
     PB(Domain) init = PB_INIT(DOMAIN);
@@ -550,9 +595,36 @@ static void domain_list_push(domain_list_t *l, const char *name, size_t nlen,
     d->tenant = xstrdup(rec->tenant);
     d->verified = rec->verified != 0;
     d->created_at_ms = rec->created_at_ms;
-    l->v = xrealloc(l->v, (l->n + 1) * sizeof(*l->v));
-    l->v[l->n++] = d;
+    auth_dkim_rec_t keys;
+    if (dkim_read(as, txn, d->name, &keys) == AUTH_ST_OK) {
+        d->dkim = auth_dkim_public(d->name, &keys, &d->n_dkim);
+        d->verified_at_ms = keys.verified_at_ms;
+        auth_dkim_rec_clear(&keys);
+    }
+    return d;
 }
+
+auth_st_t auth_store_domain_get(auth_store_t *st, const char *domain, PB(Domain) * *out)
+{
+    *out = NULL;
+    store_txn_t *txn = store_begin(st->st, 0);
+    if (txn == NULL)
+        return AUTH_ST_ERROR;
+    auth_domain_rec_t rec;
+    auth_st_t rc = domain_owner(st, txn, domain, &rec);
+    if (rc == AUTH_ST_OK)
+        *out = domain_view(st, txn, domain, strlen(domain), &rec);
+    store_abort(&txn);
+    return rc;
+}
+
+typedef struct domain_list {
+    auth_store_t *as;
+    store_txn_t *txn;
+    const char *tenant; /* NULL: all */
+    PB(Domain) * *v;
+    size_t n;
+} domain_list_t;
 
 static int domain_list_fn(const store_val_t *key, const store_val_t *val, void *arg)
 {
@@ -562,8 +634,10 @@ static int domain_list_fn(const store_val_t *key, const store_val_t *val, void *
         log_corrupt("domains", key->data, key->len);
         return 0;
     }
-    if (l->tenant == NULL || strcmp(l->tenant, rec.tenant) == 0)
-        domain_list_push(l, key->data, key->len, &rec);
+    if (l->tenant == NULL || strcmp(l->tenant, rec.tenant) == 0) {
+        l->v = xrealloc(l->v, (l->n + 1) * sizeof(*l->v));
+        l->v[l->n++] = domain_view(l->as, l->txn, key->data, key->len, &rec);
+    }
     return 0;
 }
 
@@ -575,7 +649,7 @@ auth_st_t auth_store_domain_list(auth_store_t *st, const char *tenant, PB(Domain
     store_txn_t *txn = store_begin(st->st, 0);
     if (txn == NULL)
         return AUTH_ST_ERROR;
-    domain_list_t l = {.tenant = tenant && *tenant ? tenant : NULL};
+    domain_list_t l = {.as = st, .txn = txn, .tenant = tenant && *tenant ? tenant : NULL};
     long rc = store_scan(txn, st->domains, NULL, 0, NULL, 0, domain_list_fn, &l);
     store_abort(&txn);
     if (rc < 0) {
@@ -587,6 +661,108 @@ auth_st_t auth_store_domain_list(auth_store_t *st, const char *tenant, PB(Domain
     *out = l.v;
     *n = l.n;
     return AUTH_ST_OK;
+}
+
+/* ---- DKIM keys ---- */
+
+auth_st_t auth_store_dkim_get(auth_store_t *st, const char *domain, auth_domain_rec_t *dom,
+                              auth_dkim_rec_t *keys)
+{
+    store_txn_t *txn = store_begin(st->st, 0);
+    if (txn == NULL)
+        return AUTH_ST_ERROR;
+    auth_st_t rc = domain_owner(st, txn, domain, dom);
+    if (rc == AUTH_ST_OK)
+        rc = dkim_read(st, txn, domain, keys);
+    store_abort(&txn);
+    return rc;
+}
+
+typedef struct dkim_change {
+    auth_store_t *as;
+    const char *domain;
+    const auth_dkim_rec_t *keys; /* replace: the new keys; NULL: mark verified */
+    uint32_t generation;         /* the generation the keys must still be at */
+    uint64_t now_ms;
+    auth_st_t result;
+    char *err;
+    size_t errlen;
+} dkim_change_t;
+
+static int dkim_change_fn(store_txn_t *txn, void *arg)
+{
+    dkim_change_t *a = arg;
+    a->result = AUTH_ST_OK;
+    auth_domain_rec_t dom;
+    auth_st_t st = domain_owner(a->as, txn, a->domain, &dom);
+    if (st == AUTH_ST_NOTFOUND) {
+        a->result = st;
+        set_err(a->err, a->errlen, "domain %s not found", a->domain);
+        return -1;
+    }
+    auth_dkim_rec_t cur;
+    if (st == AUTH_ST_OK)
+        st = dkim_read(a->as, txn, a->domain, &cur);
+    if (st != AUTH_ST_OK) {
+        a->result = st;
+        set_err(a->err, a->errlen, "the records of domain %s are unreadable", a->domain);
+        return -1;
+    }
+    uint32_t at = cur.generation;
+    int rc;
+    if (at != a->generation) {
+        auth_dkim_rec_clear(&cur);
+        a->result = AUTH_ST_CONFLICT;
+        set_err(a->err, a->errlen, "the DKIM keys of %s changed meanwhile; try again", a->domain);
+        return -1;
+    }
+    if (a->keys) {
+        rc = put_dkim(txn, a->as, a->domain, a->keys);
+    } else {
+        cur.verified_at_ms = a->now_ms;
+        dom.verified = 1;
+        rc = put_dkim(txn, a->as, a->domain, &cur);
+        if (rc == STORE_OK)
+            rc = put_domain(txn, a->as, a->domain, &dom);
+    }
+    auth_dkim_rec_clear(&cur);
+    return rc;
+}
+
+static auth_st_t dkim_change(dkim_change_t *a)
+{
+    int rc = store_write(a->as->st, dkim_change_fn, a);
+    if (a->result != AUTH_ST_OK)
+        return a->result;
+    if (rc != STORE_OK) {
+        set_err(a->err, a->errlen, "cannot write the DKIM keys: %s", store_strerror(rc));
+        return map_store(rc) == AUTH_ST_FULL ? AUTH_ST_FULL : AUTH_ST_ERROR;
+    }
+    return AUTH_ST_OK;
+}
+
+auth_st_t auth_store_dkim_replace(auth_store_t *st, const char *domain, const auth_dkim_rec_t *keys,
+                                  uint32_t expected, char *err, size_t errlen)
+{
+    dkim_change_t a = {.as = st,
+                       .domain = domain,
+                       .keys = keys,
+                       .generation = expected,
+                       .err = err,
+                       .errlen = errlen};
+    return dkim_change(&a);
+}
+
+auth_st_t auth_store_dkim_verified(auth_store_t *st, const char *domain, uint32_t generation,
+                                   uint64_t now_ms, char *err, size_t errlen)
+{
+    dkim_change_t a = {.as = st,
+                       .domain = domain,
+                       .generation = generation,
+                       .now_ms = now_ms,
+                       .err = err,
+                       .errlen = errlen};
+    return dkim_change(&a);
 }
 
 /* ---- credentials ---- */

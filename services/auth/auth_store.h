@@ -5,6 +5,7 @@
  *   tenants         name             -> tenant record
  *   domains         domain           -> domain record (its tenant, verified)
  *   tenant_domains  tenant \0 domain -> empty (a tenant's domains, in order)
+ *   dkim            domain           -> the domain's DKIM keys (private keys too)
  *   credentials     username         -> credential record
  *   rate_day        rate key         -> u64 window start (wall ms), u32 count
  *   meta            "schema"         -> u32 store format version
@@ -61,13 +62,39 @@ auth_st_t auth_store_tenant_set_limits(auth_store_t *st, const char *name, uint3
                                        uint32_t per_day, char *err, size_t errlen);
 
 /*
- * Add a domain to a tenant. Adding a domain the tenant already has, but
- * unverified, with verified set marks it verified (*updated = 1); any
- * other repeat is AUTH_ST_EXISTS, another tenant's domain AUTH_ST_CONFLICT.
+ * Add a domain to a tenant, with keys (NULL or none: no DKIM keys yet).
+ * Adding a domain the tenant already has, but unverified, with verified
+ * set marks it verified (*updated = 1), and gives it keys when it has
+ * none; any other repeat is AUTH_ST_EXISTS, another tenant's domain
+ * AUTH_ST_CONFLICT.
  */
 auth_st_t auth_store_domain_add(auth_store_t *st, const char *domain, const char *tenant,
-                                int verified, uint64_t now_ms, int *updated, char *err,
-                                size_t errlen);
+                                int verified, uint64_t now_ms, const auth_dkim_rec_t *keys,
+                                int *updated, char *err, size_t errlen);
+/* One domain's public view, with its DKIM keys' public parts; free_unpacked. */
+auth_st_t auth_store_domain_get(auth_store_t *st, const char *domain, PB(Domain) * *out);
+
+/* ---- DKIM keys ---- */
+
+/*
+ * The domain's record and keys (keys->n 0 and generation 0 when it has
+ * none); keys filled (auth_dkim_rec_clear) only on AUTH_ST_OK.
+ */
+auth_st_t auth_store_dkim_get(auth_store_t *st, const char *domain, auth_domain_rec_t *dom,
+                              auth_dkim_rec_t *keys);
+/*
+ * Replace the domain's keys with keys if they are still at generation
+ * expected (0: it had none), else AUTH_ST_CONFLICT (someone rotated
+ * meanwhile). The domain's verified flag is left as it is.
+ */
+auth_st_t auth_store_dkim_replace(auth_store_t *st, const char *domain, const auth_dkim_rec_t *keys,
+                                  uint32_t expected, char *err, size_t errlen);
+/*
+ * DNS showed every key of generation: mark the domain verified and note
+ * when. AUTH_ST_CONFLICT when its keys changed since.
+ */
+auth_st_t auth_store_dkim_verified(auth_store_t *st, const char *domain, uint32_t generation,
+                                   uint64_t now_ms, char *err, size_t errlen);
 /* Domains of tenant ("" or NULL: all), by name; free each (free_unpacked) and the array. */
 auth_st_t auth_store_domain_list(auth_store_t *st, const char *tenant, PB(Domain) * **out,
                                  size_t *n);
