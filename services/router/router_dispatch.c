@@ -1,13 +1,21 @@
 /*
- * router_dispatch: workers, tasks in flight and held jobs. Every job that
+ * router_dispatch: workers, held jobs and tasks in flight. Every job that
  * enters is answered exactly once: by its worker's result, or by the router
- * itself when no route matches, capacity is exhausted, or the worker is lost.
+ * itself when no route matches, the route or destination cannot take it
+ * now (not attempted), capacity is exhausted, or the worker is lost.
+ *
+ * Held jobs wait in one FIFO in arrival order; each belongs to a lane (its
+ * destination and source pool). A pass over the FIFO sends every job whose
+ * lane has room while a worker has a free slot; a lane found without room
+ * is skipped for the rest of the pass, so a pass costs one look per job.
  */
 #include "router_dispatch.h"
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "core/id.h"
 #include "core/log.h"
 #include "ipc/pending.h"
+#include "router_map.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -15,6 +23,7 @@
 #include <string.h>
 
 #define INSTANCE_MAX 64
+#define LANE_KEY_MAX (SHAPE_KEY_MAX + SOURCE_NAME_MAX + 4)
 
 typedef struct worker {
     bus_peer_t peer;
@@ -26,6 +35,15 @@ typedef struct worker {
     int broken; /* a send to it failed: not picked until it speaks again */
 } worker_t;
 
+/* The jobs held for one destination and source pool. */
+typedef struct lane {
+    char key[LANE_KEY_MAX];
+    size_t n;             /* jobs held */
+    uint64_t blocked_pass; /* the pass that found it without room */
+    int shaped;           /* its last look found it held by shaping (not by workers) */
+    uint64_t wait_ms;     /* what that look said */
+} lane_t;
+
 /* A job held for a free slot, or in flight as a task. */
 typedef struct job {
     bus_peer_t queue;
@@ -33,11 +51,18 @@ typedef struct job {
     sx_env_t *env; /* owns the DeliveryJob */
     zmq_msg_t payload;
     const route_t *route;
+    const provider_t *provider; /* NULL: the route is not shaped */
+    char key[SHAPE_KEY_MAX];    /* its destination */
+    const source_pool_t *pool;
+    lane_t *lane;
     uint64_t since;
     /* in flight */
     uint64_t task_id;
     worker_t *worker;
-    struct job *next; /* FIFO link */
+    health_plan_t plan;
+    dest_t *dest;
+    char source[SOURCE_IP_MAX];
+    struct job *prev, *next; /* FIFO links */
 } job_t;
 
 struct dispatch {
@@ -51,13 +76,32 @@ struct dispatch {
     pending_t *tasks; /* task id -> job_t */
     job_t *head, *tail;
     size_t npending;
+    rmap_t *lanes;
+    uint64_t pass;
     uint64_t next_task_id;
     uint64_t jobs_total;
     uint64_t workers_lost;
+    uint64_t held_back;
+    health_t *health;
+    provider_table_t *own_providers;
+    shape_t *own_shape;
+    shape_t *shape;
+    source_t *source;
     loop_timer_t tick;
 };
 
 static void dispatch_tick(loop_t *loop, void *arg);
+static void pump(dispatch_t *d);
+
+uint64_t dispatch_now(dispatch_t *d)
+{
+    return d->ops.now ? d->ops.now(d->arg) : loop_now(d->loop);
+}
+
+uint64_t dispatch_wall(dispatch_t *d)
+{
+    return d->ops.wall ? d->ops.wall(d->arg) : clock_wall_ms();
+}
 
 dispatch_t *dispatch_new(loop_t *loop, const route_table_t *routes,
                          const dispatch_limits_t *limits, const dispatch_ops_t *ops, void *arg)
@@ -69,11 +113,45 @@ dispatch_t *dispatch_new(loop_t *loop, const route_table_t *routes,
     d->ops = *ops;
     d->arg = arg;
     d->tasks = pending_new(loop, NULL, NULL);
+    d->lanes = rmap_new();
+    d->health = health_new(routes, &d->lim.health);
+    d->own_providers = provider_table_builtin();
+    shape_limits_t sl = {.pause_base_ms = 60000,
+                         .pause_max_ms = 900000,
+                         .recover_interval_ms = 60000,
+                         .recover_step = 0.1,
+                         .mx_cache_max = 10000,
+                         .mx_cache_ttl_ms = 3600000,
+                         .dests_max = 100000};
+    d->own_shape = shape_new(d->own_providers, &sl);
+    d->shape = d->own_shape;
     /* ids from a random start: results from before a restart find nothing */
     d->next_task_id = (id_random64() >> 12) | 1;
     loop_timer_init(&d->tick, dispatch_tick, d);
     loop_timer_start(loop, &d->tick, DISPATCH_TICK_MS);
     return d;
+}
+
+void dispatch_set_shaping(dispatch_t *d, shape_t *shape, source_t *source)
+{
+    if (shape)
+        d->shape = shape;
+    d->source = source;
+}
+
+health_t *dispatch_health(dispatch_t *d)
+{
+    return d->health;
+}
+
+shape_t *dispatch_shape(dispatch_t *d)
+{
+    return d->shape;
+}
+
+source_t *dispatch_source(dispatch_t *d)
+{
+    return d->source;
 }
 
 static void job_free(job_t *j)
@@ -102,9 +180,13 @@ void dispatch_destroy(dispatch_t **p)
         d->head = j->next;
         job_free(j);
     }
+    rmap_destroy(&d->lanes, free);
     for (size_t i = 0; i < d->nworkers; i++)
         free(d->workers[i]);
     free(d->workers);
+    health_destroy(&d->health);
+    shape_destroy(&d->own_shape);
+    provider_table_destroy(&d->own_providers);
     free(d);
     *p = NULL;
 }
@@ -139,10 +221,14 @@ static void publish_deferred(dispatch_t *d, const PB(DeliveryJob) * job, const c
     d->ops.event(&ev, d->arg);
 }
 
-/* Answer every recipient of job with one reply, publishing an event for each. */
-static void answer_all(dispatch_t *d, const bus_peer_t *queue, uint64_t request_id,
-                       const PB(DeliveryJob) * job, const char *route, unsigned code,
-                       const char *enhanced, const char *text)
+/*
+ * Answer every recipient of job with one reply. held: nothing was tried
+ * (not attempted, offer again after retry_after_ms; no events, since
+ * nothing happened to the message); otherwise an event per recipient.
+ */
+static void answer_with(dispatch_t *d, const bus_peer_t *queue, uint64_t request_id,
+                        const PB(DeliveryJob) * job, const char *route, unsigned code,
+                        const char *enhanced, const char *text, int held, uint64_t retry_after_ms)
 {
     size_t n = job->n_recipients;
     PB(Status) st = PB_INIT(STATUS);
@@ -155,12 +241,13 @@ static void answer_all(dispatch_t *d, const bus_peer_t *queue, uint64_t request_
         PB(DeliveryRecipientResult) init = PB_INIT(DELIVERY_RECIPIENT_RESULT);
         rr[i] = init;
         rr[i].index = job->recipients[i]->index;
-        rr[i].outcome = code / 100 == 2   ? SENDARIX__V1__DELIVERY_RECIPIENT_RESULT__OUTCOME__DELIVERED
-                        : code / 100 == 5 ? SENDARIX__V1__DELIVERY_RECIPIENT_RESULT__OUTCOME__BOUNCED
-                                          : SENDARIX__V1__DELIVERY_RECIPIENT_RESULT__OUTCOME__DEFERRED;
+        rr[i].outcome = code / 100 == 2   ? PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__DELIVERED)
+                        : code / 100 == 5 ? PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__BOUNCED)
+                                          : PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__DEFERRED);
         rr[i].reply = &st;
         rp[i] = &rr[i];
-        publish_deferred(d, job, route, job->recipients[i], &st);
+        if (!held)
+            publish_deferred(d, job, route, job->recipients[i], &st);
     }
     PB(DeliveryResult) res = PB_INIT(DELIVERY_RESULT);
     res.job_id = job->job_id;
@@ -168,9 +255,41 @@ static void answer_all(dispatch_t *d, const bus_peer_t *queue, uint64_t request_
     res.recipients = rp;
     res.n_recipients = n;
     res.route = (char *)(route ? route : "");
+    if (held) {
+        if (retry_after_ms < HEALTH_RETRY_MIN_MS)
+            retry_after_ms = HEALTH_RETRY_MIN_MS;
+        if (retry_after_ms > DISPATCH_RETRY_MAX_MS)
+            retry_after_ms = DISPATCH_RETRY_MAX_MS;
+        res.not_attempted = 1;
+        res.retry_after_ms = (uint32_t)retry_after_ms;
+        d->held_back++;
+    }
     d->ops.answer(queue, request_id, &res, d->arg);
     free(rr);
     free(rp);
+}
+
+static void answer_all(dispatch_t *d, const bus_peer_t *queue, uint64_t request_id,
+                       const PB(DeliveryJob) * job, const char *route, unsigned code,
+                       const char *enhanced, const char *text)
+{
+    answer_with(d, queue, request_id, job, route, code, enhanced, text, 0, 0);
+}
+
+/* Not attempted: queue keeps the job and offers it again after wait_ms, counting no attempt. */
+static void answer_held(dispatch_t *d, job_t *j, uint64_t wait_ms, const char *enhanced,
+                        const char *why)
+{
+    const PB(DeliveryJob) *job = job_of(j);
+    char text[400];
+    snprintf(text, sizeof(text), "held by router: %s (route %s%s%s); retry in %" PRIu64 " ms",
+             why, route_name(j->route), j->key[0] ? ", destination " : "", j->key, wait_ms);
+    log_info("event=held_back msg=%s job=%s route=%s destination=%s retry_ms=%" PRIu64
+             " why=\"%s\"",
+             job->message_id, job->job_id, route_name(j->route), j->key[0] ? j->key : "-",
+             wait_ms, why);
+    answer_with(d, &j->queue, j->request_id, job, route_name(j->route), 451, enhanced, text, 1,
+                wait_ms);
 }
 
 /* ---- workers ---- */
@@ -202,58 +321,109 @@ static worker_t *worker_pick(dispatch_t *d)
     return best;
 }
 
-/* ---- dispatching ---- */
+/* ---- the FIFO and lanes ---- */
+
+static lane_t *lane_get(dispatch_t *d, const char *key, const source_pool_t *pool)
+{
+    char k[LANE_KEY_MAX];
+    snprintf(k, sizeof(k), "%s\n%s", key, pool ? pool->name : "");
+    lane_t *l = rmap_get(d->lanes, k);
+    if (l == NULL) {
+        l = xcalloc(1, sizeof(*l));
+        snprintf(l->key, sizeof(l->key), "%s", k);
+        rmap_put(d->lanes, l->key, l);
+    }
+    return l;
+}
 
 static void fifo_push(dispatch_t *d, job_t *j)
 {
     j->next = NULL;
+    j->prev = d->tail;
     if (d->tail)
         d->tail->next = j;
     else
         d->head = j;
     d->tail = j;
     d->npending++;
+    j->lane->n++;
 }
 
-static job_t *fifo_pop(dispatch_t *d)
+static void fifo_unlink(dispatch_t *d, job_t *j)
 {
-    job_t *j = d->head;
-    if (j == NULL)
-        return NULL;
-    d->head = j->next;
-    if (d->head == NULL)
-        d->tail = NULL;
-    j->next = NULL;
+    if (j->prev)
+        j->prev->next = j->next;
+    else
+        d->head = j->next;
+    if (j->next)
+        j->next->prev = j->prev;
+    else
+        d->tail = j->prev;
+    j->prev = j->next = NULL;
     d->npending--;
-    return j;
+    lane_t *l = j->lane;
+    j->lane = NULL;
+    if (l && --l->n == 0)
+        free(rmap_del(d->lanes, l->key));
 }
 
-/* Remove the newest held job (the one past the bound). */
-static job_t *fifo_pop_tail(dispatch_t *d)
+/* ---- sending ---- */
+
+typedef enum { TRY_SENT, TRY_BLOCKED, TRY_ANSWERED, TRY_AGAIN } try_t;
+
+typedef struct room_ctx {
+    dispatch_t *d;
+    job_t *j;
+    uint64_t now;
+} room_ctx_t;
+
+/* Does j's destination, from source address ip, have room now? */
+static uint64_t room_from(const char *ip, void *arg)
 {
-    if (d->head == NULL)
-        return NULL;
-    if (d->head == d->tail)
-        return fifo_pop(d);
-    job_t *p = d->head;
-    while (p->next != d->tail)
-        p = p->next;
-    job_t *j = d->tail;
-    p->next = NULL;
-    d->tail = p;
-    d->npending--;
-    return j;
+    room_ctx_t *c = arg;
+    if (c->j->provider == NULL)
+        return 0;
+    dest_t *dest = shape_dest(c->d->shape, c->j->provider, c->j->key, ip, c->now);
+    return dest ? shape_wait(dest, c->now) : 0;
 }
 
-/* Send j to w. 0: in flight; -1: the send failed and j is untouched. */
-static int send_to(dispatch_t *d, job_t *j, worker_t *w)
+/* j cannot go now: wait in its lane, or be answered when the wait is known to be long. */
+static try_t blocked(dispatch_t *d, job_t *j, uint64_t wait, const char *why)
+{
+    if (wait != SHAPE_WAIT_SLOT && wait > d->lim.shape_max_wait_ms) {
+        fifo_unlink(d, j);
+        answer_held(d, j, wait, "4.4.5", why);
+        job_free(j);
+        return TRY_ANSWERED;
+    }
+    j->lane->blocked_pass = d->pass;
+    j->lane->shaped = 1;
+    j->lane->wait_ms = wait == SHAPE_WAIT_SLOT ? d->lim.shape_max_wait_ms : wait;
+    return TRY_BLOCKED;
+}
+
+/* Send j to w with plan and source. 0: in flight; -1: the send failed and j is untouched. */
+static int send_to(dispatch_t *d, job_t *j, worker_t *w, const health_plan_t *plan,
+                   const char *source, uint64_t now)
 {
     uint64_t id = d->next_task_id++;
     if (id == 0)
         id = d->next_task_id++;
+    const PB(DeliveryRoute) *base = route_pb(j->route);
+    PB(DeliveryRoute) rt = *base;
+    PB(DeliveryEndpoint) *eps[ROUTE_ENDPOINT_MAX];
+    if (base->n_endpoints > 0) {
+        for (size_t k = 0; k < plan->n; k++)
+            eps[k] = base->endpoints[plan->order[k]];
+        rt.endpoints = eps;
+        rt.n_endpoints = plan->n;
+    }
+    rt.source_ip = (char *)(source ? source : "");
+    rt.provider = (char *)(j->provider ? j->provider->name : "");
+    rt.messages_per_connection = j->provider ? j->provider->messages_per_connection : 0;
     PB(DeliveryTask) task = PB_INIT(DELIVERY_TASK);
     task.job = j->env->delivery_job;
-    task.route = route_pb(j->route);
+    task.route = &rt;
     /* the send consumes the frame even when it fails: keep a reference (no copy) */
     zmq_msg_t frame;
     zmq_msg_init(&frame);
@@ -268,33 +438,103 @@ static int send_to(dispatch_t *d, job_t *j, worker_t *w)
     zmq_msg_init(&j->payload);
     j->task_id = id;
     j->worker = w;
-    j->since = loop_now(d->loop);
+    j->since = now;
+    j->plan = *plan;
+    snprintf(j->source, sizeof(j->source), "%s", source ? source : "");
     w->inflight++;
     w->tasks_total++;
     pending_add(d->tasks, id, j, 0);
     log_info("event=task_sent msg=%s job=%s task=%" PRIu64 " route=%s worker=%s rcpts=%zu "
-             "inflight=%u/%u",
+             "inflight=%u/%u endpoint=%s%s destination=%s source=%s",
              job_of(j)->message_id, job_of(j)->job_id, id, route_name(j->route), w->instance,
-             job_of(j)->n_recipients, w->inflight, w->slots);
+             job_of(j)->n_recipients, w->inflight, w->slots,
+             plan->n ? route_endpoint_name(j->route, plan->order[0]) : "-",
+             plan->probe ? " probe=1" : "", j->key[0] ? j->key : "-",
+             source && *source ? source : "-");
     return 0;
 }
 
-/* Hand held jobs to workers while any has a free slot. */
-static void drain(dispatch_t *d)
+static try_t try_send(dispatch_t *d, job_t *j, worker_t *w, uint64_t now)
 {
-    while (d->head) {
+    const PB(DeliveryJob) *job = job_of(j);
+    health_plan_t plan;
+    if (health_plan(d->health, j->route, now, &plan) < 0) {
+        fifo_unlink(d, j);
+        answer_held(d, j, plan.retry_after_ms, "4.4.1", plan.why);
+        job_free(j);
+        return TRY_ANSWERED;
+    }
+    const char *source = "";
+    dest_t *dest = NULL;
+    if (j->pool) {
+        room_ctx_t rc = {d, j, now};
+        source_pick_t pick;
+        source_pick(d->source, j->pool, j->provider ? j->provider->name : SHAPE_DEFAULT_NAME,
+                    j->key, job->attempt > 1, now, dispatch_wall(d), room_from, &rc, &pick);
+        if (pick.status == SOURCE_NONE) {
+            fifo_unlink(d, j);
+            answer_held(d, j, pick.wait_ms, "4.4.5", pick.why);
+            job_free(j);
+            return TRY_ANSWERED;
+        }
+        if (pick.status == SOURCE_WAIT)
+            return blocked(d, j, pick.wait_ms, "the destination is paused or over its limits "
+                                               "from every address of the pool");
+        source = pick.ip;
+        if (j->provider)
+            dest = shape_dest(d->shape, j->provider, j->key, source, now);
+    } else if (j->provider) {
+        dest = shape_dest(d->shape, j->provider, j->key, "", now);
+        uint64_t wait = dest ? shape_wait(dest, now) : 0;
+        if (wait)
+            return blocked(d, j, wait,
+                           dest_paused_until(dest) > now ? "the destination is paused"
+                                                         : "the destination is over its limits");
+    }
+    if (send_to(d, j, w, &plan, source, now) < 0)
+        return TRY_AGAIN;
+    health_sent(d->health, j->route, &plan, j->task_id, now);
+    if (dest)
+        shape_started(dest, now);
+    if (*source)
+        source_sent(d->source, source, j->provider ? j->provider->name : SHAPE_DEFAULT_NAME,
+                    dispatch_wall(d));
+    j->dest = dest;
+    j->lane->shaped = 0;
+    fifo_unlink(d, j);
+    return TRY_SENT;
+}
+
+/* Hand held jobs to workers while any has a free slot; one look per lane and pass. */
+static void pump(dispatch_t *d)
+{
+    uint64_t now = dispatch_now(d);
+    d->pass++;
+    job_t *j = d->head;
+    while (j) {
         worker_t *w = worker_pick(d);
         if (w == NULL)
             return;
-        if (send_to(d, d->head, w) < 0)
+        job_t *next = j->next;
+        if (j->lane->blocked_pass == d->pass) {
+            j = next;
+            continue;
+        }
+        if (try_send(d, j, w, now) == TRY_AGAIN)
             continue; /* w is marked broken: try the next best */
-        fifo_pop(d);
+        j = next;
     }
+}
+
+void dispatch_kick(dispatch_t *d)
+{
+    pump(d);
 }
 
 void dispatch_job(dispatch_t *d, const bus_peer_t *queue, uint64_t request_id, sx_env_t **envp,
                   zmq_msg_t *payload)
 {
+    uint64_t now = dispatch_now(d);
     job_t *j = xcalloc(1, sizeof(*j));
     j->queue = *queue;
     j->request_id = request_id;
@@ -302,33 +542,45 @@ void dispatch_job(dispatch_t *d, const bus_peer_t *queue, uint64_t request_id, s
     *envp = NULL;
     zmq_msg_init(&j->payload);
     zmq_msg_move(&j->payload, payload);
-    j->since = loop_now(d->loop);
+    j->since = now;
     d->jobs_total++;
 
     const PB(DeliveryJob) *job = job_of(j);
     const char *sender_domain = route_sender_domain(job->mail_from);
-    j->route = route_match(d->routes, job->domain, sender_domain, job->tenant);
+    j->route = route_match(d->routes, job->domain, sender_domain, job->tenant, job->stream);
     if (j->route == NULL) {
         char text[300];
         snprintf(text, sizeof(text), "no route for %s", job->domain);
-        log_warn("event=no_route msg=%s job=%s domain=%s sender_domain=%s tenant=%s",
-                 job->message_id, job->job_id, job->domain, sender_domain, job->tenant);
+        log_warn("event=no_route msg=%s job=%s domain=%s sender_domain=%s tenant=%s stream=%s",
+                 job->message_id, job->job_id, job->domain, sender_domain, job->tenant,
+                 job->stream && *job->stream ? job->stream : "-");
         answer_all(d, queue, request_id, job, "", 451, "4.4.0", text);
         job_free(j);
         return;
     }
-    if (route_kind(j->route) == ROUTE_MX) {
-        log_warn("event=mx_unavailable msg=%s job=%s route=%s domain=%s", job->message_id,
-                 job->job_id, route_name(j->route), job->domain);
-        answer_all(d, queue, request_id, job, route_name(j->route), 451, "4.4.3",
-                   "MX delivery not available yet");
+    health_plan_t plan;
+    if (health_plan(d->health, j->route, now, &plan) < 0) {
+        answer_held(d, j, plan.retry_after_ms, "4.4.1", plan.why);
+        job_free(j);
+        return;
+    }
+    if (route_shaping(j->route))
+        j->provider = shape_classify(d->shape, job->domain, now, j->key, sizeof(j->key));
+    if (d->source)
+        j->pool = source_pool_for(d->source, route_source_pool(j->route), job->tenant);
+    j->lane = lane_get(d, j->key, j->pool);
+    /* a destination already holding its share: do not wait behind it */
+    if (j->provider && j->lane->n > 0 && j->lane->n >= d->lim.shape_queue_max) {
+        answer_held(d, j, d->lim.shape_max_wait_ms, "4.4.5",
+                    "too many jobs held for this destination");
         job_free(j);
         return;
     }
     fifo_push(d, j);
-    drain(d);
+    pump(d);
     if (d->npending > d->lim.max_pending) {
-        job_t *over = fifo_pop_tail(d);
+        job_t *over = d->tail;
+        fifo_unlink(d, over);
         const PB(DeliveryJob) *oj = job_of(over);
         log_warn("event=capacity_exhausted msg=%s job=%s pending=%zu max_pending=%zu",
                  oj->message_id, oj->job_id, d->npending, d->lim.max_pending);
@@ -370,8 +622,89 @@ void dispatch_worker_ready(dispatch_t *d, const bus_peer_t *peer, const char *in
     }
     w->slots = slots;
     w->broken = 0;
-    w->last_seen = loop_now(d->loop);
-    drain(d);
+    w->last_seen = dispatch_now(d);
+    pump(d);
+}
+
+/* ---- results ---- */
+
+static void publish_paused(dispatch_t *d, const job_t *j, const PB(DeliveryRecipient) * rc,
+                           PB(Status) * reply, uint64_t now)
+{
+    if (d->ops.event == NULL)
+        return;
+    const PB(DeliveryJob) *job = job_of(j);
+    char until[32], rate[32];
+    uint64_t paused = dest_paused_until(j->dest);
+    snprintf(until, sizeof(until), "%" PRIu64,
+             dispatch_wall(d) + (paused > now ? paused - now : 0));
+    snprintf(rate, sizeof(rate), "%.1f", dest_rate(j->dest));
+    const char *keys[] = {"destination", "provider", "paused_until_ms", "rate_per_minute",
+                          "source_ip", "route"};
+    const char *vals[] = {dest_key(j->dest), dest_provider(j->dest)->name, until, rate, j->source,
+                          route_name(j->route)};
+    PB(Attr) a[6];
+    PB(Attr) *ap[6];
+    size_t na = 0;
+    for (size_t k = 0; k < 6; k++) {
+        if (vals[k] == NULL || *vals[k] == '\0')
+            continue;
+        PB(Attr) init = PB_INIT(ATTR);
+        a[na] = init;
+        a[na].key = (char *)keys[k];
+        a[na].value = (char *)vals[k];
+        ap[na] = &a[na];
+        na++;
+    }
+    PB(Event) ev = PB_INIT(EVENT);
+    ev.type = "destination_paused";
+    ev.message_id = job->message_id;
+    ev.recipient = rc ? rc->address : "";
+    ev.rcpt_index = rc ? rc->index : 0;
+    ev.sender = job->mail_from;
+    ev.tenant = job->tenant;
+    ev.reply = reply;
+    ev.attempt = job->attempt;
+    ev.attrs = ap;
+    ev.n_attrs = na;
+    d->ops.event(&ev, d->arg);
+}
+
+static const PB(DeliveryRecipient) * recipient_of(const PB(DeliveryJob) * job, uint32_t index)
+{
+    for (size_t i = 0; i < job->n_recipients; i++)
+        if (job->recipients[i]->index == index)
+            return job->recipients[i];
+    return NULL;
+}
+
+/* What a finished task teaches: endpoint health, the MX host, slow-downs, blocked addresses. */
+static void task_end(dispatch_t *d, job_t *j, const PB(DeliveryResult) * res, uint64_t now)
+{
+    const PB(DeliveryJob) *job = job_of(j);
+    health_result(d->health, j->route, &j->plan, j->task_id, res, now);
+    int delivered = 0;
+    for (size_t i = 0; res && i < res->n_recipients; i++)
+        delivered |= res->recipients[i] &&
+                     res->recipients[i]->outcome ==
+                         PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__DELIVERED);
+    if (j->dest)
+        shape_finished(j->dest, delivered, now);
+    if (res == NULL)
+        return;
+    if (res->mx_host && *res->mx_host)
+        shape_learn_mx(d->shape, job->domain, res->mx_host, now);
+    const char *src = res->source_ip && *res->source_ip ? res->source_ip : j->source;
+    for (size_t i = 0; i < res->n_recipients; i++) {
+        const PB(DeliveryRecipientResult) *rr = res->recipients[i];
+        if (rr == NULL || rr->reply == NULL)
+            continue;
+        if (j->dest && shape_reply_is_slowdown(rr->reply, rr->reason) &&
+            shape_slowdown(d->shape, j->dest, rr->reply, now))
+            publish_paused(d, j, recipient_of(job, rr->index), rr->reply, now);
+        if (j->pool && *src)
+            source_reply(d->source, src, j->key, rr->reply, rr->reason, now);
+    }
 }
 
 /* Put a worker's result in the queue's terms: one outcome for every recipient of the job. */
@@ -407,11 +740,11 @@ static void answer_result(dispatch_t *d, job_t *j, const PB(DeliveryResult) * in
         rr[i] = got ? *got : init;
         rr[i].index = rc->index;
         rp[i] = &rr[i];
-        int known = got && (got->outcome == SENDARIX__V1__DELIVERY_RECIPIENT_RESULT__OUTCOME__DEFERRED ||
-                            got->outcome == SENDARIX__V1__DELIVERY_RECIPIENT_RESULT__OUTCOME__DELIVERED ||
-                            got->outcome == SENDARIX__V1__DELIVERY_RECIPIENT_RESULT__OUTCOME__BOUNCED);
+        int known = got && (got->outcome == PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__DEFERRED) ||
+                            got->outcome == PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__DELIVERED) ||
+                            got->outcome == PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__BOUNCED));
         if (!known || got->reply == NULL) {
-            rr[i].outcome = SENDARIX__V1__DELIVERY_RECIPIENT_RESULT__OUTCOME__DEFERRED;
+            rr[i].outcome = PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__DEFERRED);
             rr[i].reply = failure ? &failed : &missing;
             publish_deferred(d, job, route_name(j->route), rc, rr[i].reply);
             gaps++;
@@ -427,8 +760,13 @@ static void answer_result(dispatch_t *d, job_t *j, const PB(DeliveryResult) * in
     res.message_id = job->message_id;
     res.recipients = rp;
     res.n_recipients = n;
+    /* a worker has no say in whether its own attempt counts */
+    res.not_attempted = 0;
+    res.retry_after_ms = 0;
     if (res.route == NULL || *res.route == '\0')
         res.route = (char *)route_name(j->route);
+    if ((res.source_ip == NULL || *res.source_ip == '\0') && j->source[0])
+        res.source_ip = j->source;
     d->ops.answer(&j->queue, j->request_id, &res, d->arg);
     free(rr);
     free(rp);
@@ -444,17 +782,19 @@ void dispatch_result(dispatch_t *d, const bus_peer_t *peer, uint64_t task_id,
                  w ? w->instance : "?", result && result->message_id ? result->message_id : "");
         return;
     }
+    uint64_t now = dispatch_now(d);
     worker_t *w = j->worker;
     if (w && w->inflight > 0)
         w->inflight--;
     if (w && worker_find(d, peer) == w)
-        w->last_seen = loop_now(d->loop);
+        w->last_seen = now;
     log_info("event=task_done msg=%s task=%" PRIu64 " worker=%s ms=%" PRIu64 "%s",
-             job_of(j)->message_id, task_id, w ? w->instance : "?",
-             loop_now(d->loop) - j->since, failure ? " worker_error=1" : "");
+             job_of(j)->message_id, task_id, w ? w->instance : "?", now - j->since,
+             failure ? " worker_error=1" : "");
+    task_end(d, j, failure ? NULL : result, now);
     answer_result(d, j, result, failure);
     job_free(j);
-    drain(d);
+    pump(d);
 }
 
 /* ---- expiry ---- */
@@ -473,13 +813,13 @@ static void collect_worker_tasks(uint64_t id, void *data, void *arg)
         c->ids[c->n++] = id;
 }
 
-static void worker_lost(dispatch_t *d, size_t idx)
+static void worker_lost(dispatch_t *d, size_t idx, uint64_t now)
 {
     worker_t *w = d->workers[idx];
     d->workers[idx] = d->workers[--d->nworkers];
     d->workers_lost++;
     log_warn("event=worker_lost worker=%s inflight=%u silent_ms=%" PRIu64, w->instance,
-             w->inflight, loop_now(d->loop) - w->last_seen);
+             w->inflight, now - w->last_seen);
     collect_t c = {.worker = w, .ids = xcalloc(pending_count(d->tasks) + 1, sizeof(uint64_t))};
     pending_each(d->tasks, collect_worker_tasks, &c);
     for (size_t i = 0; i < c.n; i++) {
@@ -487,6 +827,7 @@ static void worker_lost(dispatch_t *d, size_t idx)
         const PB(DeliveryJob) *job = job_of(j);
         log_warn("event=task_lost msg=%s task=%" PRIu64 " worker=%s", job->message_id,
                  j->task_id, w->instance);
+        task_end(d, j, NULL, now);
         answer_all(d, &j->queue, j->request_id, job, route_name(j->route), 451, "4.4.0",
                    "delivery worker lost before reporting");
         job_free(j);
@@ -500,30 +841,43 @@ void dispatch_expire(dispatch_t *d, uint64_t now)
     for (size_t i = 0; i < d->nworkers;) {
         worker_t *w = d->workers[i];
         if (now >= w->last_seen + d->lim.worker_timeout_ms)
-            worker_lost(d, i); /* the last one moved into i */
+            worker_lost(d, i, now); /* the last one moved into i */
         else
             i++;
     }
-    while (d->lim.pending_timeout_ms && d->head &&
-           now >= d->head->since + d->lim.pending_timeout_ms) {
-        job_t *j = fifo_pop(d);
+    uint64_t first = d->lim.shape_max_wait_ms;
+    if (d->lim.pending_timeout_ms && d->lim.pending_timeout_ms < first)
+        first = d->lim.pending_timeout_ms;
+    /* held jobs are in arrival order: only the old ones at the front need a look */
+    for (job_t *j = d->head; j && now >= j->since + first;) {
+        job_t *next = j->next;
         const PB(DeliveryJob) *job = job_of(j);
-        log_warn("event=held_too_long msg=%s job=%s held_ms=%" PRIu64, job->message_id,
-                 job->job_id, now - j->since);
-        answer_all(d, &j->queue, j->request_id, job, route_name(j->route), 451, "4.3.2",
-                   "no delivery worker had a free slot in time");
-        job_free(j);
+        if (j->lane->shaped && now >= j->since + d->lim.shape_max_wait_ms) {
+            uint64_t wait = j->lane->wait_ms;
+            fifo_unlink(d, j);
+            answer_held(d, j, wait, "4.4.5", "held for its destination too long");
+            job_free(j);
+        } else if (d->lim.pending_timeout_ms && now >= j->since + d->lim.pending_timeout_ms) {
+            log_warn("event=held_too_long msg=%s job=%s held_ms=%" PRIu64, job->message_id,
+                     job->job_id, now - j->since);
+            fifo_unlink(d, j);
+            answer_all(d, &j->queue, j->request_id, job, route_name(j->route), 451, "4.3.2",
+                       "no delivery worker had a free slot in time");
+            job_free(j);
+        }
+        j = next;
     }
+    pump(d);
 }
 
 static void dispatch_tick(loop_t *loop, void *arg)
 {
     dispatch_t *d = arg;
-    dispatch_expire(d, loop_now(loop));
+    dispatch_expire(d, dispatch_now(d));
     loop_timer_start(loop, &d->tick, DISPATCH_TICK_MS);
 }
 
-void dispatch_get_stats(const dispatch_t *d, dispatch_stats_t *st)
+void dispatch_get_stats(dispatch_t *d, dispatch_stats_t *st)
 {
     memset(st, 0, sizeof(*st));
     st->workers = d->nworkers;
@@ -533,4 +887,7 @@ void dispatch_get_stats(const dispatch_t *d, dispatch_stats_t *st)
     st->pending = d->npending;
     st->jobs_total = d->jobs_total;
     st->workers_lost = d->workers_lost;
+    st->held_back = d->held_back;
+    st->endpoints_down = health_down_count(d->health);
+    st->destinations_paused = shape_paused_count(d->shape, dispatch_now(d));
 }

@@ -23,14 +23,19 @@ typedef struct route_list {
 
 struct route {
     char *name;
+    size_t index;
     route_kind_t kind;
     route_tls_t tls;
     char *auth_username;
     char *auth_password;
     char *helo;
+    char *source_pool;
+    int allow_private;
+    int shaping;
     route_list_t rcpt_domains;   /* empty: any */
     route_list_t sender_domains; /* empty: any */
     route_list_t tenants;        /* empty: any */
+    route_list_t streams;        /* empty: any */
     PB(DeliveryRoute) pb;
     PB(DeliveryEndpoint) * endpoints;
     PB(DeliveryEndpoint) * *endpoint_ptrs;
@@ -61,11 +66,15 @@ static void route_free(route_t *r)
     free(r->auth_username);
     free(r->auth_password);
     free(r->helo);
+    free(r->source_pool);
     list_free(&r->rcpt_domains);
     list_free(&r->sender_domains);
     list_free(&r->tenants);
-    for (size_t i = 0; i < r->pb.n_endpoints; i++)
+    list_free(&r->streams);
+    for (size_t i = 0; i < r->pb.n_endpoints; i++) {
         free(r->endpoints[i].host);
+        free(r->endpoints[i].name);
+    }
     free(r->endpoints);
     free(r->endpoint_ptrs);
     memset(r, 0, sizeof(*r));
@@ -103,9 +112,24 @@ const char *route_name(const route_t *r)
     return r->name;
 }
 
+size_t route_index(const route_t *r)
+{
+    return r->index;
+}
+
 route_kind_t route_kind(const route_t *r)
 {
     return r->kind;
+}
+
+const char *route_source_pool(const route_t *r)
+{
+    return r->source_pool ? r->source_pool : "";
+}
+
+int route_shaping(const route_t *r)
+{
+    return r->shaping;
 }
 
 route_tls_t route_tls(const route_t *r)
@@ -130,6 +154,24 @@ const char *route_endpoint_text(const route_t *r, size_t i, char *buf, size_t si
     else
         snprintf(buf, size, "%s:%u", e->host, e->port);
     return buf;
+}
+
+const char *route_endpoint_name(const route_t *r, size_t i)
+{
+    return i < r->pb.n_endpoints ? r->endpoints[i].name : NULL;
+}
+
+const char *route_endpoint_host(const route_t *r, size_t i)
+{
+    return i < r->pb.n_endpoints ? r->endpoints[i].host : NULL;
+}
+
+int route_endpoint_find(const route_t *r, const char *name)
+{
+    for (size_t i = 0; name && i < r->pb.n_endpoints; i++)
+        if (strcasecmp(r->endpoints[i].name, name) == 0)
+            return (int)i;
+    return -1;
 }
 
 PB(DeliveryRoute) * route_pb(const route_t *r)
@@ -348,13 +390,19 @@ static int parse_endpoints(parse_ctx_t *cx, const config_setting_t *group, route
         r->endpoints[i].port = port;
         r->endpoint_ptrs[i] = &r->endpoints[i];
         r->pb.n_endpoints = (size_t)i + 1;
+        char name[ROUTE_EP_NAME_MAX];
+        r->endpoints[i].name = xstrdup(route_endpoint_text(r, (size_t)i, name, sizeof(name)));
+        for (int j = 0; j < i; j++)
+            if (strcasecmp(r->endpoints[j].name, r->endpoints[i].name) == 0)
+                return perr(cx, s, "endpoints", "\"%s\" is listed twice", v);
     }
     return 0;
 }
 
 static int parse_match(parse_ctx_t *cx, const config_setting_t *group, route_t *r)
 {
-    static const char *const keys[] = {"recipient_domains", "sender_domains", "tenants", NULL};
+    static const char *const keys[] = {"recipient_domains", "sender_domains", "tenants",
+                                       "streams", NULL};
     const config_setting_t *m = config_setting_get_member(group, "match");
     if (m == NULL)
         return 0;
@@ -364,19 +412,33 @@ static int parse_match(parse_ctx_t *cx, const config_setting_t *group, route_t *
         get_list(cx, m, "recipient_domains", "match.recipient_domains", &r->rcpt_domains, 1) <
             0 ||
         get_list(cx, m, "sender_domains", "match.sender_domains", &r->sender_domains, 1) < 0 ||
-        get_list(cx, m, "tenants", "match.tenants", &r->tenants, 0) < 0)
+        get_list(cx, m, "tenants", "match.tenants", &r->tenants, 0) < 0 ||
+        get_list(cx, m, "streams", "match.streams", &r->streams, 0) < 0)
         return -1;
+    return 0;
+}
+
+/* A boolean setting; 0 when absent (out keeps its default), -1 on a wrong type. */
+static int get_bool(parse_ctx_t *cx, const config_setting_t *group, const char *key, int *out)
+{
+    const config_setting_t *s = config_setting_get_member(group, key);
+    if (s == NULL)
+        return 0;
+    if (config_setting_type(s) != CONFIG_TYPE_BOOL)
+        return perr(cx, s, key, "expected true or false");
+    *out = config_setting_get_bool(s);
     return 0;
 }
 
 static int parse_route(parse_ctx_t *cx, const config_setting_t *g, route_t *r)
 {
-    static const char *const keys[] = {"name",          "kind",          "endpoints", "tls",
-                                       "auth_username", "auth_password", "helo",      "match",
-                                       NULL};
+    static const char *const keys[] = {
+        "name", "kind",  "endpoints",     "tls",         "auth_username", "auth_password",
+        "helo", "match", "allow_private", "source_pool", "shaping",       NULL};
     PB(DeliveryRoute) init = PB_INIT(DELIVERY_ROUTE);
     r->pb = init;
     r->tls = ROUTE_TLS_OPPORTUNISTIC;
+    r->shaping = 1;
     if (config_setting_type(g) != CONFIG_TYPE_GROUP)
         return perr(cx, g, NULL, "expected a group { name = ...; ... }");
     if (check_keys(cx, g, "", keys) < 0)
@@ -408,6 +470,13 @@ static int parse_route(parse_ctx_t *cx, const config_setting_t *g, route_t *r)
     if (r->helo && *r->helo && !address_domain_valid(r->helo, 0))
         return perr(cx, config_setting_get_member(g, "helo"), "helo",
                     "\"%s\" is not a host name", r->helo);
+    if (get_bool(cx, g, "allow_private", &r->allow_private) < 0 ||
+        get_bool(cx, g, "shaping", &r->shaping) < 0 ||
+        get_string(cx, g, "source_pool", &r->source_pool) < 0)
+        return -1;
+    if (r->source_pool && strlen(r->source_pool) > ROUTE_NAME_MAX)
+        return perr(cx, config_setting_get_member(g, "source_pool"), "source_pool",
+                    "longer than %d characters", ROUTE_NAME_MAX);
     if (parse_endpoints(cx, g, r) < 0 || parse_match(cx, g, r) < 0)
         return -1;
 
@@ -419,6 +488,10 @@ static int parse_route(parse_ctx_t *cx, const config_setting_t *g, route_t *r)
     r->pb.auth_username = r->auth_username ? r->auth_username : (char *)"";
     r->pb.auth_password = r->auth_password ? r->auth_password : (char *)"";
     r->pb.helo = r->helo ? r->helo : (char *)"";
+    r->pb.allow_private = r->allow_private;
+    r->pb.source_ip = (char *)"";
+    r->pb.provider = (char *)"";
+    r->pb.tls_reason = (char *)"route";
     return 0;
 }
 
@@ -450,6 +523,7 @@ int route_table_parse(const config_setting_t *s, void *field, char *err, size_t 
         cx.index = i + 1;
         const config_setting_t *g = config_setting_get_elem(s, (unsigned)i);
         t->n = (size_t)i + 1;
+        t->v[i].index = (size_t)i;
         if (parse_route(&cx, g, &t->v[i]) < 0)
             goto fail;
         for (int j = 0; j < i; j++) {
@@ -493,13 +567,13 @@ static int list_matches(const route_list_t *l, const char *value, int domains)
 }
 
 const route_t *route_match(const route_table_t *t, const char *rcpt_domain,
-                           const char *sender_domain, const char *tenant)
+                           const char *sender_domain, const char *tenant, const char *stream)
 {
     for (size_t i = 0; t && i < t->n; i++) {
         const route_t *r = &t->v[i];
         if (list_matches(&r->rcpt_domains, rcpt_domain, 1) &&
             list_matches(&r->sender_domains, sender_domain, 1) &&
-            list_matches(&r->tenants, tenant, 0))
+            list_matches(&r->tenants, tenant, 0) && list_matches(&r->streams, stream, 0))
             return r;
     }
     return NULL;

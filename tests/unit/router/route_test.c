@@ -2,8 +2,10 @@
  * route_test: the router's route table: a good config loads with its
  * defaults and its wire form; each refusal (no routes, duplicate names, bad
  * host:port, unknown kind or tls, credentials over plaintext, unknown
- * settings) stops the load with a message naming the route, the setting and
- * the line; matching takes the first route whose conditions all hold.
+ * settings, an endpoint twice) stops the load with a message naming the
+ * route, the setting and the line; matching takes the first route whose
+ * conditions all hold, streams included; MX routes load without endpoints;
+ * allow_private, source_pool and shaping reach the route and its wire form.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -138,6 +140,18 @@ static const refusal_t refusals[] = {
      "match.recipient_domains", "not a domain"},
     {"routes = ( { name = \"a\"; endpoints = [\"h:25\"]; helo = \"no spaces\"; } );",
      "routes[1].helo", NULL},
+    {"routes = ( { name = \"a\"; endpoints = [\"h:25\", \"H:25\"]; } );", "routes[1].endpoints",
+     "listed twice"},
+    {"routes = ( { name = \"a\"; endpoints = [\"h:25\"]; allow_private = \"yes\"; } );",
+     "routes[1].allow_private", "true or false"},
+    {"routes = ( { name = \"a\"; endpoints = [\"h:25\"]; shaping = 1; } );", "routes[1].shaping",
+     "true or false"},
+    {"routes = ( { name = \"a\"; endpoints = [\"h:25\"]; source_pool = 7; } );",
+     "routes[1].source_pool", "string"},
+    {"routes = ( { name = \"a\"; endpoints = [\"h:25\"]; match = { streams = [\"\"]; }; } );",
+     "routes[1].match.streams", "non-empty"},
+    {"routes = ( { name = \"a\"; endpoints = [\"h:25\"]; match = { stream = \"x\"; }; } );",
+     "routes[1].match.stream", "unknown setting"},
 };
 
 static void test_refusals(void **state)
@@ -230,7 +244,7 @@ static void test_matching(void **state)
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         const route_t *r = route_match(t, cases[i].rcpt_domain,
-                                       route_sender_domain(cases[i].sender), cases[i].tenant);
+                                       route_sender_domain(cases[i].sender), cases[i].tenant, "");
         assert_non_null(r);
         if (strcmp(route_name(r), cases[i].route) != 0)
             fail_msg("case %zu (%s, %s, %s): got %s, want %s", i, cases[i].rcpt_domain,
@@ -243,8 +257,77 @@ static void test_matching(void **state)
              "match = { recipient_domains = [\"a.example\"]; }; } );",
              err, sizeof(err));
     assert_non_null(t);
-    assert_null(route_match(t, "b.example", "", ""));
-    assert_non_null(route_match(t, "a.example", "", ""));
+    assert_null(route_match(t, "b.example", "", "", NULL));
+    assert_non_null(route_match(t, "a.example", "", "", NULL));
+    route_table_destroy(&t);
+}
+
+static void test_streams(void **state)
+{
+    (void)state;
+    char err[1024] = "";
+    route_table_t *t = load(
+        "routes = (\n"
+        "  { name = \"news\"; endpoints = [\"h1:25\"]; match = { streams = [ \"newsletter\", \"alerts\" ]; }; },\n"
+        "  { name = \"acme-bulk\"; endpoints = [\"h2:25\"]; match = { streams = \"bulk\"; tenants = \"acme\"; }; },\n"
+        "  { name = \"default\"; endpoints = [\"h3:25\"]; }\n"
+        ");",
+        err, sizeof(err));
+    if (t == NULL)
+        fail_msg("%s", err);
+    static const struct {
+        const char *stream, *tenant, *route;
+    } cases[] = {
+        {"newsletter", "x", "news"},
+        {"Alerts", "x", "news"},        /* no case */
+        {"alert", "x", "default"},      /* whole names only */
+        {"", "x", "default"},           /* a message without the header */
+        {NULL, "x", "default"},
+        {"bulk", "acme", "acme-bulk"},
+        {"bulk", "other", "default"},   /* every condition must hold */
+        {"transactional", "acme", "default"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const route_t *r = route_match(t, "example.org", "example.test", cases[i].tenant,
+                                       cases[i].stream);
+        assert_non_null(r);
+        if (strcmp(route_name(r), cases[i].route) != 0)
+            fail_msg("case %zu (%s, %s): got %s, want %s", i,
+                     cases[i].stream ? cases[i].stream : "(null)", cases[i].tenant, route_name(r),
+                     cases[i].route);
+    }
+    route_table_destroy(&t);
+}
+
+static void test_route_settings(void **state)
+{
+    (void)state;
+    char err[1024] = "";
+    route_table_t *t = load(
+        "routes = (\n"
+        "  { name = \"direct\"; kind = \"mx\"; allow_private = true; source_pool = \"main\"; },\n"
+        "  { name = \"relay\"; endpoints = [\"127.0.0.2:25\", \"[::1]:2525\"]; shaping = false; }\n"
+        ");",
+        err, sizeof(err));
+    if (t == NULL)
+        fail_msg("%s", err);
+    const route_t *mx = route_table_get(t, 0), *relay = route_table_get(t, 1);
+    assert_int_equal(route_index(mx), 0);
+    assert_int_equal(route_index(relay), 1);
+    assert_string_equal(route_source_pool(mx), "main");
+    assert_int_equal(route_shaping(mx), 1); /* the default */
+    assert_true(route_pb(mx)->allow_private);
+    assert_string_equal(route_pb(mx)->tls_reason, "route");
+    assert_string_equal(route_source_pool(relay), "");
+    assert_int_equal(route_shaping(relay), 0);
+    assert_false(route_pb(relay)->allow_private);
+    /* endpoints carry their "host:port" name, which health and operators use */
+    assert_string_equal(route_pb(relay)->endpoints[0]->name, "127.0.0.2:25");
+    assert_string_equal(route_endpoint_name(relay, 1), "[::1]:2525");
+    assert_string_equal(route_endpoint_host(relay, 1), "::1");
+    assert_null(route_endpoint_name(relay, 2));
+    assert_int_equal(route_endpoint_find(relay, "[::1]:2525"), 1);
+    assert_int_equal(route_endpoint_find(relay, "127.0.0.2:26"), -1);
     route_table_destroy(&t);
 }
 
@@ -262,7 +345,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_good_config), cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_hostport),    cmocka_unit_test(test_matching),
-        cmocka_unit_test(test_sender_domain),
+        cmocka_unit_test(test_sender_domain), cmocka_unit_test(test_streams),
+        cmocka_unit_test(test_route_settings),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
