@@ -14,6 +14,7 @@
 #include "ipc/bus.h"
 #include "ipc/service.h"
 
+#include <jansson.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -210,6 +211,13 @@ extern const char *const ctl_queue_states[];
  */
 int ctl_queue_select(ctl_t *ctl, const ctl_args_t *args, PB(QueueSelect) * sel, int with_ids);
 
+/* ---- ctl_dkim.c ---- */
+
+/* [{selector, algorithm, txt_name, txt_value, created_at}] of a domain's DKIM keys. */
+json_t *ctl_json_dkim(PB(DkimKey) * const *keys, size_t n);
+/* The TXT records to publish, as zone file lines (or how to get keys when none). */
+void ctl_dkim_print_records(FILE *f, PB(DkimKey) * const *keys, size_t n);
+
 /* ---- topics ---- */
 
 int ctl_cmd_status(ctl_t *ctl, const ctl_args_t *args);
@@ -236,6 +244,8 @@ int ctl_cmd_tenant_add(ctl_t *ctl, const ctl_args_t *args);
 int ctl_cmd_tenant_list(ctl_t *ctl, const ctl_args_t *args);
 int ctl_cmd_domain_add(ctl_t *ctl, const ctl_args_t *args);
 int ctl_cmd_domain_list(ctl_t *ctl, const ctl_args_t *args);
+int ctl_cmd_domain_dkim(ctl_t *ctl, const ctl_args_t *args);
+int ctl_cmd_domain_verify(ctl_t *ctl, const ctl_args_t *args);
 int ctl_cmd_allow_add(ctl_t *ctl, const ctl_args_t *args);
 int ctl_cmd_allow_list(ctl_t *ctl, const ctl_args_t *args);
 int ctl_cmd_allow_remove(ctl_t *ctl, const ctl_args_t *args);

@@ -418,10 +418,14 @@ int ctl_cmd_domain_add(ctl_t *ctl, const ctl_args_t *args)
         json_object_set_new(doc, "domain", ctl_json_str(domain));
         json_object_set_new(doc, "tenant", ctl_json_str(owner));
         json_object_set_new(doc, "verified", json_boolean(r->verified));
+        json_object_set_new(doc, "dkim", ctl_json_dkim(r->dkim, r->n_dkim));
         ctl_emit(ctl, doc);
     } else {
         fprintf(ctl->out, "added domain %s to tenant %s (%s)\n", domain, owner,
                 r->verified ? "verified" : "not verified: logins may not send from it yet");
+        ctl_dkim_print_records(ctl->out, r->dkim, r->n_dkim);
+        if (!r->verified)
+            fprintf(ctl->out, "then: sendarixctl domain verify %s\n", domain);
     }
     codec_free(&reply);
     return CTL_OK;

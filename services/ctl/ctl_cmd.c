@@ -47,6 +47,10 @@ static const ctl_opt_spec_t opts_domain_add[] = {
     {"verified", 0},
     {NULL, 0},
 };
+static const ctl_opt_spec_t opts_domain_dkim[] = {
+    {"rotate", 0},
+    {NULL, 0},
+};
 static const ctl_opt_spec_t opts_limit_set[] = {
     {"tenant", CTL_OPT_VALUE},
     {"cred", CTL_OPT_VALUE},
@@ -164,6 +168,14 @@ const ctl_command_t ctl_commands[] = {
      NULL, 0},
     {"domain", "list", ctl_cmd_domain_list, NULL, 0, opts_tenant, "[--tenant T]",
      "list sending domains and whether they are verified", NULL, 0},
+    {"domain", "dkim", ctl_cmd_domain_dkim, "<DOMAIN>", 1, opts_domain_dkim, "[--rotate]",
+     "a domain's DKIM keys and the DNS TXT records to publish (made if it has none); "
+     "--rotate makes new keys with the next selectors, which sign from then on",
+     NULL, 0},
+    {"domain", "verify", ctl_cmd_domain_verify, "<DOMAIN>", 1, NULL, "",
+     "have auth look up the domain's DKIM records in DNS; verified when every key matches "
+     "(exit 1 with the reason when not)",
+     NULL, 0},
     {"allow", "add", ctl_cmd_allow_add, "<USER>", 1, NULL, "",
      "let a login in only from the networks on its list (CIDR or one address, IPv4 or IPv6)",
      "<CIDR>", 0},

@@ -3,6 +3,7 @@
  * present, so scripts need not test for absent ones.
  */
 #include "ctl_json.h"
+#include "ctl.h"
 #include "core/alloc.h"
 #include "ctl_time.h"
 
@@ -152,6 +153,8 @@ json_t *ctl_json_domain(const PB(Domain) * d)
     json_object_set_new(o, "tenant", ctl_json_str(d->tenant));
     json_object_set_new(o, "verified", json_boolean(d->verified));
     json_object_set_new(o, "created_at", ctl_json_time(d->created_at_ms, 0));
+    json_object_set_new(o, "verified_at", ctl_json_time(d->verified_at_ms, 0));
+    json_object_set_new(o, "dkim", ctl_json_dkim(d->dkim, d->n_dkim));
     return o;
 }
 

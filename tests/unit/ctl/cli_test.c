@@ -823,7 +823,8 @@ static void test_access(void **state)
     run_t r = ctl(NULL, "--json domain add ok.acme.test --tenant acme --verified --config %s", c);
     expect(&r, 0);
     assert_true(json_is_true(json_object_get(r.doc, "verified")));
-    assert_int_equal(json_object_size(r.doc), 3);
+    assert_true(json_is_array(json_object_get(r.doc, "dkim")));
+    assert_int_equal(json_object_size(r.doc), 4);
     assert_int_equal(find_tenant("acme")->verified[1], 1);
     run_free(&r);
     r = ctl(NULL, "domain add plain.acme.test --tenant acme --config %s", c);
@@ -840,7 +841,9 @@ static void test_access(void **state)
     assert_true(json_is_false(json_object_get(first, "verified")));
     assert_string_equal(jstr(first, "created_at"), "2023-11-14T22:13:20Z");
     assert_true(json_is_true(json_object_get(second, "verified")));
-    assert_int_equal(json_object_size(first), 4);
+    assert_true(json_is_null(json_object_get(first, "verified_at")));
+    assert_true(json_is_array(json_object_get(first, "dkim")));
+    assert_int_equal(json_object_size(first), 6);
     run_free(&r);
     r = ctl(NULL, "domain list --config %s", c);
     expect(&r, 0);
