@@ -662,7 +662,8 @@ uint64_t shape_wait(dest_t *d, uint64_t now)
     if (d->inflight >= d->p->connections)
         return SHAPE_WAIT_SLOT;
     if (d->rate > 0 && d->tokens < 1.0) {
-        double ms = ceil((1.0 - d->tokens) * 60000.0 / d->rate);
+        /* a hair below a whole millisecond is float noise, not another millisecond */
+        double ms = ceil((1.0 - d->tokens) * 60000.0 / d->rate - 1e-6);
         return ms < 1 ? 1 : (uint64_t)ms;
     }
     return 0;

@@ -6,7 +6,12 @@
  * with an outcome for every recipient; a silent worker's tasks are deferred
  * with an event per recipient; unrouted jobs are answered by the router
  * itself, MX jobs go to delivery; a failed send moves the task to another
- * worker.
+ * worker. With an injected clock: endpoints that fail move to the end of
+ * the next task, all down means "not attempted" until the probe time and
+ * then one probe per endpoint; a destination over its connections holds
+ * jobs, past shape_max_wait they go back not attempted; a slow-down reply
+ * pauses the provider with an event; a learnt MX host moves a domain to its
+ * provider; tasks carry source addresses within warm-up allowances.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -32,6 +37,11 @@ typedef struct sent {
     char message_id[64];
     char route[64];
     char body[64];
+    char endpoints[200]; /* the task's endpoint order */
+    char source_ip[64];
+    char provider[32];
+    uint32_t per_connection;
+    int kind;
 } sent_t;
 
 typedef struct answer {
@@ -41,8 +51,10 @@ typedef struct answer {
     size_t n;
     unsigned codes[8];
     int outcomes[8];
-    char text[8][128];
+    char text[8][160];
     char route[64];
+    int not_attempted;
+    uint32_t retry_after_ms;
 } answer_t;
 
 typedef struct rec {
@@ -50,9 +62,11 @@ typedef struct rec {
     size_t nsent;
     answer_t answers[MAX_REC];
     size_t nanswers;
-    char events[MAX_REC][160];
+    char events[MAX_REC][300];
     size_t nevents;
     bus_peer_t fail_to; /* sends to this peer fail */
+    uint64_t now;       /* the injected clocks */
+    uint64_t wall;
 } rec_t;
 
 static int peer_eq(const bus_peer_t *a, const bus_peer_t *b)
@@ -76,6 +90,14 @@ static int fake_send(const bus_peer_t *worker, uint64_t task_id, PB(DeliveryTask
     snprintf(s->route, sizeof(s->route), "%s", task->route->name);
     snprintf(s->body, sizeof(s->body), "%.*s", (int)zmq_msg_size(payload),
              (const char *)zmq_msg_data(payload));
+    s->endpoints[0] = '\0';
+    for (size_t i = 0; i < task->route->n_endpoints; i++)
+        snprintf(s->endpoints + strlen(s->endpoints), sizeof(s->endpoints) - strlen(s->endpoints),
+                 "%s%s", i ? " " : "", task->route->endpoints[i]->name);
+    snprintf(s->source_ip, sizeof(s->source_ip), "%s", task->route->source_ip);
+    snprintf(s->provider, sizeof(s->provider), "%s", task->route->provider);
+    s->per_connection = task->route->messages_per_connection;
+    s->kind = task->route->kind;
     zmq_msg_close(payload);
     return 0;
 }
@@ -91,6 +113,8 @@ static void fake_answer(const bus_peer_t *queue, uint64_t request_id, PB(Deliver
     snprintf(a->job_id, sizeof(a->job_id), "%s", res->job_id);
     snprintf(a->route, sizeof(a->route), "%s", res->route ? res->route : "");
     a->n = res->n_recipients;
+    a->not_attempted = res->not_attempted;
+    a->retry_after_ms = res->retry_after_ms;
     for (size_t i = 0; i < res->n_recipients && i < 8; i++) {
         a->codes[i] = res->recipients[i]->reply ? res->recipients[i]->reply->code : 0;
         a->outcomes[i] = res->recipients[i]->outcome;
@@ -103,22 +127,61 @@ static void fake_event(PB(Event) * ev, void *arg)
 {
     rec_t *r = arg;
     assert_true(r->nevents < MAX_REC);
-    snprintf(r->events[r->nevents++], sizeof(r->events[0]), "%s %s %s %u %s", ev->type,
-             ev->message_id, ev->recipient, ev->reply->code, ev->reply->enhanced);
+    char *e = r->events[r->nevents++];
+    snprintf(e, sizeof(r->events[0]), "%s %s %s %u %s", ev->type, ev->message_id, ev->recipient,
+             ev->reply->code, ev->reply->enhanced);
+    for (size_t i = 0; i < ev->n_attrs; i++)
+        snprintf(e + strlen(e), sizeof(r->events[0]) - strlen(e), " %s=%s", ev->attrs[i]->key,
+                 ev->attrs[i]->value);
+}
+
+static uint64_t fake_now(void *arg)
+{
+    return ((rec_t *)arg)->now;
+}
+
+static uint64_t fake_wall(void *arg)
+{
+    return ((rec_t *)arg)->wall;
 }
 
 static const dispatch_ops_t ops = {.send_task = fake_send, .answer = fake_answer,
                                    .event = fake_event};
+static const dispatch_ops_t clock_ops = {.send_task = fake_send, .answer = fake_answer,
+                                         .event = fake_event, .now = fake_now,
+                                         .wall = fake_wall};
+
+typedef struct router_conf {
+    route_table_t *routes;
+    provider_table_t *providers;
+    pool_table_t *pools;
+    tenant_pools_t *tenants;
+} router_conf_t;
 
 typedef struct fixture {
     loop_t *loop;
     route_table_t *routes;
+    router_conf_t conf;
+    shape_t *shape;
+    source_t *source;
     dispatch_t *d;
     rec_t rec;
 } fixture_t;
 
 static const conf_field_t table[] = {
     {"routes", CONF_CUSTOM, 0, NULL, 0, 0, 0, route_table_parse, route_table_release, ""},
+    {NULL},
+};
+
+static const conf_field_t full_table[] = {
+    {"routes", CONF_CUSTOM, offsetof(router_conf_t, routes), NULL, 0, 0, 0, route_table_parse,
+     route_table_release, ""},
+    {"providers", CONF_CUSTOM, offsetof(router_conf_t, providers), NULL, 0, 0, 0,
+     provider_table_parse, provider_table_release, ""},
+    {"source_pools", CONF_CUSTOM, offsetof(router_conf_t, pools), NULL, 0, 0, 0, pool_table_parse,
+     pool_table_release, ""},
+    {"tenant_pools", CONF_CUSTOM, offsetof(router_conf_t, tenants), NULL, 0, 0, 0,
+     tenant_pools_parse, tenant_pools_release, ""},
     {NULL},
 };
 
@@ -146,10 +209,47 @@ static fixture_t *setup_with(size_t max_pending)
     return f;
 }
 
+/* A dispatcher over a whole router section, with the injected clocks and a fixed seed. */
+static fixture_t *setup_router(const char *body)
+{
+    fixture_t *f = calloc(1, sizeof(*f));
+    f->loop = loop_new();
+    char err[1024], text[4096];
+    snprintf(text, sizeof(text), "router = {\n%s\n};", body);
+    conf_file_t *cf = conf_open_string("t.conf", text, err, sizeof(err));
+    if (cf == NULL || conf_section(cf, "router", full_table, &f->conf, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    conf_close(&cf);
+    f->routes = f->conf.routes;
+    f->conf.routes = NULL;
+    shape_limits_t sl = {.pause_base_ms = 60000, .pause_max_ms = 900000,
+                         .recover_interval_ms = 60000, .recover_step = 0.1, .mx_cache_max = 100,
+                         .mx_cache_ttl_ms = 3600000, .dests_max = 1000};
+    f->shape = shape_new(f->conf.providers, &sl);
+    source_limits_t srcl = {.warmup_first_day = 2, .warmup_ready = 100000,
+                            .deprioritize_ms = 1800000, .deprioritize_divisor = 10};
+    f->source = source_new(f->conf.pools, f->conf.tenants, &srcl, 99);
+    f->rec.now = 1000000;
+    f->rec.wall = 20777ull * 86400000 + 3600000;
+    source_begin(f->source, f->rec.wall);
+    dispatch_limits_t lim = {.worker_timeout_ms = 3600000, .max_pending = 100,
+                             .pending_timeout_ms = 120000, .shape_max_wait_ms = 5000,
+                             .shape_queue_max = 3,
+                             .health = {.probe_base_ms = 5000, .probe_max_ms = 300000}};
+    f->d = dispatch_new(f->loop, f->routes, &lim, &clock_ops, &f->rec);
+    dispatch_set_shaping(f->d, f->shape, pool_table_count(f->conf.pools) ? f->source : NULL);
+    return f;
+}
+
 static void teardown(fixture_t *f)
 {
     dispatch_destroy(&f->d);
+    shape_destroy(&f->shape);
+    source_destroy(&f->source);
     route_table_destroy(&f->routes);
+    provider_table_destroy(&f->conf.providers);
+    pool_table_destroy(&f->conf.pools);
+    tenant_pools_destroy(&f->conf.tenants);
     loop_destroy(&f->loop);
     free(f);
 }
@@ -164,8 +264,8 @@ static bus_peer_t peer(const char *name)
 }
 
 /* A job as it comes off the bus: a decoded, owned envelope and a body frame. */
-static void job(fixture_t *f, const char *queue, uint64_t rid, const char *id, const char *domain,
-                size_t nrcpt)
+static void job_attempt(fixture_t *f, const char *queue, uint64_t rid, const char *id,
+                        const char *domain, size_t nrcpt, uint32_t attempt)
 {
     PB(DeliveryRecipient) rc[8];
     PB(DeliveryRecipient) *rp[8];
@@ -184,7 +284,7 @@ static void job(fixture_t *f, const char *queue, uint64_t rid, const char *id, c
     j.mail_from = "s@sender.test";
     j.domain = (char *)domain;
     j.tenant = "t";
-    j.attempt = 2;
+    j.attempt = attempt;
     j.recipients = rp;
     j.n_recipients = nrcpt;
     sx_env_t env = PB_INIT(ENVELOPE);
@@ -205,6 +305,12 @@ static void job(fixture_t *f, const char *queue, uint64_t rid, const char *id, c
     dispatch_job(f->d, &q, rid, &owned, &body);
     assert_null(owned); /* taken */
     zmq_msg_close(&body);
+}
+
+static void job(fixture_t *f, const char *queue, uint64_t rid, const char *id, const char *domain,
+                size_t nrcpt)
+{
+    job_attempt(f, queue, rid, id, domain, nrcpt, 2);
 }
 
 static void ready(fixture_t *f, const char *name, uint32_t slots)
@@ -235,6 +341,33 @@ static void result(fixture_t *f, const char *worker, uint64_t task_id, size_t nr
     res.recipients = rp;
     res.n_recipients = nrcpt;
     res.remote_host = "h";
+    bus_peer_t p = peer(worker);
+    dispatch_result(f->d, &p, task_id, &res, NULL);
+}
+
+/* A result for a one-recipient task: one reply, the host that gave it, maybe an MX host. */
+static void result_full(fixture_t *f, const char *worker, uint64_t task_id, unsigned code,
+                        const char *enh, const char *text, const char *host, const char *mx)
+{
+    PB(Status) st = PB_INIT(STATUS);
+    st.code = code;
+    st.enhanced = (char *)enh;
+    st.text = (char *)text;
+    PB(DeliveryRecipientResult) rr = PB_INIT(DELIVERY_RECIPIENT_RESULT);
+    rr.index = 0;
+    rr.outcome = code / 100 == 2   ? PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__DELIVERED)
+                 : code / 100 == 5 ? PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__BOUNCED)
+                                   : PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__DEFERRED);
+    rr.reply = &st;
+    PB(DeliveryRecipientResult) *rp = &rr;
+    PB(DeliveryResult) res = PB_INIT(DELIVERY_RESULT);
+    res.job_id = "w";
+    res.recipients = &rp;
+    res.n_recipients = 1;
+    res.remote_host = (char *)host;
+    res.remote_ip = (char *)host;
+    res.mx_host = (char *)(mx ? mx : "");
+    res.not_attempted = 1; /* a worker cannot claim this: router clears it */
     bus_peer_t p = peer(worker);
     dispatch_result(f->d, &p, task_id, &res, NULL);
 }
@@ -484,9 +617,204 @@ static void test_held_too_long(void **state)
     teardown(f);
 }
 
+
+static const char *failover_conf =
+    "routes = ( { name = \"pool\"; endpoints = [ \"127.0.0.2:25\", \"127.0.0.3:25\" ]; } );";
+
+static void test_failover_and_all_down(void **state)
+{
+    (void)state;
+    fixture_t *f = setup_router(failover_conf);
+    ready(f, "w", 10);
+    job_attempt(f, "q", 1, "a", "example.org", 1, 1);
+    assert_int_equal(f->rec.nsent, 1);
+    assert_string_equal(f->rec.sent[0].endpoints, "127.0.0.2:25 127.0.0.3:25");
+    /* delivered by the second endpoint: the first failed (result without attempts) */
+    result_full(f, "w", f->rec.sent[0].task_id, 250, "2.0.0", "ok", "127.0.0.3", NULL);
+    assert_int_equal(f->rec.answers[0].not_attempted, 0);
+    assert_int_equal(f->rec.answers[0].codes[0], 250);
+    job_attempt(f, "q", 2, "b", "example.org", 1, 1);
+    assert_string_equal(f->rec.sent[1].endpoints, "127.0.0.3:25 127.0.0.2:25");
+    /* the second endpoint fails too: every endpoint is down */
+    f->rec.now += 1000;
+    result_full(f, "w", f->rec.sent[1].task_id, 451, "4.4.1",
+                "connection to 127.0.0.2 (127.0.0.2) failed: Connection refused", "127.0.0.2", NULL);
+    dispatch_stats_t st;
+    dispatch_get_stats(f->d, &st);
+    assert_int_equal(st.endpoints_down, 2);
+    /* jobs are not dispatched: answered at once, not attempted, until the first probe is due */
+    size_t events = f->rec.nevents;
+    job_attempt(f, "q", 3, "c", "example.org", 2, 1);
+    assert_int_equal(f->rec.nsent, 2);
+    answer_t *a = &f->rec.answers[2];
+    assert_int_equal(a->request_id, 3);
+    assert_int_equal(a->not_attempted, 1);
+    assert_int_equal(a->retry_after_ms, 4000); /* 127.0.0.2 went down 1 s earlier */
+    assert_int_equal(a->n, 2);
+    assert_non_null(strstr(a->text[0], "every endpoint of the route is down"));
+    assert_int_equal(f->rec.nevents, events); /* nothing happened to the message: no event */
+    /* at the probe time: one probe task per down endpoint, the rest wait again */
+    f->rec.now += 4000;
+    job_attempt(f, "q", 4, "d", "example.org", 1, 1);
+    assert_int_equal(f->rec.nsent, 3);
+    assert_string_equal(f->rec.sent[2].endpoints, "127.0.0.2:25 127.0.0.3:25");
+    job_attempt(f, "q", 5, "e", "example.org", 1, 1);
+    assert_int_equal(f->rec.nsent, 3); /* 127.0.0.3's probe is due a second later */
+    assert_int_equal(f->rec.answers[3].not_attempted, 1);
+    assert_int_equal(f->rec.answers[3].retry_after_ms, 1000);
+    f->rec.now += 1000;
+    job_attempt(f, "q", 6, "f", "example.org", 1, 1);
+    assert_string_equal(f->rec.sent[3].endpoints, "127.0.0.3:25 127.0.0.2:25");
+    job_attempt(f, "q", 7, "g", "example.org", 1, 1);
+    assert_int_equal(f->rec.nsent, 4);
+    assert_int_equal(f->rec.answers[4].not_attempted, 1);
+    /* the first probe succeeds: that endpoint is up, and takes the next job first */
+    result_full(f, "w", f->rec.sent[2].task_id, 250, "2.0.0", "ok", "127.0.0.2", NULL);
+    job_attempt(f, "q", 8, "h", "example.org", 1, 1);
+    assert_int_equal(f->rec.nsent, 5);
+    assert_string_equal(f->rec.sent[4].endpoints, "127.0.0.2:25 127.0.0.3:25");
+    dispatch_get_stats(f->d, &st);
+    assert_int_equal(st.endpoints_down, 1);
+    assert_int_equal(st.held_back, 3);
+    /* 127.0.0.3's probe is still out: with 127.0.0.2 drained nothing may be tried */
+    assert_int_equal(health_drain(dispatch_health(f->d), "", "127.0.0.2:25", 1, NULL, NULL), 1);
+    job_attempt(f, "q", 9, "i", "example.org", 1, 1);
+    assert_int_equal(f->rec.nsent, 5);
+    assert_int_equal(f->rec.answers[f->rec.nanswers - 1].not_attempted, 1);
+    /* its probe works: drained endpoints are never listed */
+    result_full(f, "w", f->rec.sent[3].task_id, 250, "2.0.0", "ok", "127.0.0.3", NULL);
+    job_attempt(f, "q", 10, "j", "example.org", 1, 1);
+    assert_string_equal(f->rec.sent[5].endpoints, "127.0.0.3:25");
+    teardown(f);
+}
+
+static const char *shaping_conf =
+    "routes = ( { name = \"out\"; endpoints = [ \"127.0.0.1:25\" ]; } );\n"
+    "providers = ( { name = \"gmail\"; connections = 2; },\n"
+    "              { name = \"slow\"; domains = \"slow.example\"; rate_per_minute = 60; } );";
+
+static void test_shaping_holds_and_pauses(void **state)
+{
+    (void)state;
+    fixture_t *f = setup_router(shaping_conf);
+    ready(f, "w", 10);
+    job_attempt(f, "q", 1, "a", "gmail.com", 1, 1);
+    job_attempt(f, "q", 2, "b", "googlemail.com", 1, 1);
+    job_attempt(f, "q", 3, "c", "gmail.com", 1, 1); /* two connections: it waits */
+    job_attempt(f, "q", 4, "d", "example.org", 1, 1); /* another destination is not held up */
+    assert_int_equal(f->rec.nsent, 3);
+    assert_string_equal(f->rec.sent[0].provider, "gmail");
+    assert_int_equal(f->rec.sent[0].per_connection, 50);
+    assert_string_equal(f->rec.sent[2].message_id, "d");
+    assert_string_equal(f->rec.sent[2].provider, "default");
+    dispatch_stats_t st;
+    dispatch_get_stats(f->d, &st);
+    assert_int_equal(st.pending, 1);
+    /* a task ends: the held job goes */
+    result_full(f, "w", f->rec.sent[0].task_id, 250, "2.0.0", "ok", "127.0.0.1", NULL);
+    assert_int_equal(f->rec.nsent, 4);
+    assert_string_equal(f->rec.sent[3].message_id, "c");
+    /* one held longer than shape_max_wait goes back to queue, not attempted */
+    job_attempt(f, "q", 5, "e", "gmail.com", 1, 1);
+    f->rec.now += 4999;
+    dispatch_expire(f->d, f->rec.now);
+    assert_int_equal(f->rec.nanswers, 1);
+    f->rec.now += 1;
+    dispatch_expire(f->d, f->rec.now);
+    assert_int_equal(f->rec.nanswers, 2);
+    assert_int_equal(f->rec.answers[1].request_id, 5);
+    assert_int_equal(f->rec.answers[1].not_attempted, 1);
+    assert_int_equal(f->rec.answers[1].retry_after_ms, 5000);
+    /* a slow-down reply pauses gmail: an event with the reply, and jobs held back */
+    result_full(f, "w", f->rec.sent[1].task_id, 421, "4.7.28", "rate limited", "127.0.0.1", NULL);
+    assert_non_null(strstr(f->rec.events[f->rec.nevents - 1],
+                           "destination_paused b r0@googlemail.com 421 4.7.28 destination=gmail "
+                           "provider=gmail paused_until_ms="));
+    assert_non_null(strstr(f->rec.events[f->rec.nevents - 1], "rate_per_minute=300.0"));
+    job_attempt(f, "q", 6, "f", "gmail.com", 1, 1);
+    answer_t *a = &f->rec.answers[f->rec.nanswers - 1];
+    assert_int_equal(a->request_id, 6);
+    assert_int_equal(a->not_attempted, 1);
+    assert_int_equal(a->retry_after_ms, 60000);
+    assert_non_null(strstr(a->text[0], "destination gmail"));
+    /* after the pause gmail takes jobs again */
+    f->rec.now += 60000;
+    job_attempt(f, "q", 7, "g", "gmail.com", 1, 1);
+    assert_string_equal(f->rec.sent[f->rec.nsent - 1].message_id, "g");
+    /* a rate of 60 a minute: one now, the next a second later */
+    job_attempt(f, "q", 8, "s1", "slow.example", 1, 1);
+    job_attempt(f, "q", 9, "s2", "slow.example", 1, 1);
+    assert_string_equal(f->rec.sent[f->rec.nsent - 1].message_id, "s1");
+    f->rec.now += 1000;
+    dispatch_expire(f->d, f->rec.now);
+    assert_string_equal(f->rec.sent[f->rec.nsent - 1].message_id, "s2");
+    teardown(f);
+}
+
+static void test_mx_learnt_moves_provider(void **state)
+{
+    (void)state;
+    fixture_t *f = setup_router("routes = ( { name = \"direct\"; kind = \"mx\"; } );");
+    ready(f, "w", 10);
+    job_attempt(f, "q", 1, "a", "corp.example", 1, 1);
+    assert_string_equal(f->rec.sent[0].provider, "default");
+    assert_int_equal(f->rec.sent[0].kind, SENDARIX__V1__DELIVERY_ROUTE__KIND__MX);
+    result_full(f, "w", f->rec.sent[0].task_id, 250, "2.0.0", "ok", "aspmx.l.google.com",
+                "aspmx.l.google.com");
+    job_attempt(f, "q", 2, "b", "corp.example", 1, 1);
+    assert_string_equal(f->rec.sent[1].provider, "gmail");
+    teardown(f);
+}
+
+static const char *pool_conf =
+    "routes = ( { name = \"out\"; endpoints = [ \"127.0.0.1:25\" ]; source_pool = \"main\"; },\n"
+    "           { name = \"other\"; endpoints = [ \"127.0.0.1:26\" ]; match = { tenants = \"x\"; }; } );\n"
+    "source_pools = ( { name = \"main\"; addresses = (\n"
+    "    { address = \"127.0.0.2\"; weight = 10; },\n"
+    "    { address = \"127.0.0.3\"; weight = 10; warmup = true; } ); } );";
+
+static void test_sources_in_tasks(void **state)
+{
+    (void)state;
+    fixture_t *f = setup_router(pool_conf);
+    ready(f, "w", 100);
+    /* retries never go to the warming address */
+    for (int i = 0; i < 15; i++) {
+        job_attempt(f, "q", 100 + (uint64_t)i, "r", "example.net", 1, 2);
+        assert_string_equal(f->rec.sent[f->rec.nsent - 1].source_ip, "127.0.0.2");
+    }
+    size_t warm = 0, cold = 0;
+    for (int i = 0; i < 18; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "m%d", i);
+        job_attempt(f, "q", (uint64_t)i + 1, id, "example.org", 1, 1);
+        const sent_t *s = &f->rec.sent[f->rec.nsent - 1];
+        if (strcmp(s->source_ip, "127.0.0.2") == 0)
+            warm++;
+        else if (strcmp(s->source_ip, "127.0.0.3") == 0)
+            cold++;
+    }
+    assert_int_equal(f->rec.nsent, 33);
+    /* the warming address took its first day's 2 tasks for the provider and no more */
+    assert_int_equal(cold, 2);
+    assert_int_equal(warm, 16);
+    assert_int_equal(source_sent_today(f->source, "127.0.0.3", "default", f->rec.wall), 2);
+    /* a block reply at 127.0.0.2 deprioritizes it for that destination */
+    result_full(f, "w", f->rec.sent[0].task_id, 554, "5.7.1",
+                "Service unavailable; client host blocked using a block list", "127.0.0.1", NULL);
+    assert_true(source_deprioritized(f->source, "127.0.0.2", "example.net", f->rec.now));
+    assert_false(source_deprioritized(f->source, "127.0.0.2", "example.org", f->rec.now));
+    assert_int_equal(f->rec.answers[0].codes[0], 554);
+    teardown(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_failover_and_all_down),
+        cmocka_unit_test(test_shaping_holds_and_pauses),
+        cmocka_unit_test(test_mx_learnt_moves_provider),
+        cmocka_unit_test(test_sources_in_tasks),
         cmocka_unit_test(test_most_free_slots),
         cmocka_unit_test(test_pending_fifo_and_results),
         cmocka_unit_test(test_capacity_bound),
