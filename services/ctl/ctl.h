@@ -4,7 +4,8 @@
  * runner on the bus (ctl_bus.c), JSON and time rendering (ctl_json.c,
  * ctl_time.c) and one file per topic (status, queue show, queue
  * operations, suppression list, log, auth for credentials, tenants and
- * domains, access for allowlists and limits, sandbox).
+ * domains, access for allowlists and limits, sandbox, pool for router
+ * endpoints, destinations and source addresses).
  * Exit status: CTL_OK, CTL_FAIL (the operation failed), CTL_USAGE.
  */
 #ifndef SX_CTL_H
@@ -251,5 +252,8 @@ int ctl_cmd_allow_list(ctl_t *ctl, const ctl_args_t *args);
 int ctl_cmd_allow_remove(ctl_t *ctl, const ctl_args_t *args);
 int ctl_cmd_limit_set(ctl_t *ctl, const ctl_args_t *args);
 int ctl_cmd_sandbox_fail(ctl_t *ctl, const ctl_args_t *args);
+int ctl_cmd_pool_list(ctl_t *ctl, const ctl_args_t *args);
+int ctl_cmd_pool_drain(ctl_t *ctl, const ctl_args_t *args);
+int ctl_cmd_pool_undrain(ctl_t *ctl, const ctl_args_t *args);
 
 #endif

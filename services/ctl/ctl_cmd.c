@@ -100,6 +100,10 @@ static const ctl_opt_spec_t opts_sandbox_fail[] = {
     {"text", CTL_OPT_VALUE},
     {NULL, 0},
 };
+static const ctl_opt_spec_t opts_pool_drain[] = {
+    {"route", CTL_OPT_VALUE},
+    {NULL, 0},
+};
 
 const ctl_command_t ctl_commands[] = {
     {"status", NULL, ctl_cmd_status, NULL, 0, NULL, "",
@@ -191,6 +195,14 @@ const ctl_command_t ctl_commands[] = {
     {"sandbox", "fail", ctl_cmd_sandbox_fail, NULL, 0, opts_sandbox_fail,
      "--code C --seconds S [--text T]",
      "make the sandbox refuse connections with code C for S seconds; --code 0 clears", NULL, 0},
+    {"pool", "list", ctl_cmd_pool_list, NULL, 0, NULL, "",
+     "each router's endpoints (up, down, drained, failures, next probe), destinations (rate, "
+     "connections, pauses) and source addresses (warm-up, deprioritized)",
+     NULL, 0},
+    {"pool", "drain", ctl_cmd_pool_drain, "<HOST:PORT>", 1, opts_pool_drain, "[--route NAME]",
+     "stop using an endpoint (of one route, or of every route listing it)", NULL, 0},
+    {"pool", "undrain", ctl_cmd_pool_undrain, "<HOST:PORT>", 1, opts_pool_drain, "[--route NAME]",
+     "use a drained endpoint again", NULL, 0},
     {"help", NULL, cmd_help, "[COMMAND]", 0, NULL, "", "this text", NULL, 0},
     {NULL},
 };

@@ -8,6 +8,7 @@
  */
 #include "core/alloc.h"
 #include "core/log.h"
+#include "delivery_dkim.h"
 #include "delivery_resolve.h"
 #include "delivery_task.h"
 #include "ipc/service.h"
@@ -289,6 +290,7 @@ int main(int argc, char **argv)
     dl.svc = &svc;
     SSL_CTX *tls = NULL;
     resolver_t *resolver = NULL;
+    dkim_signer_t *dkim = NULL;
     int rc = 1;
     char err[512];
     loop_timer_init(&dl.heartbeat, heartbeat, &dl);
@@ -325,10 +327,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "sendarix-delivery: %s: delivery.resolver: %s\n", svc.config_path, err);
         goto out;
     }
+    /* signing keys come from the first auth instance, which owns them */
+    dkim = dkim_signer_new(svc.loop, svc.bus, svc.ep.auth.n ? svc.ep.auth.v[0] : NULL);
     dl.ctx = (delivery_ctx_t){
         .loop = svc.loop,
         .tls_ctx = tls,
         .resolver = resolver,
+        .dkim = dkim,
         .helo = helo,
         .connect_timeout_ms = dl.conf.connect_timeout,
         .command_timeout_ms = dl.conf.command_timeout,
@@ -362,6 +367,7 @@ out:
     for (size_t i = 0; i < dl.nrouters; i++)
         bus_client_destroy(&dl.routers[i]);
     bus_server_destroy(&dl.control);
+    dkim_signer_destroy(&dkim);
     resolver_destroy(&resolver);
     tls_ctx_free(&tls);
     conf_release(delivery_table, &dl.conf);

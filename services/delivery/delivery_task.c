@@ -50,6 +50,7 @@ struct task {
     char tls_cipher[96];
     uint64_t started_ms;
     loop_timer_t kick;
+    dkim_prep_t *dkim; /* the signed copy of the message, while the task runs */
 };
 
 static void next_endpoint(task_t *t);
@@ -152,7 +153,8 @@ void task_start(task_t *t)
     log_info("event=task_start %s route=%s rcpts=%zu size=%zu endpoints=%zu tls=%s attempt=%u",
              t->ids, t->route->name, t->job->n_recipients, t->txn.body_len,
              t->route->n_endpoints, t->route->tls, t->job->attempt);
-    loop_timer_start(t->ctx->loop, &t->kick, 0);
+    /* the message is signed (or not) before the first connection; then kick */
+    t->dkim = dkim_prepare(t->ctx->dkim, t->ctx->loop, t->job, &t->txn, t->ids, &t->kick);
 }
 
 void task_destroy(task_t **p)
@@ -166,6 +168,7 @@ void task_destroy(task_t **p)
     session_destroy(&t->session);
     codec_free(&t->env);
     zmq_msg_close(&t->body);
+    dkim_prep_free(&t->dkim);
     free(t->rcpts);
     free(t);
 }

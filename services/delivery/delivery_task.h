@@ -11,6 +11,7 @@
 #define SX_DELIVERY_TASK_H
 
 #include "core/loop.h"
+#include "delivery_dkim.h"
 #include "delivery_resolve.h"
 #include "ipc/proto.h"
 
@@ -22,6 +23,7 @@ typedef struct delivery_ctx {
     loop_t *loop;
     SSL_CTX *tls_ctx;
     resolver_t *resolver;
+    dkim_signer_t *dkim; /* signs messages of domains with keys; NULL: nothing signed */
     const char *helo; /* when the route names none */
     uint64_t connect_timeout_ms;
     uint64_t command_timeout_ms;
