@@ -109,6 +109,7 @@ static int load_count(const store_val_t *key, const store_val_t *val, void *arg)
             c->old.v = xrealloc(c->old.v, c->old.cap * sizeof(*c->old.v));
         }
         change_t *d = &c->old.v[c->old.n++];
+        memset(d, 0, sizeof(*d));
         memcpy(d->key, k, key->len);
         d->klen = key->len;
         return 0;
