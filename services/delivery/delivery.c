@@ -7,14 +7,20 @@
  * dialogue and the per-task logic live in their own files; this is glue.
  */
 #include "core/alloc.h"
+#include "core/id.h"
 #include "core/log.h"
+#include "delivery_fetch.h"
+#include "delivery_policy.h"
+#include "delivery_pool.h"
 #include "delivery_dkim.h"
 #include "delivery_resolve.h"
+#include "delivery_session.h"
 #include "delivery_task.h"
 #include "ipc/service.h"
 #include "mail/address.h"
 #include "net/tls.h"
 
+#include <ctype.h>
 #include <inttypes.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -24,6 +30,20 @@
 #define DELIVERY_HEARTBEAT_MS 1000
 #define DELIVERY_HEARTBEAT_RETRY_MS 200
 #define DELIVERY_ROUTERS_MAX  16
+#define DELIVERY_POOL_MAX     1000 /* kept connections per worker */
+#define DELIVERY_TLS_LIST_MAX 1000 /* require_tls patterns */
+
+/* Destinations that take mail over verified TLS only (recipient domain or MX host). */
+static const char *const default_require_tls[] = {
+    "gmail.com",     "googlemail.com", "*.google.com",   "outlook.com",
+    "hotmail.com",   "*.outlook.com",  "*.protection.outlook.com",
+    "yahoo.com",     "*.yahoodns.net", NULL,
+};
+
+typedef struct tls_list {
+    char **v;
+    size_t n;
+} tls_list_t;
 
 typedef struct delivery_conf {
     long long slots;
@@ -33,15 +53,85 @@ typedef struct delivery_conf {
     uint64_t data_timeout;
     char *tls_ca_file;
     char *resolver;
+    long long mx_port;
+    uint64_t idle_timeout;
+    tls_list_t require_tls;
+    int mta_sts;
+    long long mta_sts_port;
+    uint64_t mta_sts_timeout;
 } delivery_conf_t;
+
+static void tls_list_release(void *field)
+{
+    tls_list_t *l = field;
+    for (size_t i = 0; i < l->n; i++)
+        free(l->v[i]);
+    free(l->v);
+    l->v = NULL;
+    l->n = 0;
+}
+
+static void tls_list_push(tls_list_t *l, const char *v)
+{
+    l->v = xrealloc(l->v, (l->n + 1) * sizeof(*l->v));
+    l->v[l->n] = xstrdup(v);
+    for (char *p = l->v[l->n]; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    l->n++;
+}
+
+/* A name pattern: "example.com" or "*.example.com", letters, digits, dots and hyphens. */
+static int tls_pattern_ok(const char *v)
+{
+    const char *p = strncmp(v, "*.", 2) == 0 ? v + 2 : v;
+    if (*p == '\0' || *p == '.' || strlen(v) >= MX_NAME_MAX)
+        return 0;
+    for (; *p; p++)
+        if (!isalnum((unsigned char)*p) && *p != '.' && *p != '-' && *p != '_')
+            return 0;
+    return 1;
+}
+
+/* delivery.require_tls: absent gives the default list; [ ] means none. */
+static int tls_list_parse(const config_setting_t *s, void *field, char *err, size_t errlen)
+{
+    tls_list_t *l = field;
+    memset(l, 0, sizeof(*l));
+    if (s == NULL) {
+        for (size_t i = 0; default_require_tls[i]; i++)
+            tls_list_push(l, default_require_tls[i]);
+        return 0;
+    }
+    if (config_setting_type(s) != CONFIG_TYPE_ARRAY &&
+        config_setting_type(s) != CONFIG_TYPE_LIST) {
+        snprintf(err, errlen,
+                 "expected a list of domain patterns: [ \"example.com\", \"*.example.net\" ]");
+        return -1;
+    }
+    int n = config_setting_length(s);
+    if (n > DELIVERY_TLS_LIST_MAX) {
+        snprintf(err, errlen, "%d patterns, at most %d", n, DELIVERY_TLS_LIST_MAX);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        const char *v = config_setting_get_string_elem(s, i);
+        if (v == NULL || !tls_pattern_ok(v)) {
+            snprintf(err, errlen, "element %d is not a domain or \"*.domain\" pattern", i + 1);
+            tls_list_release(l);
+            return -1;
+        }
+        tls_list_push(l, v);
+    }
+    return 0;
+}
 
 static const conf_field_t delivery_table[] = {
     {"slots", CONF_INT, offsetof(delivery_conf_t, slots), "32", 1, 10000, 0, NULL, NULL,
      "deliveries this worker runs at once"},
     {"helo", CONF_STRING, offsetof(delivery_conf_t, helo), "", 0, 0, 0, NULL, NULL,
      "our name in EHLO (default: relay.hostname); a route's helo wins"},
-    {"connect_timeout", CONF_DURATION, offsetof(delivery_conf_t, connect_timeout), "10s", 100,
-     600000, 0, NULL, NULL, "how long a TCP connect may take"},
+    {"connect_timeout", CONF_DURATION, offsetof(delivery_conf_t, connect_timeout), "5s", 100,
+     600000, 0, NULL, NULL, "how long a TCP connect may take (then the next address is tried)"},
     {"command_timeout", CONF_DURATION, offsetof(delivery_conf_t, command_timeout), "60s", 100,
      3600000, 0, NULL, NULL, "how long the server may take to answer a command"},
     {"data_timeout", CONF_DURATION, offsetof(delivery_conf_t, data_timeout), "5m", 100,
@@ -50,6 +140,20 @@ static const conf_field_t delivery_table[] = {
      "trust anchors for required TLS (PEM); empty: the system store"},
     {"resolver", CONF_STRING, offsetof(delivery_conf_t, resolver), "", 0, 0, 0, NULL, NULL,
      "DNS servers \"ip[:port],...\"; empty: /etc/resolv.conf"},
+    {"mx_port", CONF_INT, offsetof(delivery_conf_t, mx_port), "25", 1, 65535, 0, NULL, NULL,
+     "the SMTP port of MX hosts (tests point it at a sandbox)"},
+    {"idle_timeout", CONF_DURATION, offsetof(delivery_conf_t, idle_timeout), "30s", 0, 3600000, 0,
+     NULL, NULL, "how long a kept connection waits for the next message; 0: none kept"},
+    {"require_tls", CONF_CUSTOM, offsetof(delivery_conf_t, require_tls), NULL, 0, 0, 0,
+     tls_list_parse, tls_list_release,
+     "recipient domains or MX hosts (\"*.domain\": any name below) reached over verified TLS "
+     "only; absent: the large mailbox providers; [ ]: none"},
+    {"mta_sts", CONF_BOOL, offsetof(delivery_conf_t, mta_sts), "true", 0, 0, 0, NULL, NULL,
+     "look up and apply recipient domains' MTA-STS policies (RFC 8461)"},
+    {"mta_sts_port", CONF_INT, offsetof(delivery_conf_t, mta_sts_port), "443", 1, 65535, 0, NULL,
+     NULL, "the HTTPS port of mta-sts.<domain> (tests point it elsewhere)"},
+    {"mta_sts_timeout", CONF_DURATION, offsetof(delivery_conf_t, mta_sts_timeout), "10s", 100,
+     120000, 0, NULL, NULL, "how long fetching one MTA-STS policy may take"},
     {NULL},
 };
 
@@ -81,6 +185,7 @@ struct delivery {
     uint64_t tasks_total;
     uint64_t results_lost;
     loop_timer_t heartbeat;
+    uint64_t rand_state;
 };
 
 /* ---- work list ---- */
@@ -275,6 +380,27 @@ static void delivery_stats(PB(ServicePong) * pong, void *arg)
     for (size_t i = 0; i < dl->nrouters; i++)
         up += dl->router_up[i] != 0;
     bus_pong_stat(pong, "routers_up", "%zu/%zu", up, dl->nrouters);
+    if (dl->ctx.pool) {
+        bus_pong_stat(pong, "connections_kept", "%zu", pool_count(dl->ctx.pool));
+        bus_pong_stat(pong, "connections_reused", "%" PRIu64, pool_reused_total(dl->ctx.pool));
+    }
+    if (dl->ctx.policy) {
+        bus_pong_stat(pong, "mta_sts_cached", "%zu", policy_cached(dl->ctx.policy));
+        bus_pong_stat(pong, "mta_sts_fetches", "%" PRIu64, policy_fetches(dl->ctx.policy));
+    }
+}
+
+/* The pool gives up a kept connection: say goodbye properly. */
+static void pool_close(void *conn, const char *why, void *arg)
+{
+    session_t *s = conn;
+    (void)arg;
+    log_debug("event=kept_connection_done host=%s ip=%s why=%s", session_host(s), session_ip(s),
+              why);
+    if (strcmp(why, "shutdown") == 0)
+        session_destroy(&s); /* the loop has stopped: no QUIT exchange */
+    else
+        session_quit(&s);
 }
 
 static void on_event(PB(Event) * ev, void *arg)
@@ -291,6 +417,9 @@ int main(int argc, char **argv)
     SSL_CTX *tls = NULL;
     resolver_t *resolver = NULL;
     dkim_signer_t *dkim = NULL;
+    fetcher_t *fetcher = NULL;
+    policy_mgr_t *policy = NULL;
+    pool_t *pool = NULL;
     int rc = 1;
     char err[512];
     loop_timer_init(&dl.heartbeat, heartbeat, &dl);
@@ -327,6 +456,20 @@ int main(int argc, char **argv)
         fprintf(stderr, "sendarix-delivery: %s: delivery.resolver: %s\n", svc.config_path, err);
         goto out;
     }
+    if (dl.conf.mta_sts) {
+        const char *ca = *dl.conf.tls_ca_file ? dl.conf.tls_ca_file : NULL;
+        fetcher = fetcher_new(svc.loop, ca, err, sizeof(err));
+        if (fetcher == NULL) {
+            fprintf(stderr, "sendarix-delivery: %s: delivery.mta_sts: %s\n", svc.config_path, err);
+            goto out;
+        }
+        policy_conf_t pc = {.port = (unsigned)dl.conf.mta_sts_port,
+                            .timeout_ms = dl.conf.mta_sts_timeout,
+                            .cache_max = STS_CACHE_MAX};
+        policy = policy_new(svc.loop, resolver, fetcher, &pc);
+    }
+    pool = pool_new(svc.loop, DELIVERY_POOL_MAX, pool_close, NULL);
+    dl.rand_state = id_random64();
     /* signing keys come from the first auth instance, which owns them */
     dkim = dkim_signer_new(svc.loop, svc.bus, svc.ep.auth.n ? svc.ep.auth.v[0] : NULL);
     dl.ctx = (delivery_ctx_t){
@@ -334,10 +477,17 @@ int main(int argc, char **argv)
         .tls_ctx = tls,
         .resolver = resolver,
         .dkim = dkim,
+        .pool = pool,
+        .policy = policy,
         .helo = helo,
         .connect_timeout_ms = dl.conf.connect_timeout,
         .command_timeout_ms = dl.conf.command_timeout,
         .data_timeout_ms = dl.conf.data_timeout,
+        .idle_timeout_ms = dl.conf.idle_timeout,
+        .mx_port = (unsigned)dl.conf.mx_port,
+        .require_tls = dl.conf.require_tls.v,
+        .nrequire_tls = dl.conf.require_tls.n,
+        .rand_state = &dl.rand_state,
         .event = on_event,
         .event_arg = &svc,
     };
@@ -353,9 +503,12 @@ int main(int argc, char **argv)
     }
     bus_set_stats(svc.bus, delivery_stats, &dl);
     loop_timer_start(svc.loop, &dl.heartbeat, 0);
-    log_info("event=worker slots=%lld helo=%s routers=%zu resolver=%s ca=%s", dl.conf.slots,
-             helo, dl.nrouters, *dl.conf.resolver ? dl.conf.resolver : "system",
-             *dl.conf.tls_ca_file ? dl.conf.tls_ca_file : "system");
+    log_info("event=worker slots=%lld helo=%s routers=%zu resolver=%s ca=%s mx_port=%lld "
+             "idle_timeout_ms=%llu require_tls=%zu mta_sts=%d connect_timeout_ms=%llu",
+             dl.conf.slots, helo, dl.nrouters, *dl.conf.resolver ? dl.conf.resolver : "system",
+             *dl.conf.tls_ca_file ? dl.conf.tls_ca_file : "system", dl.conf.mx_port,
+             (unsigned long long)dl.conf.idle_timeout, dl.conf.require_tls.n, dl.conf.mta_sts,
+             (unsigned long long)dl.conf.connect_timeout);
     rc = service_run(&svc) == 0 ? 0 : 1;
     if (dl.running)
         log_warn("event=stopping_with_tasks running=%zu waiting=%zu", dl.running, dl.waiting);
@@ -367,6 +520,9 @@ out:
     for (size_t i = 0; i < dl.nrouters; i++)
         bus_client_destroy(&dl.routers[i]);
     bus_server_destroy(&dl.control);
+    pool_destroy(&pool);
+    policy_destroy(&policy);
+    fetcher_destroy(&fetcher);
     dkim_signer_destroy(&dkim);
     resolver_destroy(&resolver);
     tls_ctx_free(&tls);

@@ -155,6 +155,8 @@ const char *caps_outcome_name(outcome_t o)
 void dlv_reply_from_smtp(dlv_reply_t *out, const smtp_reply_t *r)
 {
     out->code = r->code;
+    out->local = 0;
+    out->reason = NULL;
     if (r->enhanced[0])
         snprintf(out->enhanced, sizeof(out->enhanced), "%s", r->enhanced);
     else if (r->code / 100 >= 2 && r->code / 100 <= 5 && r->code / 100 != 3)
@@ -170,6 +172,8 @@ void dlv_reply_from_smtp(dlv_reply_t *out, const smtp_reply_t *r)
 void dlv_reply_set(dlv_reply_t *out, unsigned code, const char *enhanced, const char *fmt, ...)
 {
     out->code = code;
+    out->local = 1;
+    out->reason = NULL;
     snprintf(out->enhanced, sizeof(out->enhanced), "%s", enhanced);
     va_list ap;
     va_start(ap, fmt);

@@ -19,11 +19,18 @@ typedef enum { OUTCOME_DEFERRED = 0, OUTCOME_DELIVERED = 1, OUTCOME_BOUNCED = 2 
 
 typedef enum { POLICY_TLS_NONE = 0, POLICY_TLS_OPPORTUNISTIC, POLICY_TLS_REQUIRED } tls_policy_t;
 
-/* An SMTP-shaped outcome as kept for a recipient: code, enhanced code, text. */
+/*
+ * An SMTP-shaped outcome as kept for a recipient: code, enhanced code, text.
+ * local: made up by us (a timeout, a refused connect, a TLS policy), not
+ * said by the server. reason: a class fixed where the failure was known
+ * ("dns", "config", "tls"); NULL lets reason_classify() read the codes.
+ */
 typedef struct dlv_reply {
     unsigned code;
     char enhanced[16];
     char text[DLV_REPLY_TEXT_MAX];
+    int local;
+    const char *reason; /* a static string or NULL */
 } dlv_reply_t;
 
 typedef struct ehlo_caps {
@@ -79,6 +86,7 @@ const char *caps_outcome_name(outcome_t o);
 
 /* Keep a server's reply; a missing enhanced code becomes the class default (4.0.0). */
 void dlv_reply_from_smtp(dlv_reply_t *out, const smtp_reply_t *r);
+/* A reply of our own (local = 1, reason NULL: set it after when known). */
 void dlv_reply_set(dlv_reply_t *out, unsigned code, const char *enhanced, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 

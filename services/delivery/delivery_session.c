@@ -8,6 +8,7 @@
 #include "core/alloc.h"
 #include "core/buf.h"
 #include "core/log.h"
+#include "delivery_reason.h"
 #include "mail/base64.h"
 #include "mail/smtp_data.h"
 #include "net/conn.h"
@@ -30,6 +31,7 @@ typedef enum {
     ST_TLS,
     ST_AUTH,
     ST_READY,
+    ST_RSET, /* a kept connection's next transaction starts here */
     ST_MAIL, /* MAIL and RCPT replies */
     ST_DATA,
     ST_BODY,
@@ -40,14 +42,14 @@ typedef enum {
 
 static const char *const state_names[] = {
     "connecting", "greeting", "ehlo", "helo", "starttls", "tls", "auth",
-    "ready",      "mail",     "data", "body", "dot",      "quit", "closed",
+    "ready",      "rset",     "mail", "data", "body",     "dot",  "quit", "closed",
 };
 
 /* What the session waits for in each state, for timeout and loss messages. */
 static const char *const state_steps[] = {
     "connection",      "greeting",    "EHLO reply", "HELO reply",
     "STARTTLS reply",  "TLS handshake", "AUTH reply", "next command",
-    "MAIL/RCPT reply", "DATA reply",  "body transfer", "end of data reply",
+    "RSET reply",      "MAIL/RCPT reply", "DATA reply", "body transfer", "end of data reply",
     "QUIT reply",      "nothing",
 };
 
@@ -59,11 +61,14 @@ struct session {
     conn_t *conn;
     session_state_t state;
     char ip[SOCK_ADDR_MAX];
+    char local_ip[SOCK_ADDR_MAX];
     char tls_version[32];
     char tls_cipher[96];
     char ids[128];
     ehlo_caps_t caps;
     int is_tls;
+    int tls_verified;
+    unsigned txns;
     int tried_helo;
     int dirty; /* a transaction ended without its end: not ready until RSET */
     dlv_reply_t last;
@@ -93,6 +98,7 @@ enum { DEFER_NONE = 0, DEFER_FAILED, DEFER_TXN_DONE };
 
 static void session_free(session_t *s);
 static void handle_reply(session_t *s);
+static void send_mail(session_t *s);
 
 /* ---- entry guard: a handler may destroy the session under us ---- */
 
@@ -222,6 +228,13 @@ static void session_fail(session_t *s, session_fail_t kind, const dlv_reply_t *r
     enter_state(s, ST_CLOSED);
     log_info("event=session_failed %s host=%s ip=%s state=%s code=%u enh=%s reason=\"%s\"",
              s->ids, s->p.host, s->ip, state_names[was], r->code, r->enhanced, r->text);
+    if (s->txn && was == ST_RSET) {
+        /* the kept connection went before this transaction began: nothing was taken */
+        for (size_t i = 0; i < s->txn->nrcpt; i++)
+            s->txn->rcpts[i].state = RCPT_PENDING;
+        s->txn = NULL;
+        kind = SESSION_FAIL_STALE;
+    }
     if (s->detached) {
         session_t *self = s;
         session_destroy(&self); /* callers hold the entry guard */
@@ -248,7 +261,6 @@ static void fail_lost(session_t *s, const char *what)
 static void on_connected(conn_t *c, int err, void *arg)
 {
     session_t *s = arg;
-    (void)c;
     enter(s);
     if (err) {
         dlv_reply_t r;
@@ -256,6 +268,9 @@ static void on_connected(conn_t *c, int err, void *arg)
                       strerror(err));
         session_fail(s, SESSION_FAIL_CONNECT, &r);
     } else {
+        sock_addr_t local;
+        if (sock_local(conn_fd(c), &local) == 0)
+            sock_addr_ip(&local, s->local_ip, sizeof(s->local_ip));
         enter_state(s, ST_GREETING);
     }
     leave(s);
@@ -316,8 +331,9 @@ static void on_tls(conn_t *c, int ok, const char *why, void *arg)
         s->is_tls = 1;
         snprintf(s->tls_version, sizeof(s->tls_version), "%s", conn_tls_version(c));
         snprintf(s->tls_cipher, sizeof(s->tls_cipher), "%s", conn_tls_cipher(c));
+        s->tls_verified = conn_tls_verified(c);
         log_info("event=tls_up %s host=%s ip=%s version=%s cipher=%s verified=%d", s->ids,
-                 s->p.host, s->ip, s->tls_version, s->tls_cipher, conn_tls_verified(c));
+                 s->p.host, s->ip, s->tls_version, s->tls_cipher, s->tls_verified);
         memset(&s->caps, 0, sizeof(s->caps));
         enter_state(s, ST_EHLO);
         send_line(s, "EHLO %s", s->p.helo);
@@ -414,11 +430,13 @@ static void do_auth(session_t *s)
     case AUTH_STEP_NO_TLS:
         dlv_reply_set(&r, 451, "4.7.0",
                       "%s offers no TLS: credentials are never sent in plaintext", s->p.host);
+        r.reason = REASON_TLS;
         session_fail(s, SESSION_FAIL_TLS, &r);
         return;
     case AUTH_STEP_NO_MECH:
         dlv_reply_set(&r, 451, "4.7.0", "%s offers no AUTH mechanism we speak (PLAIN)",
                       s->p.host);
+        r.reason = REASON_CONFIG;
         session_fail(s, SESSION_FAIL_REMOTE, &r);
         return;
     case AUTH_STEP_PLAIN:
@@ -429,6 +447,7 @@ static void do_auth(session_t *s)
     char b64[((SESSION_AUTH_MAX + 3) / 3) * 4 + 8];
     if (ul + pl > SESSION_AUTH_MAX) {
         dlv_reply_set(&r, 451, "4.7.0", "route credentials too long");
+        r.reason = REASON_CONFIG;
         session_fail(s, SESSION_FAIL_REMOTE, &r);
         return;
     }
@@ -440,6 +459,7 @@ static void do_auth(session_t *s)
     memset(raw, 0, sizeof(raw));
     if (n < 0) {
         dlv_reply_set(&r, 451, "4.7.0", "cannot encode route credentials");
+        r.reason = REASON_CONFIG;
         session_fail(s, SESSION_FAIL_REMOTE, &r);
         return;
     }
@@ -625,8 +645,20 @@ static void handle_reply(session_t *s)
             dlv_reply_t r;
             dlv_reply_set(&r, 451, "4.7.0", "authentication to %s failed: %u %s", s->p.host,
                           s->last.code, s->last.text);
+            r.reason = REASON_CONFIG;
             session_fail(s, SESSION_FAIL_REMOTE, &r);
         }
+        return;
+    case ST_RSET:
+        if (cls != 2) {
+            dlv_reply_t r = s->last;
+            session_fail(s, SESSION_FAIL_STALE, &r);
+            return;
+        }
+        s->dirty = 0;
+        enter_state(s, ST_MAIL);
+        if (!s->pipelined)
+            send_mail(s);
         return;
     case ST_MAIL:
         on_mail_reply(s);
@@ -682,7 +714,7 @@ static void handle_reply(session_t *s)
 session_t *session_new(loop_t *loop, const session_params_t *p, const session_handlers_t *h,
                        void *arg)
 {
-    int fd = sock_connect(&p->addr, NULL);
+    int fd = sock_connect(&p->addr, p->has_src ? &p->src : NULL);
     if (fd < 0)
         return NULL;
     session_t *s = xcalloc(1, sizeof(*s));
@@ -761,6 +793,19 @@ void session_quit(session_t **p)
     send_line(s, "QUIT");
 }
 
+/* MAIL, and every RCPT too when the server takes them pipelined. */
+static void send_mail(session_t *s)
+{
+    session_txn_t *txn = s->txn;
+    char params[128];
+    caps_mail_params(&s->caps, txn->body_len, txn->eightbit, txn->smtputf8, params,
+                     sizeof(params));
+    send_line(s, "MAIL FROM:<%s>%s", txn->mail_from ? txn->mail_from : "", params);
+    if (s->pipelined)
+        for (size_t i = 0; i < txn->nrcpt; i++)
+            send_rcpt(s, i);
+}
+
 void session_start(session_t *s, session_txn_t *txn)
 {
     s->txn = txn;
@@ -777,20 +822,53 @@ void session_start(session_t *s, session_txn_t *txn)
         txn_done(s, 1);
         return;
     }
-    char params[128];
-    caps_mail_params(&s->caps, txn->body_len, txn->eightbit, txn->smtputf8, params,
-                     sizeof(params));
     s->pipelined = s->caps.pipelining;
+    if (s->txns++ > 0) {
+        enter_state(s, ST_RSET);
+        send_line(s, "RSET");
+        if (s->pipelined)
+            send_mail(s); /* RSET, MAIL and RCPT in one write (RFC 2920) */
+        return;
+    }
     enter_state(s, ST_MAIL);
-    send_line(s, "MAIL FROM:<%s>%s", txn->mail_from ? txn->mail_from : "", params);
-    if (s->pipelined)
-        for (size_t i = 0; i < txn->nrcpt; i++)
-            send_rcpt(s, i);
+    send_mail(s);
+}
+
+void session_set_handlers(session_t *s, const session_handlers_t *h, void *arg)
+{
+    s->h = *h;
+    s->arg = arg;
+}
+
+void session_set_log_ids(session_t *s, const char *ids)
+{
+    snprintf(s->ids, sizeof(s->ids), "%s", ids ? ids : "");
 }
 
 int session_is_ready(const session_t *s)
 {
     return s->state == ST_READY && !s->dirty && s->conn != NULL;
+}
+
+int session_reusable(const session_t *s)
+{
+    return s->state == ST_READY && s->conn != NULL && !s->dead && !s->detached &&
+           s->last.code != 421;
+}
+
+unsigned session_txn_count(const session_t *s)
+{
+    return s->txns;
+}
+
+const char *session_local_ip(const session_t *s)
+{
+    return s->local_ip;
+}
+
+int session_tls_verified(const session_t *s)
+{
+    return s->tls_verified;
 }
 
 const char *session_host(const session_t *s)

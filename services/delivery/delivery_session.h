@@ -3,9 +3,10 @@
  * machine: connect, greeting, EHLO (HELO fallback), STARTTLS and EHLO
  * again, AUTH PLAIN, then ready. A ready session is handed a transaction
  * (MAIL, RCPTs, DATA, body, final reply) and reports each recipient's
- * outcome; afterwards it is ready again, so a later change can keep it open
- * for the next task to the same place. It does not pick endpoints, resolve
- * names, or build bus messages: delivery_task.c does.
+ * outcome; afterwards it is ready again and can be kept open for the next
+ * task to the same place, which starts with RSET. It does not pick
+ * endpoints, resolve names, keep idle connections or build bus messages:
+ * delivery_task.c and delivery_pool.c do.
  */
 #ifndef SX_DELIVERY_SESSION_H
 #define SX_DELIVERY_SESSION_H
@@ -28,6 +29,8 @@ typedef struct session session_t;
 
 typedef struct session_params {
     sock_addr_t addr;           /* where to connect */
+    sock_addr_t src;            /* the local address to connect from, when has_src */
+    int has_src;
     char host[SESSION_HOST_MAX]; /* the endpoint's name (or IP), for TLS checks and messages */
     const char *helo;           /* our name in EHLO */
     tls_policy_t tls;
@@ -68,6 +71,7 @@ typedef enum {
     SESSION_FAIL_TLS,         /* required TLS not offered or not verified */
     SESSION_FAIL_TLS_RETRY,   /* opportunistic TLS failed: a plaintext retry may work */
     SESSION_FAIL_LOST,        /* connection lost, timeout or garbage from the server */
+    SESSION_FAIL_STALE,       /* a kept connection failed at RSET: nothing was sent, try a new one */
 } session_fail_t;
 
 typedef struct session_handlers {
@@ -89,10 +93,27 @@ void session_destroy(session_t **s);
 /* Send QUIT and let the session free itself after 221, a close, or SESSION_QUIT_MS. */
 void session_quit(session_t **s);
 
-/* On a ready session: run txn (which must outlive it). */
+/*
+ * On a ready session: run txn (which must outlive it). A session that ran
+ * a transaction before sends RSET first (in one write with MAIL and RCPT
+ * when the server offers PIPELINING).
+ */
 void session_start(session_t *s, session_txn_t *txn);
 
+/* Hand the session to another owner (a kept connection changing hands). */
+void session_set_handlers(session_t *s, const session_handlers_t *h, void *arg);
+/* The "msg=... task=..." of the task it now works for, for its log lines. */
+void session_set_log_ids(session_t *s, const char *ids);
+
 int session_is_ready(const session_t *s);
+/* Ready, connected and not told to go away (421): worth keeping for another message. */
+int session_reusable(const session_t *s);
+/* Transactions started on this connection. */
+unsigned session_txn_count(const session_t *s);
+/* The local address of the connection ("" before it is connected). */
+const char *session_local_ip(const session_t *s);
+/* TLS is up with a verified chain and name. */
+int session_tls_verified(const session_t *s);
 const char *session_host(const session_t *s);
 const char *session_ip(const session_t *s);
 const char *session_tls_version(const session_t *s);
