@@ -562,12 +562,17 @@ def flatten(doc, prefix=""):
 
 
 def split_trace(data):
-    """A sandbox file without its Return-Path, Delivered-To and Received lines."""
+    """A sandbox file without its Return-Path, Delivered-To, DKIM-Signature
+    (the relay signs mail of domains with keys) and Received lines."""
     lines = data.split(b"\r\n")
     i = 0
     while i < len(lines) and (lines[i].startswith(b"Return-Path:") or
                               lines[i].startswith(b"Delivered-To:")):
         i += 1
+    while i < len(lines) and lines[i].startswith(b"DKIM-Signature:"):
+        i += 1
+        while i < len(lines) and lines[i].startswith(b"\t"):
+            i += 1
     if i < len(lines) and lines[i].startswith(b"Received: from "):
         i += 1
         while i < len(lines) and lines[i].startswith(b"\t"):

@@ -94,7 +94,9 @@ def test_verified_domains(make_relay):
     r.start(["events", "auth"])
     r.ctl("tenant", "add", "acme")
     d = r.ctl("domain", "add", "Mail.Acme.Test", "--tenant", "acme", "--verified")
-    assert d == {"domain": "mail.acme.test", "tenant": "acme", "verified": True}
+    assert {k: d[k] for k in ("domain", "tenant", "verified")} == {
+        "domain": "mail.acme.test", "tenant": "acme", "verified": True}
+    assert [k["selector"] for k in d["dkim"]] == ["sx1", "sx1e"]  # test_dkim.py has the rest
     d = r.ctl("domain", "add", "news.acme.test", "--tenant", "acme")
     assert d["verified"] is False
     r.ctl("cred", "add", "app", "--tenant", "acme", "--password", "app-password-1")
@@ -102,7 +104,7 @@ def test_verified_domains(make_relay):
     domains = r.ctl("domain", "list", "--tenant", "acme")["domains"]
     assert [x["domain"] for x in domains] == ["mail.acme.test", "news.acme.test"]
     for x in domains:
-        assert set(x) == {"domain", "tenant", "verified", "created_at"}
+        assert set(x) == {"domain", "tenant", "verified", "created_at", "verified_at", "dkim"}
         assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", x["created_at"])
     assert [x["verified"] for x in domains] == [True, False]
     text = r.ctl_run("domain", "list", json_out=False)
