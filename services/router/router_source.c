@@ -539,8 +539,10 @@ void source_pick(source_t *s, const source_pool_t *pool, const char *provider, c
     /* cold addresses take no failover traffic, unless there is nothing warm to fail over to */
     int warm_only = (failover || any_deprio) && any_warm;
     uint32_t weights[SOURCE_ADDR_MAX];
-    uint64_t total = 0, wait = UINT64_MAX;
-    int spent = 0, eligible = 0;
+    uint64_t rooms[SOURCE_ADDR_MAX];
+    int deprio[SOURCE_ADDR_MAX];
+    uint64_t total = 0;
+    int spent = 0;
     for (size_t i = 0; i < n; i++) {
         const source_addr_t *a = &pool->addrs[i];
         weights[i] = 0;
@@ -551,44 +553,73 @@ void source_pick(source_t *s, const source_pool_t *pool, const char *provider, c
             spent = 1;
             continue;
         }
-        uint32_t w = weight_now(s, a, dkey, now);
-        if (w == 0)
-            continue;
-        eligible = 1;
-        uint64_t r = room ? room(a->ip, arg) : 0;
-        if (r != 0) {
-            if (r < wait)
-                wait = r;
-            continue;
-        }
-        weights[i] = w;
-        total += w;
+        weights[i] = weight_now(s, a, dkey, now);
+        deprio[i] = source_deprioritized(s, a->ip, dkey, now);
+        rooms[i] = weights[i] && room ? room(a->ip, arg) : 0;
+        total += weights[i];
     }
-    if (total > 0) {
-        uint64_t x = rng_next(s) % total;
-        for (size_t i = 0; i < n; i++) {
-            if (x < weights[i]) {
-                out->status = SOURCE_PICKED;
-                out->ip = pool->addrs[i].ip;
-                return;
-            }
-            x -= weights[i];
+    if (total == 0) {
+        out->status = SOURCE_NONE;
+        if (spent) {
+            out->wait_ms = SOURCE_DAY_MS - wall_ms % SOURCE_DAY_MS;
+            out->why = "every address of the pool has spent its warm-up allowance for today";
+        } else {
+            out->wait_ms = 60000;
+            out->why = "no address of the pool may take this task";
         }
-    }
-    if (eligible) {
-        out->status = SOURCE_WAIT;
-        out->wait_ms = wait;
-        out->why = "no address of the pool has room for this destination now";
         return;
     }
-    out->status = SOURCE_NONE;
-    if (spent) {
-        out->wait_ms = SOURCE_DAY_MS - wall_ms % SOURCE_DAY_MS;
-        out->why = "every address of the pool has spent its warm-up allowance for today";
-    } else {
-        out->wait_ms = 60000;
-        out->why = "no address of the pool may take this task";
+    /* one draw by weight among every eligible address, whether it has room or not, so a
+     * deprioritized address keeps its small share and never takes the overflow of others */
+    uint64_t x = rng_next(s) % total;
+    size_t drawn = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (x < weights[i]) {
+            drawn = i;
+            break;
+        }
+        x -= weights[i];
     }
+    out->why = "no address of the pool has room for this destination now";
+    if (deprio[drawn]) {
+        if (rooms[drawn] == 0) {
+            out->status = SOURCE_PICKED;
+            out->ip = pool->addrs[drawn].ip;
+        } else {
+            out->status = SOURCE_WAIT;
+            out->wait_ms = rooms[drawn];
+        }
+        return;
+    }
+    /* a healthy address: it, or another healthy one with room, by weight */
+    uint64_t healthy = 0, wait = UINT64_MAX;
+    for (size_t i = 0; i < n; i++) {
+        if (weights[i] == 0 || deprio[i])
+            continue;
+        if (rooms[i] == 0)
+            healthy += weights[i];
+        else if (rooms[i] < wait)
+            wait = rooms[i];
+    }
+    if (healthy == 0) {
+        out->status = SOURCE_WAIT;
+        out->wait_ms = wait;
+        return;
+    }
+    x = rooms[drawn] == 0 ? UINT64_MAX : rng_next(s) % healthy;
+    for (size_t i = 0; i < n; i++) {
+        if (weights[i] == 0 || deprio[i] || rooms[i] != 0)
+            continue;
+        if (x == UINT64_MAX ? i == drawn : x < weights[i]) {
+            out->status = SOURCE_PICKED;
+            out->ip = pool->addrs[i].ip;
+            return;
+        }
+        if (x != UINT64_MAX)
+            x -= weights[i];
+    }
+    out->status = SOURCE_WAIT; /* not reached: healthy > 0 */
+    out->wait_ms = wait;
 }
 
 void source_sent(source_t *s, const char *ip, const char *provider, uint64_t wall_ms)

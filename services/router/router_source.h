@@ -11,8 +11,10 @@
  * - failover traffic (a retry, or a provider for which some address of the
  *   pool is deprioritized) only goes to warm addresses;
  * - an address a provider blocks or rate-limits is deprioritized for that
- *   provider for deprioritize_ms: its weight divided by deprioritize_divisor;
- * - the caller says, per address, whether the destination has room now.
+ *   provider for deprioritize_ms: its weight divided by deprioritize_divisor,
+ *   and it never takes the overflow of addresses that are busy;
+ * - the caller says, per address, whether the destination has room now; a
+ *   healthy address without room passes its task to a healthy one with room.
  *
  * The random draw comes from a seeded generator, so tests are repeatable.
  * Days are UTC days of the wall clock passed in; other times are monotonic.

@@ -260,6 +260,27 @@ static void test_room(void **state)
     source_pick(f->s, f->main, "gmail", "gmail", 0, 0, wall, no_room, NULL, &pick);
     assert_int_equal(pick.status, SOURCE_WAIT);
     assert_int_equal(pick.wait_ms, 250);
+
+    /* deprioritized, 192.0.2.2 keeps its small share but takes no overflow: with the others
+     * busy, a task waits rather than leave from it, unless the draw picked it (3 in 23) */
+    PB(Status) rate = PB_INIT(STATUS);
+    rate.code = 421;
+    rate.enhanced = "4.7.28";
+    rate.text = "rate limited";
+    assert_int_equal(source_reply(f->s, "192.0.2.2", "gmail", &rate, "", 0), 1);
+    size_t picked = 0, waited = 0;
+    for (int i = 0; i < 2300; i++) {
+        source_pick(f->s, f->main, "gmail", "gmail", 0, 0, wall, room, NULL, &pick);
+        if (pick.status == SOURCE_PICKED) {
+            assert_string_equal(pick.ip, "192.0.2.2");
+            picked++;
+        } else {
+            assert_int_equal(pick.status, SOURCE_WAIT);
+            assert_true(pick.wait_ms == 300 || pick.wait_ms == 700);
+            waited++;
+        }
+    }
+    assert_in_range(picked, 200, 400);
     teardown(f);
 }
 
