@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #define STORE_MAX_DBS 16
 
@@ -31,6 +32,17 @@ struct store_txn {
     int write;
 };
 
+#define STORE_DISK_LOW (1u << 20) /* below this much free disk, an EIO means disk full */
+
+/* Free bytes on the store's file system for an unprivileged writer. */
+static size_t store_disk_free(const store_t *st)
+{
+    struct statvfs vfs;
+    if (statvfs(st->dir, &vfs) < 0)
+        return SIZE_MAX;
+    return (size_t)vfs.f_bavail * (size_t)vfs.f_frsize;
+}
+
 static int map_rc(store_t *st, int rc)
 {
     switch (rc) {
@@ -43,8 +55,15 @@ static int map_rc(store_t *st, int rc)
         if (st)
             st->full = 1; /* the map can grow */
         return STORE_FULL;
+    case EIO:
+        /* LMDB reports a short write (the disk filled mid-commit) as EIO */
+        if (st && store_disk_free(st) < (size_t)STORE_DISK_LOW)
+            goto disk_full;
+        log_error("event=store_error dir=%s err=\"%s\"", st ? st->dir : "?", mdb_strerror(rc));
+        return STORE_ERROR;
     case ENOSPC:
     case EDQUOT:
+    disk_full:
         if (st)
             st->full = 2; /* the disk is full: growing the map will not help */
         log_error("event=store_disk_full dir=%s", st ? st->dir : "?");
@@ -293,25 +312,58 @@ int store_write(store_t *st, store_write_fn fn, void *arg)
     }
 }
 
+static size_t db_pages(const MDB_stat *ds)
+{
+    return ds->ms_branch_pages + ds->ms_leaf_pages + ds->ms_overflow_pages;
+}
+
 void store_stats(store_t *st, store_stats_t *out)
 {
     memset(out, 0, sizeof(*out));
     out->map_size = st->map_size;
+    out->map_max = st->map_max;
     out->grows = st->grows;
     MDB_envinfo info;
     MDB_stat ms;
     mdb_env_info(st->env, &info);
     mdb_env_stat(st->env, &ms);
-    out->used_bytes = (info.me_last_pgno + 1) * (size_t)ms.ms_psize;
+    size_t psize = ms.ms_psize;
+    out->used_bytes = (info.me_last_pgno + 1) * psize;
+    /* live pages: the main database (named databases' roots), each named
+     * database, the free list's own pages, and the two meta pages */
+    size_t live = db_pages(&ms) + 2;
     MDB_txn *txn;
     if (mdb_txn_begin(st->env, NULL, MDB_RDONLY, &txn) == 0) {
+        MDB_stat fs;
+        if (mdb_stat(txn, 0, &fs) == 0)
+            live += db_pages(&fs);
         for (unsigned i = 0; i < st->ndbis; i++) {
             MDB_stat ds;
-            if (mdb_stat(txn, st->dbis[i], &ds) == 0)
+            if (mdb_stat(txn, st->dbis[i], &ds) == 0) {
                 out->entries += ds.ms_entries;
+                live += db_pages(&ds);
+            }
         }
         mdb_txn_abort(txn);
     }
+    out->live_bytes = live * psize;
+}
+
+int store_has_room(store_t *st, size_t bytes, size_t reserve)
+{
+    store_stats_t s;
+    store_stats(st, &s);
+    /* a copy-on-write commit needs room for the new pages before old ones free up */
+    size_t need = bytes + bytes / 8 + reserve;
+    if (s.live_bytes + need > s.map_max)
+        return 0;
+    /* the file only grows where free pages inside it do not suffice; the
+     * disk keeps a smaller reserve: freeing writes need only a few pages */
+    size_t disk_need = bytes + bytes / 8 + (reserve < STORE_DISK_LOW ? reserve : STORE_DISK_LOW);
+    size_t inside = s.used_bytes > s.live_bytes ? s.used_bytes - s.live_bytes : 0;
+    if (disk_need > inside && store_disk_free(st) < disk_need - inside)
+        return 0;
+    return 1;
 }
 
 size_t store_db_entries(store_t *st, unsigned dbi)

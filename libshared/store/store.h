@@ -74,11 +74,20 @@ int store_write(store_t *st, store_write_fn fn, void *arg);
 
 typedef struct store_stats {
     size_t map_size;
-    size_t used_bytes;
+    size_t map_max;
+    size_t used_bytes; /* high-water mark of the data file */
+    size_t live_bytes; /* pages holding data now (freed pages are reused) */
     size_t entries;    /* in all named databases */
     unsigned grows;
 } store_stats_t;
 void store_stats(store_t *st, store_stats_t *out);
+/*
+ * Whether a write of about `bytes` more data fits, keeping `reserve` bytes
+ * of map and disk for the writes that free space (deleting what is done).
+ * 1: fits; 0: the map would pass its ceiling or the disk is too full.
+ */
+int store_has_room(store_t *st, size_t bytes, size_t reserve);
+
 /* Entries in one named database. */
 size_t store_db_entries(store_t *st, unsigned dbi);
 

@@ -95,6 +95,8 @@ const char *queue_rcpt_domain(const char *address);
 void queue_set_str(char **field, const char *value);
 PB(Status) * queue_status_new(unsigned code, const char *enh, const char *text);
 
+/* Bytes of map and disk kept free for the writes that free space. */
+size_t queue_store_reserve(const queue_t *q);
 /* Store a new message (record and body) in txn, as a commit does. */
 int queue_store_message(queue_t *q, store_txn_t *txn, PB(QueueRecord) * rec, const void *body,
                         size_t len);

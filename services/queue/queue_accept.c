@@ -40,6 +40,7 @@ typedef struct queue_commit {
     char *mail_from;
     char *tenant;
     size_t nrcpt;
+    int refused;            /* no room: answered 452 without a write */
     struct queue_commit *next;
 } queue_commit_t;
 
@@ -359,8 +360,30 @@ static void commit_run(loop_t *loop, void *arg)
     q->ncommits -= b.count;
     last->next = NULL;
 
+    /* refuse at once what would leave too little room for recording
+     * deliveries: a store filled to its last page could not free itself */
+    size_t reserve = queue_store_reserve(q);
+    size_t need = 0, fit = 0;
+    for (queue_commit_t *c = b.first; c; c = c->next) {
+        need += c->record_len + c->body_size;
+        if (!store_has_room(q->store, need, reserve))
+            break;
+        fit++;
+    }
+    if (fit < b.count) {
+        queue_commit_t *c = b.first;
+        for (size_t i = 0; i < fit; i++)
+            c = c->next;
+        while (c) {
+            c->refused = 1;
+            c = c->next;
+        }
+        log_warn("event=store_nearly_full refused=%zu of=%zu", b.count - fit, b.count);
+    }
+    b.count = fit;
+
     uint64_t t0 = clock_mono_ms();
-    int rc = store_write(q->store, commit_write, &b);
+    int rc = fit ? store_write(q->store, commit_write, &b) : STORE_OK;
     uint64_t took = clock_mono_ms() - t0;
     q->commit_batches++;
     if (rc != STORE_OK)
@@ -372,7 +395,11 @@ static void commit_run(loop_t *loop, void *arg)
     queue_commit_t *c = b.first;
     while (c) {
         queue_commit_t *next = c->next;
-        if (rc == STORE_OK) {
+        if (c->refused) {
+            log_error("event=commit_failed msg=%s reason=store_full", c->id);
+            reply_status(q, &c->peer, c->request_id, c->id, 452, "4.3.1",
+                         "insufficient system storage");
+        } else if (rc == STORE_OK) {
             q->accepted++;
             reply_status(q, &c->peer, c->request_id, c->id, 250, "2.0.0", "queued");
             log_info("event=queued msg=%s from=<%s> rcpts=%zu size=%llu tenant=%s", c->id,

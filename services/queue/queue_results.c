@@ -33,6 +33,7 @@ typedef enum {
 typedef struct results_state {
     result_t *head, **tail;
     loop_timer_t timer;
+    uint64_t retry_ms;   /* after a failed write: wait before trying again */
 } results_state_t;
 
 static results_state_t *rs_of(queue_t *q)
@@ -61,7 +62,7 @@ void queue_results_push(queue_t *q, result_t *r)
     results_state_t *rs = rs_of(q);
     *rs->tail = r;
     rs->tail = &r->next;
-    if (!loop_timer_active(&rs->timer))
+    if (!loop_timer_active(&rs->timer) && rs->retry_ms == 0)
         loop_timer_start(q->svc->loop, &rs->timer, 0);
 }
 
@@ -389,17 +390,25 @@ static void results_run(loop_t *loop, void *arg)
     if (rs->head == NULL)
         return;
     int rc = store_write(q->store, results_write, q);
-    if (rc != STORE_OK)
-        log_error("event=results_write_failed err=\"%s\"", store_strerror(rc));
+    if (rc != STORE_OK) {
+        /* keep every result and write it later: trying the messages again
+         * instead would deliver them twice */
+        rs->retry_ms = rs->retry_ms ? (rs->retry_ms * 2 > 30000 ? 30000 : rs->retry_ms * 2)
+                                    : 500;
+        log_error("event=results_write_failed err=\"%s\" retry_in_ms=%llu", store_strerror(rc),
+                  (unsigned long long)rs->retry_ms);
+        loop_timer_start(q->svc->loop, &rs->timer, rs->retry_ms);
+        return;
+    }
+    rs->retry_ms = 0;
     uint64_t now = clock_wall_ms();
     result_t *r = rs->head;
     rs->head = NULL;
     rs->tail = &rs->head;
     while (r) {
         result_t *next = r->next;
-        if (rc == STORE_OK)
-            after_commit(q, r, now);
-        queue_sched_result_done(q, r, rc == STORE_OK, now);
+        after_commit(q, r, now);
+        queue_sched_result_done(q, r, 1, now);
         queue_result_free(r);
         r = next;
     }

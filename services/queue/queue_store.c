@@ -229,3 +229,14 @@ int queue_destination_failure(unsigned code, const char *enh)
         return 0;
     return strncmp(enh, "4.4.", 4) == 0 || strcmp(enh, "4.3.2") == 0 || strcmp(enh, "4.7.5") == 0;
 }
+
+size_t queue_store_reserve(const queue_t *q)
+{
+    /* room kept for the writes that free space: results and deletions */
+    size_t r = q->conf.map_max / 20;
+    if (r < (64u << 10))
+        r = 64u << 10;
+    if (r > (64u << 20))
+        r = 64u << 20;
+    return r;
+}

@@ -38,7 +38,23 @@ def queue_settings(**settings):
 # retries stay frequent while the sandbox fails and the destination is never
 # held, so delivery resumes within seconds of the sandbox coming back
 RETRIES = dict(retry_max_interval='"2s"', domain_hold_after=10000)
-MAP_CAPPED = queue_settings(map_size='"1M"', map_max='"2M"', **RETRIES)
+
+
+def quick_probes(text):
+    """config_edit: router probes a down endpoint every second or two."""
+    return text.replace("router = {\n", 'router = {\n  probe_base = "1s";\n  probe_max = "2s";\n',
+                        1)
+
+
+def chain(*edits):
+    def edit(text):
+        for e in edits:
+            text = e(text)
+        return text
+    return edit
+
+
+MAP_CAPPED = chain(queue_settings(map_size='"1M"', map_max='"2M"', **RETRIES), quick_probes)
 
 
 def send(r, token, size=MESSAGE_SIZE):
@@ -172,11 +188,6 @@ def test_map_full_refuses_with_452_and_loses_nothing(make_relay):
     assert_queue_running(r)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a map filled to the last page cannot record delivery results: every result write "
-    "fails with store full (event=results_write_failed), the sandbox's copy is not "
-    "recorded, so each message is delivered again every 2 s and its body is never "
-    "deleted; the store stays full and new mail gets 452 4.3.1 for ever"))
 def test_map_full_to_the_last_page_recovers(make_relay):
     r = make_relay(retry_base="1s", config_edit=MAP_CAPPED)
     r.start()
@@ -217,7 +228,7 @@ def small_tmpfs(path, size):
 
 
 def disk_full_relay(make_relay):
-    r = make_relay(retry_base="1s", config_edit=queue_settings(**RETRIES))
+    r = make_relay(retry_base="1s", config_edit=chain(queue_settings(**RETRIES), quick_probes))
     return r, os.path.join(r.var, "state", "queue-1")  # relay.state_dir/queue-1
 
 
@@ -253,11 +264,6 @@ def test_disk_full_loses_nothing_and_recovers_when_space_returns(make_relay):
         assert_queue_running(r)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a full disk is answered 451 4.3.0 'local error in processing': LMDB reports the "
-    "short write of a commit as EIO (queue log: event=store_error err=\"Input/output "
-    "error\", event=commit_failed reason=store_error), which the store does not read as "
-    "a full disk, so ingress never says 452 4.3.1"))
 def test_disk_full_answers_452_4_3_1(make_relay):
     r, qdir = disk_full_relay(make_relay)
     with small_tmpfs(qdir, "3m"):
