@@ -6,7 +6,10 @@
  * TLS without STARTTLS never sends MAIL; no accepted recipient means no
  * DATA; the body arrives dot-stuffed; a silent server times out with 4.4.2;
  * SMTPUTF8 mail to a server without it bounces without MAIL; a 2xx to DATA
- * is never taken for delivery.
+ * is never taken for delivery; a kept session's next transaction starts
+ * with RSET (pipelined with MAIL and RCPT when offered, alone when not); a
+ * kept session whose server refuses RSET fails as stale with nothing
+ * decided; a session connects from the source address it is given.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -43,7 +46,9 @@ typedef struct server {
     buf_t seen;     /* every line received, CRLF kept */
     buf_t data;     /* the raw DATA bytes */
     int mail_chunk_had_rcpt;
+    int rset_chunk_had_mail;
     int mismatch;
+    char peer[SOCK_ADDR_MAX];
 } server_t;
 
 typedef struct result {
@@ -57,6 +62,12 @@ static result_t res;
 static session_t *sess;
 static session_txn_t txn;
 static session_rcpt_t rcpts[4];
+/* a second transaction on the same session, as a kept connection would run */
+static int second_txn;
+static session_rcpt_t first_rcpts[4];
+static loop_timer_t again;
+/* connect from this address when set */
+static const char *source_ip;
 
 static void srv_on_data(conn_t *c, void *arg)
 {
@@ -66,6 +77,9 @@ static void srv_on_data(conn_t *c, void *arg)
     size_t chunk_len = buf_used(in);
     if (memmem(chunk, chunk_len, "MAIL FROM", 9) && memmem(chunk, chunk_len, "RCPT TO", 7))
         srv.mail_chunk_had_rcpt = 1;
+    if (memmem(chunk, chunk_len, "RSET", 4) && memmem(chunk, chunk_len, "MAIL FROM", 9) &&
+        memmem(chunk, chunk_len, "RCPT TO", 7))
+        srv.rset_chunk_had_mail = 1;
     for (;;) {
         if (srv.in_data) {
             const char *end = memmem(buf_head(in), buf_used(in), "\r\n.\r\n", 5);
@@ -125,6 +139,7 @@ static void srv_accept(loop_t *loop, int fd, unsigned events, void *arg)
     int cfd = sock_accept(fd, &peer);
     if (cfd < 0)
         return;
+    sock_addr_ip(&peer, srv.peer, sizeof(srv.peer));
     srv.conn = conn_new(loop, cfd, 0, 0, &srv_handlers, NULL);
     conn_printf(srv.conn, "%s\r\n", srv.greeting);
 }
@@ -147,10 +162,24 @@ static void on_failed(session_t *s, session_fail_t kind, const dlv_reply_t *r, v
     loop_stop(srv.loop);
 }
 
+static void start_again(loop_t *loop, void *arg)
+{
+    (void)loop;
+    (void)arg;
+    session_start(sess, &txn);
+}
+
 static void on_txn_done(session_t *s, void *arg)
 {
-    (void)s;
     (void)arg;
+    if (second_txn) {
+        second_txn = 0;
+        memcpy(first_rcpts, rcpts, sizeof(rcpts));
+        assert_true(session_reusable(s));
+        assert_int_equal(session_txn_count(s), 1);
+        loop_timer_start(srv.loop, &again, 0); /* later, from the loop, like a new task */
+        return;
+    }
     res.done = 1;
     session_quit(&sess);
 }
@@ -215,6 +244,11 @@ static void run(const char *greeting, const step_t *script, tls_policy_t tls, co
     p.command_timeout_ms = cmd_timeout;
     p.data_timeout_ms = cmd_timeout;
     p.log_ids = "msg=test task=1";
+    if (source_ip) {
+        assert_int_equal(sock_addr_parse(source_ip, 0, &p.src), 0);
+        p.has_src = 1;
+    }
+    loop_timer_init(&again, start_again, NULL);
     sess = session_new(srv.loop, &p, &handlers, NULL);
     assert_non_null(sess);
 
@@ -226,6 +260,7 @@ static void run(const char *greeting, const step_t *script, tls_policy_t tls, co
     loop_run(srv.loop);
     loop_timer_stop(srv.loop, &guard);
     loop_timer_stop(srv.loop, &poll);
+    loop_timer_stop(srv.loop, &again);
     session_destroy(&sess);
     conn_destroy(&srv.conn);
     loop_fd_remove(srv.loop, srv.lfd);
@@ -432,6 +467,112 @@ static void test_data_answered_out_of_step(void **state)
     finish();
 }
 
+static void test_second_transaction_rset_pipelined(void **state)
+{
+    (void)state;
+    static const step_t script[] = {
+        {"EHLO", "250-mx\r\n250 PIPELINING"},
+        {"MAIL FROM:<a@example.test>", "250 ok"},
+        {"RCPT TO:<one@example.org>", "250 ok"},
+        {"DATA", "354 go"},
+        {".", "250 2.0.0 first"},
+        {"RSET", "250 2.0.0 reset"},
+        {"MAIL FROM:<a@example.test>", "250 ok"},
+        {"RCPT TO:<one@example.org>", "250 ok"},
+        {"DATA", "354 go"},
+        {".", "250 2.0.0 second"},
+        {"QUIT", "221 bye"},
+        {NULL, NULL},
+    };
+    const char *addrs[] = {"one@example.org"};
+    second_txn = 1;
+    run("220 mx", script, POLICY_TLS_NONE, "x\r\n", 1, addrs, 0, 2000);
+    assert_true(res.done);
+    assert_false(res.failed);
+    assert_false(srv.mismatch);
+    assert_true(srv.rset_chunk_had_mail); /* RSET, MAIL and RCPT in one write */
+    assert_string_equal(first_rcpts[0].reply.text, "first");
+    assert_int_equal(rcpts[0].outcome, OUTCOME_DELIVERED);
+    assert_string_equal(rcpts[0].reply.text, "second");
+    assert_int_equal(srv.next, 11);
+    finish();
+}
+
+static void test_second_transaction_rset_alone(void **state)
+{
+    (void)state;
+    static const step_t script[] = {
+        {"EHLO", "250 mx"},
+        {"MAIL", "250 ok"},
+        {"RCPT", "550 5.1.1 no"}, /* nobody accepted: the session stays usable after RSET */
+        {"RSET", "250 ok"},
+        {"MAIL", "250 ok"},
+        {"RCPT", "250 ok"},
+        {"DATA", "354 go"},
+        {".", "250 2.0.0 second"},
+        {"QUIT", "221 bye"},
+        {NULL, NULL},
+    };
+    const char *addrs[] = {"one@example.org"};
+    second_txn = 1;
+    run("220 mx", script, POLICY_TLS_NONE, "x\r\n", 1, addrs, 0, 2000);
+    assert_true(res.done);
+    assert_false(srv.mismatch);
+    assert_false(srv.rset_chunk_had_mail); /* no PIPELINING: MAIL waits for RSET's reply */
+    assert_int_equal(first_rcpts[0].outcome, OUTCOME_BOUNCED);
+    assert_int_equal(rcpts[0].outcome, OUTCOME_DELIVERED);
+    finish();
+}
+
+static void test_kept_session_stale(void **state)
+{
+    (void)state;
+    static const step_t script[] = {
+        {"EHLO", "250-mx\r\n250 PIPELINING"},
+        {"MAIL", "250 ok"},
+        {"RCPT", "250 ok"},
+        {"DATA", "354 go"},
+        {".", "250 2.0.0 first"},
+        {"RSET", "421 4.4.2 idle too long"},
+        {"MAIL", NULL},
+        {"RCPT", NULL},
+        {NULL, NULL},
+    };
+    const char *addrs[] = {"one@example.org"};
+    second_txn = 1;
+    run("220 mx", script, POLICY_TLS_NONE, "x\r\n", 1, addrs, 0, 2000);
+    assert_true(res.failed);
+    assert_int_equal(res.kind, SESSION_FAIL_STALE);
+    /* nothing was decided for the second message: a new connection can carry it */
+    assert_int_equal(rcpts[0].state, RCPT_PENDING);
+    const char *second = strstr(buf_head(&srv.seen), "RSET");
+    assert_non_null(second);
+    assert_null(strstr(second, "DATA")); /* no DATA after the refused RSET */
+    finish();
+}
+
+static void test_source_address(void **state)
+{
+    (void)state;
+    static const step_t script[] = {
+        {"EHLO", "250 mx"},
+        {"MAIL", "250 ok"},
+        {"RCPT", "250 ok"},
+        {"DATA", "354 go"},
+        {".", "250 ok"},
+        {"QUIT", "221 bye"},
+        {NULL, NULL},
+    };
+    const char *addrs[] = {"one@example.org"};
+    source_ip = "127.0.0.5";
+    run("220 mx", script, POLICY_TLS_NONE, "x\r\n", 1, addrs, 0, 2000);
+    source_ip = NULL;
+    assert_true(res.done);
+    assert_string_equal(srv.peer, "127.0.0.5");
+    assert_int_equal(rcpts[0].outcome, OUTCOME_DELIVERED);
+    finish();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -444,6 +585,10 @@ int main(void)
         cmocka_unit_test(test_timeout_waiting_for_data_reply),
         cmocka_unit_test(test_smtputf8_not_offered),
         cmocka_unit_test(test_data_answered_out_of_step),
+        cmocka_unit_test(test_second_transaction_rset_pipelined),
+        cmocka_unit_test(test_second_transaction_rset_alone),
+        cmocka_unit_test(test_kept_session_stale),
+        cmocka_unit_test(test_source_address),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
