@@ -14,6 +14,7 @@
 #include "net/conn.h"
 
 #include <errno.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -701,15 +702,27 @@ static void handle_reply(session_t *s)
         log_info("event=unsolicited_reply %s host=%s state=%s code=%u", s->ids, s->p.host,
                  state_names[s->state], s->last.code);
         if (s->state == ST_READY) {
+            /* out of step (often a 421 before the server hangs up): the connection is done */
             s->dirty = 1;
-            conn_destroy(&s->conn);
-            enter_state(s, ST_CLOSED);
+            dlv_reply_t r = s->last;
+            session_fail(s, SESSION_FAIL_LOST, &r);
         }
         return;
     }
 }
 
 /* ---- public ---- */
+
+static void free_params(session_t *s)
+{
+    free((char *)s->p.helo);
+    free((char *)s->p.auth_username);
+    if (s->p.auth_password) {
+        OPENSSL_cleanse((char *)s->p.auth_password, strlen(s->p.auth_password));
+        free((char *)s->p.auth_password);
+    }
+    s->p.helo = s->p.auth_username = s->p.auth_password = NULL;
+}
 
 session_t *session_new(loop_t *loop, const session_params_t *p, const session_handlers_t *h,
                        void *arg)
@@ -720,6 +733,10 @@ session_t *session_new(loop_t *loop, const session_params_t *p, const session_ha
     session_t *s = xcalloc(1, sizeof(*s));
     s->loop = loop;
     s->p = *p;
+    /* own copies: a kept session outlives the task whose route these came from */
+    s->p.helo = xstrdup(p->helo ? p->helo : "");
+    s->p.auth_username = xstrdup(p->auth_username ? p->auth_username : "");
+    s->p.auth_password = xstrdup(p->auth_password ? p->auth_password : "");
     s->h = *h;
     s->arg = arg;
     snprintf(s->ids, sizeof(s->ids), "%s", p->log_ids ? p->log_ids : "");
@@ -733,6 +750,7 @@ session_t *session_new(loop_t *loop, const session_params_t *p, const session_ha
     s->conn = conn_new(loop, fd, 1, SESSION_IN_LIMIT, &session_conn_handlers, s);
     if (s->conn == NULL) {
         int e = errno;
+        free_params(s);
         free(s);
         errno = e ? e : ENOMEM;
         return NULL;
@@ -745,6 +763,7 @@ session_t *session_new(loop_t *loop, const session_params_t *p, const session_ha
 
 static void session_free(session_t *s)
 {
+    free_params(s);
     loop_timer_stop(s->loop, &s->step);
     loop_timer_stop(s->loop, &s->pump);
     loop_timer_stop(s->loop, &s->defer);

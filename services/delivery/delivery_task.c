@@ -25,6 +25,7 @@
 #include <string.h>
 
 #define TASK_RCPTS_MAX 2000 /* recipients in one task */
+#define TASK_TRIES_MAX 10   /* connections one task opens at most; the rest waits for a retry */
 #define TASK_LABEL_MAX (SESSION_HOST_MAX + 8)
 #define TASK_ATTRS_MAX 12
 
@@ -658,6 +659,11 @@ static void start_session(task_t *t, const sock_addr_t *addr, int no_starttls)
 
 static void next_address(task_t *t)
 {
+    if (t->tries >= TASK_TRIES_MAX) {
+        log_info("event=tries_exhausted %s tries=%u", t->ids, t->tries);
+        finish(t);
+        return;
+    }
     while (t->ai < t->naddrs) {
         const sock_addr_t *a = &t->addrs[t->ai++];
         char ip[SOCK_ADDR_MAX];
@@ -787,9 +793,6 @@ static const char *mx_tls(task_t *t, const mx_host_t *h, tls_policy_t *tls)
         *tls = POLICY_TLS_REQUIRED;
         return "mta-sts";
     }
-    if (t->sts.mode == STS_MODE_TESTING && !sts_mx_matches(&t->sts, h->name))
-        log_info("event=mta_sts_testing %s domain=%s mx_host=%s policy_id=%s would=skip", t->ids,
-                 t->domain, h->name, t->sts.id);
     if (t->route_tls == POLICY_TLS_REQUIRED) {
         *tls = POLICY_TLS_REQUIRED;
         return t->route->tls_reason && strcmp(t->route->tls_reason, "provider") == 0 ? "provider"
@@ -828,6 +831,9 @@ static void next_mx_host(task_t *t)
             t->target_tried = 1;
             continue;
         }
+        if (t->sts.mode == STS_MODE_TESTING && !sts_mx_matches(&t->sts, h->name))
+            log_info("event=mta_sts_testing %s domain=%s mx_host=%s policy_id=%s would=skip",
+                     t->ids, t->domain, h->name, t->sts.id);
         target_key(t);
         t->target_tried = 1;
         if (take_kept(t))
