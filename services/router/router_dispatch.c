@@ -199,14 +199,21 @@ static const PB(DeliveryJob) * job_of(const job_t *j)
 /* ---- answers the router decides itself ---- */
 
 static void publish_deferred(dispatch_t *d, const PB(DeliveryJob) * job, const char *route,
-                             const PB(DeliveryRecipient) * rc, PB(Status) * st)
+                             const PB(DeliveryRecipient) * rc, PB(Status) * st,
+                             uint64_t held_ms)
 {
     if (d->ops.event == NULL)
         return;
-    PB(Attr) attr = PB_INIT(ATTR);
-    attr.key = "route";
-    attr.value = (char *)route;
-    PB(Attr) *attrs[1] = {&attr};
+    char wait[32];
+    snprintf(wait, sizeof(wait), "%" PRIu64, held_ms);
+    PB(Attr) attr[3] = {PB_INIT(ATTR), PB_INIT(ATTR), PB_INIT(ATTR)};
+    PB(Attr) *attrs[3] = {&attr[0], &attr[1], &attr[2]};
+    attr[0].key = "route";
+    attr[0].value = (char *)route;
+    attr[1].key = "not_attempted";
+    attr[1].value = "1";
+    attr[2].key = "retry_after_ms";
+    attr[2].value = wait;
     PB(Event) ev = PB_INIT(EVENT);
     ev.type = "deferred";
     ev.message_id = job->message_id;
@@ -216,20 +223,28 @@ static void publish_deferred(dispatch_t *d, const PB(DeliveryJob) * job, const c
     ev.tenant = job->tenant;
     ev.reply = st;
     ev.attempt = job->attempt;
-    ev.n_attrs = route && *route ? 1 : 0;
+    ev.n_attrs = route && *route ? (held_ms ? 3 : 1) : 0;
     ev.attrs = attrs;
     d->ops.event(&ev, d->arg);
 }
 
 /*
- * Answer every recipient of job with one reply. held: nothing was tried
- * (not attempted, offer again after retry_after_ms; no events, since
- * nothing happened to the message); otherwise an event per recipient.
+ * Answer every recipient of job with one reply and an event per recipient.
+ * held: nothing was tried (not attempted, offer again after
+ * retry_after_ms); its events only when quiet is 0, so short waits for a
+ * rate token do not flood the event log.
  */
 static void answer_with(dispatch_t *d, const bus_peer_t *queue, uint64_t request_id,
                         const PB(DeliveryJob) * job, const char *route, unsigned code,
-                        const char *enhanced, const char *text, int held, uint64_t retry_after_ms)
+                        const char *enhanced, const char *text, int held, uint64_t retry_after_ms,
+                        int quiet)
 {
+    if (held) {
+        if (retry_after_ms < HEALTH_RETRY_MIN_MS)
+            retry_after_ms = HEALTH_RETRY_MIN_MS;
+        if (retry_after_ms > DISPATCH_RETRY_MAX_MS)
+            retry_after_ms = DISPATCH_RETRY_MAX_MS;
+    }
     size_t n = job->n_recipients;
     PB(Status) st = PB_INIT(STATUS);
     st.code = code;
@@ -246,8 +261,8 @@ static void answer_with(dispatch_t *d, const bus_peer_t *queue, uint64_t request
                                           : PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__DEFERRED);
         rr[i].reply = &st;
         rp[i] = &rr[i];
-        if (!held)
-            publish_deferred(d, job, route, job->recipients[i], &st);
+        if (!quiet)
+            publish_deferred(d, job, route, job->recipients[i], &st, held ? retry_after_ms : 0);
     }
     PB(DeliveryResult) res = PB_INIT(DELIVERY_RESULT);
     res.job_id = job->job_id;
@@ -256,10 +271,6 @@ static void answer_with(dispatch_t *d, const bus_peer_t *queue, uint64_t request
     res.n_recipients = n;
     res.route = (char *)(route ? route : "");
     if (held) {
-        if (retry_after_ms < HEALTH_RETRY_MIN_MS)
-            retry_after_ms = HEALTH_RETRY_MIN_MS;
-        if (retry_after_ms > DISPATCH_RETRY_MAX_MS)
-            retry_after_ms = DISPATCH_RETRY_MAX_MS;
         res.not_attempted = 1;
         res.retry_after_ms = (uint32_t)retry_after_ms;
         d->held_back++;
@@ -273,12 +284,16 @@ static void answer_all(dispatch_t *d, const bus_peer_t *queue, uint64_t request_
                        const PB(DeliveryJob) * job, const char *route, unsigned code,
                        const char *enhanced, const char *text)
 {
-    answer_with(d, queue, request_id, job, route, code, enhanced, text, 0, 0);
+    answer_with(d, queue, request_id, job, route, code, enhanced, text, 0, 0, 0);
 }
 
-/* Not attempted: queue keeps the job and offers it again after wait_ms, counting no attempt. */
+/*
+ * Not attempted: queue keeps the job and offers it again after wait_ms,
+ * counting no attempt. quiet: no events (a short wait for the destination's
+ * limits, not worth one per recipient each time).
+ */
 static void answer_held(dispatch_t *d, job_t *j, uint64_t wait_ms, const char *enhanced,
-                        const char *why)
+                        const char *why, int quiet)
 {
     const PB(DeliveryJob) *job = job_of(j);
     char text[400];
@@ -289,7 +304,7 @@ static void answer_held(dispatch_t *d, job_t *j, uint64_t wait_ms, const char *e
              job->message_id, job->job_id, route_name(j->route), j->key[0] ? j->key : "-",
              wait_ms, why);
     answer_with(d, &j->queue, j->request_id, job, route_name(j->route), 451, enhanced, text, 1,
-                wait_ms);
+                wait_ms, quiet);
 }
 
 /* ---- workers ---- */
@@ -392,7 +407,7 @@ static try_t blocked(dispatch_t *d, job_t *j, uint64_t wait, const char *why)
 {
     if (wait != SHAPE_WAIT_SLOT && wait > d->lim.shape_max_wait_ms) {
         fifo_unlink(d, j);
-        answer_held(d, j, wait, "4.4.5", why);
+        answer_held(d, j, wait, "4.4.5", why, 0);
         job_free(j);
         return TRY_ANSWERED;
     }
@@ -460,7 +475,7 @@ static try_t try_send(dispatch_t *d, job_t *j, worker_t *w, uint64_t now)
     health_plan_t plan;
     if (health_plan(d->health, j->route, now, &plan) < 0) {
         fifo_unlink(d, j);
-        answer_held(d, j, plan.retry_after_ms, "4.4.1", plan.why);
+        answer_held(d, j, plan.retry_after_ms, "4.4.1", plan.why, 0);
         job_free(j);
         return TRY_ANSWERED;
     }
@@ -473,7 +488,7 @@ static try_t try_send(dispatch_t *d, job_t *j, worker_t *w, uint64_t now)
                     j->key, job->attempt > 1, now, dispatch_wall(d), room_from, &rc, &pick);
         if (pick.status == SOURCE_NONE) {
             fifo_unlink(d, j);
-            answer_held(d, j, pick.wait_ms, "4.4.5", pick.why);
+            answer_held(d, j, pick.wait_ms, "4.4.5", pick.why, 0);
             job_free(j);
             return TRY_ANSWERED;
         }
@@ -560,7 +575,7 @@ void dispatch_job(dispatch_t *d, const bus_peer_t *queue, uint64_t request_id, s
     }
     health_plan_t plan;
     if (health_plan(d->health, j->route, now, &plan) < 0) {
-        answer_held(d, j, plan.retry_after_ms, "4.4.1", plan.why);
+        answer_held(d, j, plan.retry_after_ms, "4.4.1", plan.why, 0);
         job_free(j);
         return;
     }
@@ -572,12 +587,14 @@ void dispatch_job(dispatch_t *d, const bus_peer_t *queue, uint64_t request_id, s
     /* a destination already holding its share: do not wait behind it */
     if (j->provider && j->lane->n > 0 && j->lane->n >= d->lim.shape_queue_max) {
         answer_held(d, j, d->lim.shape_max_wait_ms, "4.4.5",
-                    "too many jobs held for this destination");
+                    "too many jobs held for this destination", 1);
         job_free(j);
         return;
     }
     fifo_push(d, j);
-    pump(d);
+    log_debug("event=job_held msg=%s job=%s destination=%s pending=%zu", job->message_id,
+              job->job_id, j->key[0] ? j->key : "-", d->npending);
+    pump(d); /* may send, answer or free j */
     if (d->npending > d->lim.max_pending) {
         job_t *over = d->tail;
         fifo_unlink(d, over);
@@ -587,9 +604,6 @@ void dispatch_job(dispatch_t *d, const bus_peer_t *queue, uint64_t request_id, s
         answer_all(d, &over->queue, over->request_id, oj, route_name(over->route), 451, "4.3.2",
                    "delivery capacity exhausted");
         job_free(over);
-    } else if (d->head) {
-        log_debug("event=job_held msg=%s job=%s pending=%zu", job->message_id, job->job_id,
-                  d->npending);
     }
 }
 
@@ -746,7 +760,7 @@ static void answer_result(dispatch_t *d, job_t *j, const PB(DeliveryResult) * in
         if (!known || got->reply == NULL) {
             rr[i].outcome = PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__DEFERRED);
             rr[i].reply = failure ? &failed : &missing;
-            publish_deferred(d, job, route_name(j->route), rc, rr[i].reply);
+            publish_deferred(d, job, route_name(j->route), rc, rr[i].reply, 0);
             gaps++;
         }
     }
@@ -855,7 +869,7 @@ void dispatch_expire(dispatch_t *d, uint64_t now)
         if (j->lane->shaped && now >= j->since + d->lim.shape_max_wait_ms) {
             uint64_t wait = j->lane->wait_ms;
             fifo_unlink(d, j);
-            answer_held(d, j, wait, "4.4.5", "held for its destination too long");
+            answer_held(d, j, wait, "4.4.5", "held for its destination too long", 1);
             job_free(j);
         } else if (d->lim.pending_timeout_ms && now >= j->since + d->lim.pending_timeout_ms) {
             log_warn("event=held_too_long msg=%s job=%s held_ms=%" PRIu64, job->message_id,

@@ -652,7 +652,11 @@ static void test_failover_and_all_down(void **state)
     assert_int_equal(a->retry_after_ms, 4000); /* 127.0.0.2 went down 1 s earlier */
     assert_int_equal(a->n, 2);
     assert_non_null(strstr(a->text[0], "every endpoint of the route is down"));
-    assert_int_equal(f->rec.nevents, events); /* nothing happened to the message: no event */
+    /* an event per recipient says why, and that nothing was attempted */
+    assert_int_equal(f->rec.nevents, events + 2);
+    assert_string_equal(f->rec.events[events],
+                        "deferred c r0@example.org 451 4.4.1 route=pool not_attempted=1 "
+                        "retry_after_ms=4000");
     /* at the probe time: one probe task per down endpoint, the rest wait again */
     f->rec.now += 4000;
     job_attempt(f, "q", 4, "d", "example.org", 1, 1);
@@ -716,6 +720,7 @@ static void test_shaping_holds_and_pauses(void **state)
     assert_string_equal(f->rec.sent[3].message_id, "c");
     /* one held longer than shape_max_wait goes back to queue, not attempted */
     job_attempt(f, "q", 5, "e", "gmail.com", 1, 1);
+    size_t events = f->rec.nevents;
     f->rec.now += 4999;
     dispatch_expire(f->d, f->rec.now);
     assert_int_equal(f->rec.nanswers, 1);
@@ -725,6 +730,7 @@ static void test_shaping_holds_and_pauses(void **state)
     assert_int_equal(f->rec.answers[1].request_id, 5);
     assert_int_equal(f->rec.answers[1].not_attempted, 1);
     assert_int_equal(f->rec.answers[1].retry_after_ms, 5000);
+    assert_int_equal(f->rec.nevents, events); /* a short wait for a slot: no event */
     /* a slow-down reply pauses gmail: an event with the reply, and jobs held back */
     result_full(f, "w", f->rec.sent[1].task_id, 421, "4.7.28", "rate limited", "127.0.0.1", NULL);
     assert_non_null(strstr(f->rec.events[f->rec.nevents - 1],
