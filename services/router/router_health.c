@@ -288,6 +288,11 @@ void health_result(health_t *h, const route_t *r, const health_plan_t *plan, uin
     char why[HEALTH_ERROR_MAX];
 
     if (res->n_attempts > 0) {
+        /* per endpoint: up when any of its addresses took the transaction, down when one
+         * failed and none took it; an address skipped on purpose (4.4.4: a class of address
+         * or a source family the route may not use) says nothing about the endpoint */
+        int seen[ROUTE_ENDPOINT_MAX] = {0}; /* 1: failed, 2: ok */
+        const PB(Status) *err[ROUTE_ENDPOINT_MAX] = {0};
         int last_ok = -1;
         for (size_t k = 0; k < res->n_attempts; k++) {
             const PB(DeliveryEndpointAttempt) *a = res->attempts[k];
@@ -295,14 +300,24 @@ void health_result(health_t *h, const route_t *r, const health_plan_t *plan, uin
                 continue;
             int i = route_endpoint_find(r, a->endpoint);
             if (i < 0 || !in_plan(plan, (size_t)i))
-                continue; /* an address of an MX host, or not ours */
+                continue; /* an MX host, or not ours */
             if (a->ok) {
-                mark_ok(h, r, (size_t)i, now);
+                seen[i] = 2;
                 last_ok = i;
-            } else {
-                mark_failed(h, r, (size_t)i, probed_first && (size_t)i == plan->order[0],
-                            status_text(a->status, why, sizeof(why)), now);
+            } else if (seen[i] == 0 &&
+                       !(a->status && a->status->enhanced &&
+                         strcmp(a->status->enhanced, "4.4.4") == 0)) {
+                seen[i] = 1;
+                err[i] = a->status;
             }
+        }
+        for (size_t k = 0; k < plan->n; k++) {
+            size_t i = plan->order[k];
+            if (seen[i] == 2)
+                mark_ok(h, r, i, now);
+            else if (seen[i] == 1)
+                mark_failed(h, r, i, probed_first && k == 0, status_text(err[i], why, sizeof(why)),
+                            now);
         }
         const char *c421 = last_ok >= 0 ? closing_421(res) : NULL;
         if (c421) {

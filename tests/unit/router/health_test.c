@@ -7,7 +7,8 @@
  * endpoint up when it works; with every endpoint down the plan is refused
  * with the earliest probe time, and only one probe per endpoint goes out;
  * drained endpoints are never listed; a 421 that is not a slow-down marks
- * an endpoint down, a rate reply does not.
+ * an endpoint down, a rate reply does not; with attempts, an endpoint is up
+ * when any of its addresses worked, and a skipped address says nothing.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -360,6 +361,28 @@ static void test_endpoint_failure_classes(void **state)
     }
 }
 
+static void test_attempts_per_endpoint(void **state)
+{
+    (void)state;
+    fx_t *f = setup();
+    health_plan_t p;
+    char b[256];
+    assert_int_equal(health_plan(f->h, f->pool, 0, &p), 0);
+    health_sent(f->h, f->pool, &p, 1, 0);
+    /* relay.example has two addresses: one refused, the other took it; the first endpoint's
+     * only address is of a family the source cannot reach (skipped: says nothing) */
+    att_t a[] = {{"127.0.0.2:2526", 0, 451, "4.4.4", "source address cannot reach it"},
+                 {"127.0.0.3:2526", 0, 451, "4.4.1", "connection refused"},
+                 {"relay.example:25", 0, 451, "4.4.1", "connection to relay.example (::1) refused"},
+                 {"relay.example:25", 1, 250, "2.0.0", "ok"}};
+    result_attempts(f, &p, 1, a, 4, 0);
+    assert_int_equal(health_down_count(f->h), 1);
+    assert_int_equal(health_plan(f->h, f->pool, 0, &p), 0);
+    assert_string_equal(order(f, &p, b, sizeof(b)),
+                        "127.0.0.2:2526 relay.example:25 127.0.0.3:2526");
+    teardown(f);
+}
+
 static void test_drain(void **state)
 {
     (void)state;
@@ -413,6 +436,7 @@ int main(void)
         cmocka_unit_test(test_all_down_refused_with_earliest_probe),
         cmocka_unit_test(test_results_without_attempts),
         cmocka_unit_test(test_endpoint_failure_classes),
+        cmocka_unit_test(test_attempts_per_endpoint),
         cmocka_unit_test(test_drain),
         cmocka_unit_test(test_inflight_and_lost_results),
     };
