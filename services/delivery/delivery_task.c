@@ -706,8 +706,7 @@ static void on_resolved(dns_status_t st, const sock_addr_t *addrs, size_t n, con
         }
         dlv_reply_t r;
         dlv_reply_set(&r, 451, "4.4.3", "cannot resolve %s: %s", t->host, err);
-        if (t->is_mx)
-            r.reason = REASON_DNS;
+        r.reason = REASON_DNS;
         attempt_end(t, attempt_begin(t, ""), &r, 0);
         failed(t, &r);
         snprintf(t->remote_host, sizeof(t->remote_host), "%s", t->host);

@@ -33,6 +33,7 @@ from mtasts import MtaStsServer, TestCA
 DEFERRED, DELIVERED, BOUNCED = 0, 1, 2
 MX_KIND = 1
 STS_HOST = "127.0.0.6"
+BLACKHOLE = "127.0.0.7"  # a listener that never accepts: connects to it hang
 
 BODY = (b"From: Sender <a@example.test>\r\n"
         b"To: b@example.org\r\n"
@@ -68,7 +69,7 @@ def pick_mx_port():
         s.bind(("127.0.0.2", 0))
         port = s.getsockname()[1]
         s.close()
-        if port_free_on(port, ["127.0.0.2", "127.0.0.3", "127.0.0.4"]):
+        if port_free_on(port, ["127.0.0.2", "127.0.0.3", "127.0.0.4", BLACKHOLE]):
             return port
     raise RuntimeError("no port free on 127.0.0.2-4")
 
@@ -157,7 +158,7 @@ class Sandbox:
 class MxEnv:
     """DNS, sandboxes, an MTA-STS server, one delivery worker, and the test as its router."""
 
-    def __init__(self, make_relay, delivery_extra=""):
+    def __init__(self, make_relay, delivery_extra="", connect_timeout="3s"):
         self.dns = DnsServer().start()
         self.mx_port = pick_mx_port()
         self.r = make_relay()
@@ -165,8 +166,10 @@ class MxEnv:
         self.sts = MtaStsServer(self.ca, host=STS_HOST).start()
         with open(self.r.config) as f:
             text = f.read()
+        if connect_timeout:
+            delivery_extra += '  connect_timeout = "%s";\n' % connect_timeout
         text = replace_section(text, "delivery", (
-            '  slots = 8;\n  connect_timeout = "3s";\n  command_timeout = "10s";\n'
+            '  slots = 8;\n  command_timeout = "10s";\n'
             '  resolver = "%s";\n  mx_port = %d;\n  tls_ca_file = "%s";\n'
             '  mta_sts_port = %d;\n  mta_sts_timeout = "5s";\n%s'
             % (self.dns.address, self.mx_port, self.ca.cert, self.sts.port, delivery_extra)))
@@ -329,6 +332,37 @@ def test_mx_preference_then_the_next(mx_env):
     assert at[0][1] == "127.0.0.2" and at[0][2] == 451 and at[0][3] == "4.4.1" and not at[0][4]
     assert at[1][4] and at[1][2] == 250
     assert len(b.stored()) == 1 and b"Delivered-To: u2@pref.test" in b.stored()[0]
+
+
+def test_dead_mx_host_left_within_the_connect_timeout(mx_env):
+    e = mx_env(connect_timeout=None)  # the default: 5 s
+    assert "connect_timeout_ms=5000" in e.r.log("delivery")
+    # a listener with a full backlog that never accepts: SYNs go unanswered
+    hole = socket.socket()
+    hole.bind((BLACKHOLE, e.mx_port))
+    hole.listen(0)
+    fillers = []
+    try:
+        for _ in range(4):
+            f = socket.socket()
+            f.setblocking(False)
+            f.connect_ex((BLACKHOLE, e.mx_port))
+            fillers.append(f)
+        b = e.sandbox("b", "127.0.0.3", "mx2.dead.test")
+        e.mx("dead.test", (10, "mx1.dead.test", BLACKHOLE), (20, "mx2.dead.test", "127.0.0.3"))
+        res = e.deliver(["u@dead.test"])
+        assert one(res).outcome == DELIVERED and res.mx_host == "mx2.dead.test", res
+        at = list(res.attempts)
+        assert at[0].ip == BLACKHOLE and at[0].status.enhanced == "4.4.1", at
+        assert "timeout connecting" in at[0].status.text
+        # the requirement is a bound: a dead host is given up within 5 s (timers never fire
+        # early, so at least 4 s went by; the upper bound is generous for a shared machine)
+        assert 4000 <= at[0].ms <= 9000, at[0].ms
+        assert len(b.stored()) == 1
+    finally:
+        for f in fillers:
+            f.close()
+        hole.close()
 
 
 def test_equal_preference_spreads(mx_env):
