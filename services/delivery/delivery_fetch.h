@@ -19,9 +19,9 @@ typedef struct fetcher fetcher_t;
 typedef struct fetch fetch_t;
 
 typedef struct fetch_result {
-    int ok;                   /* an HTTP answer came (any status) */
-    long status;              /* HTTP status */
-    const char *body;         /* NUL-terminated for convenience */
+    int ok;           /* an HTTP answer came (any status) */
+    long status;      /* HTTP status */
+    const char *body; /* NUL-terminated for convenience */
     size_t len;
     const char *content_type; /* "" when none */
     const char *err;          /* why not ok (or "" ) */

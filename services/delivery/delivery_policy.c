@@ -113,8 +113,8 @@ static void fall_back(discovery_t *d, const char *why)
 {
     const sts_policy_t *cached = sts_cache_get(d->m->cache, d->domain, clock_mono_ms());
     if (cached) {
-        log_info("event=mta_sts_cached domain=%s id=%s mode=%s why=\"%s\"", d->domain,
-                 cached->id, sts_mode_name(cached->mode), why);
+        log_info("event=mta_sts_cached domain=%s id=%s mode=%s why=\"%s\"", d->domain, cached->id,
+                 sts_mode_name(cached->mode), why);
         discovery_done(d, cached, "cache");
         return;
     }
@@ -153,8 +153,7 @@ static void on_fetched(const fetch_result_t *r, void *arg)
     fall_back(d, why);
 }
 
-static void on_host(dns_status_t st, const sock_addr_t *addrs, size_t n, const char *err,
-                    void *arg)
+static void on_host(dns_status_t st, const sock_addr_t *addrs, size_t n, const char *err, void *arg)
 {
     discovery_t *d = arg;
     d->query = NULL;
@@ -209,8 +208,8 @@ static void on_txt(dns_status_t st, const char *const *txt, size_t n, const char
     d->query = resolver_addrs(d->m->r, d->host, d->m->conf.port, on_host, d);
 }
 
-policy_wait_t *policy_lookup(policy_mgr_t *m, const char *domain, int allow_private,
-                             policy_fn fn, void *arg)
+policy_wait_t *policy_lookup(policy_mgr_t *m, const char *domain, int allow_private, policy_fn fn,
+                             void *arg)
 {
     discovery_t *d = m->running;
     while (d && (strcasecmp(d->domain, domain) != 0 || d->allow_private != allow_private))

@@ -23,9 +23,9 @@ typedef struct policy_mgr policy_mgr_t;
 typedef struct policy_wait policy_wait_t;
 
 typedef struct policy_conf {
-    unsigned port;        /* HTTPS port of mta-sts.<domain> (443; tests use another) */
-    uint64_t timeout_ms;  /* the whole fetch */
-    size_t cache_max;     /* domains kept */
+    unsigned port;       /* HTTPS port of mta-sts.<domain> (443; tests use another) */
+    uint64_t timeout_ms; /* the whole fetch */
+    size_t cache_max;    /* domains kept */
 } policy_conf_t;
 
 /*
@@ -42,8 +42,8 @@ void policy_destroy(policy_mgr_t **m);
  * Find domain's policy; fn runs once, later, from the loop. allow_private:
  * the policy host may be on a loopback or private address (tests).
  */
-policy_wait_t *policy_lookup(policy_mgr_t *m, const char *domain, int allow_private,
-                             policy_fn fn, void *arg);
+policy_wait_t *policy_lookup(policy_mgr_t *m, const char *domain, int allow_private, policy_fn fn,
+                             void *arg);
 /* The callback will not run; the handle is gone. */
 void policy_cancel(policy_wait_t **w);
 

@@ -13,10 +13,9 @@
 #include <strings.h>
 
 /* Words that mark a 4.7.x as a rate limit and a 5.7.1 as about the content. */
-static const char *const rate_words[] = {"rate", "limit", "too many", "throttl", "slow down",
-                                         NULL};
-static const char *const content_words[] = {"spam",   "content", "virus",       "malware",
-                                            "phish",  "junk",    "unsolicited", NULL};
+static const char *const rate_words[] = {"rate", "limit", "too many", "throttl", "slow down", NULL};
+static const char *const content_words[] = {"spam",  "content", "virus",       "malware",
+                                            "phish", "junk",    "unsolicited", NULL};
 
 /* 1 if some word of the list starts a word in text (case-insensitive). */
 static int text_has(const char *text, const char *const *words)

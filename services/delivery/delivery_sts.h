@@ -11,20 +11,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define STS_ID_MAX        32       /* id: 1*32 alphanumerics */
-#define STS_MX_MAX        64       /* mx patterns kept from one policy */
-#define STS_MAX_AGE_MAX   31557600 /* RFC 8461 3.2: at most a year, in seconds */
-#define STS_POLICY_MAX    65536    /* policy file bytes read at most */
-#define STS_CACHE_MAX     10000    /* domains in the cache */
-#define STS_NAME_MAX      256
+#define STS_ID_MAX      32       /* id: 1*32 alphanumerics */
+#define STS_MX_MAX      64       /* mx patterns kept from one policy */
+#define STS_MAX_AGE_MAX 31557600 /* RFC 8461 3.2: at most a year, in seconds */
+#define STS_POLICY_MAX  65536    /* policy file bytes read at most */
+#define STS_CACHE_MAX   10000    /* domains in the cache */
+#define STS_NAME_MAX    256
 
 typedef enum { STS_MODE_NONE = 0, STS_MODE_TESTING, STS_MODE_ENFORCE } sts_mode_t;
 
 typedef struct sts_policy {
     char id[STS_ID_MAX + 1]; /* the TXT id it was fetched under */
     sts_mode_t mode;
-    uint64_t max_age;        /* seconds */
-    char *mx[STS_MX_MAX];    /* patterns, lowercase, owned */
+    uint64_t max_age;     /* seconds */
+    char *mx[STS_MX_MAX]; /* patterns, lowercase, owned */
     size_t nmx;
 } sts_policy_t;
 

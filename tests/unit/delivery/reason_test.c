@@ -80,8 +80,8 @@ static void test_table(void **state)
 {
     (void)state;
     for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++) {
-        const char *got = reason_classify(table[i].code, table[i].enh, table[i].text,
-                                          table[i].local);
+        const char *got =
+            reason_classify(table[i].code, table[i].enh, table[i].text, table[i].local);
         if (strcmp(got, table[i].want) != 0)
             fail_msg("%u %s \"%s\" local=%d: %s, want %s", table[i].code, table[i].enh,
                      table[i].text, table[i].local, got, table[i].want);

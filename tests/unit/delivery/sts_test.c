@@ -44,13 +44,13 @@ static void test_txt_records(void **state)
     assert_int_equal(txt(none, 0, id), 0);
 
     static const char *const bad[] = {
-        "v=STSv1;",                          /* no id */
-        "v=STSv1; id=;",                     /* empty id */
-        "v=STSv1; id=has-dash;",             /* not alphanumeric */
+        "v=STSv1;",                                       /* no id */
+        "v=STSv1; id=;",                                  /* empty id */
+        "v=STSv1; id=has-dash;",                          /* not alphanumeric */
         "v=STSv1; id=123456789012345678901234567890123;", /* 33 characters */
-        "v=STSv1 id=1",                      /* no delimiter */
-        "v=STSv1; id=1 2;",                  /* a space inside a value */
-        "v=STSv1; =1; id=2",                 /* a field without a name */
+        "v=STSv1 id=1",                                   /* no delimiter */
+        "v=STSv1; id=1 2;",                               /* a space inside a value */
+        "v=STSv1; =1; id=2",                              /* a field without a name */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         const char *one[] = {bad[i]};
@@ -129,18 +129,18 @@ static void test_policy_refused(void **state)
     (void)state;
     static const char *const bad[] = {
         "",
-        "mode: enforce\nmx: a.example\nmax_age: 1\n",                      /* no version */
-        "version: STSv2\nmode: enforce\nmx: a.example\nmax_age: 1\n",      /* other version */
-        "version: STSv1\nmx: a.example\nmax_age: 1\n",                     /* no mode */
-        "version: STSv1\nmode: strict\nmx: a.example\nmax_age: 1\n",       /* unknown mode */
-        "version: STSv1\nmode: enforce\nmx: a.example\n",                  /* no max_age */
-        "version: STSv1\nmode: enforce\nmx: a.example\nmax_age: -1\n",     /* not digits */
+        "mode: enforce\nmx: a.example\nmax_age: 1\n",                           /* no version */
+        "version: STSv2\nmode: enforce\nmx: a.example\nmax_age: 1\n",           /* other version */
+        "version: STSv1\nmx: a.example\nmax_age: 1\n",                          /* no mode */
+        "version: STSv1\nmode: strict\nmx: a.example\nmax_age: 1\n",            /* unknown mode */
+        "version: STSv1\nmode: enforce\nmx: a.example\n",                       /* no max_age */
+        "version: STSv1\nmode: enforce\nmx: a.example\nmax_age: -1\n",          /* not digits */
         "version: STSv1\nmode: enforce\nmx: a.example\nmax_age: 12345678901\n", /* 11 digits */
-        "version: STSv1\nmode: enforce\nmax_age: 100\n",                   /* enforce, no mx */
-        "version: STSv1\nmode: testing\nmax_age: 100\n",                   /* testing, no mx */
-        "version: STSv1\nmode: enforce\nmx: a..example\nmax_age: 1\n",     /* empty label */
-        "version: STSv1\nmode: enforce\nmx: *.*.example\nmax_age: 1\n",    /* two wildcards */
-        "version: STSv1\nmode: enforce\nmx: a.example/x\nmax_age: 1\n",    /* not a name */
+        "version: STSv1\nmode: enforce\nmax_age: 100\n",                        /* enforce, no mx */
+        "version: STSv1\nmode: testing\nmax_age: 100\n",                        /* testing, no mx */
+        "version: STSv1\nmode: enforce\nmx: a..example\nmax_age: 1\n",          /* empty label */
+        "version: STSv1\nmode: enforce\nmx: *.*.example\nmax_age: 1\n",         /* two wildcards */
+        "version: STSv1\nmode: enforce\nmx: a.example/x\nmax_age: 1\n",         /* not a name */
         "version: STSv1\nmode: enforce\nthis line has no colon\nmx: a.example\nmax_age: 1\n",
         "version: STSv1\nmode: enforce\nmx: a.example\nmax_age: 1\n<html>\n",
         "<html><body>404</body></html>",
@@ -222,9 +222,12 @@ static void test_cache(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_txt_records),      cmocka_unit_test(test_policy_rfc_example),
-        cmocka_unit_test(test_policy_lenient_parts), cmocka_unit_test(test_policy_refused),
-        cmocka_unit_test(test_patterns),         cmocka_unit_test(test_cache),
+        cmocka_unit_test(test_txt_records),
+        cmocka_unit_test(test_policy_rfc_example),
+        cmocka_unit_test(test_policy_lenient_parts),
+        cmocka_unit_test(test_policy_refused),
+        cmocka_unit_test(test_patterns),
+        cmocka_unit_test(test_cache),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
