@@ -3,8 +3,11 @@
  * delivery section, binds its control socket, connects to every router's
  * worker socket, announces its free slots there every second (the
  * heartbeat), runs the DeliveryTasks routers send (delivery_task.c) and
- * answers each with its DeliveryResult on the same connection. The SMTP
- * dialogue and the per-task logic live in their own files; this is glue.
+ * answers each with its DeliveryResult on the same connection. It owns
+ * what tasks share: the resolver, the pool of kept connections, the
+ * MTA-STS policy cache and its HTTPS fetcher, the required-TLS list. The
+ * SMTP dialogue and the per-task logic live in their own files; this is
+ * glue.
  */
 #include "core/alloc.h"
 #include "core/id.h"
