@@ -115,8 +115,8 @@ const ctl_command_t ctl_commands[] = {
     {"queue", "list", ctl_cmd_queue_list, NULL, 0, opts_queue_list,
      "[--domain D] [--tenant T] [--recipient R] [--older-than DURATION] "
      "[--state active|held|deferred] [--limit N]",
-     "messages in every queue instance meeting all the conditions, oldest first (limit 1..10000, "
-     "default 100; durations 30s, 5m, 2h, 3d)",
+     "messages in every queue instance meeting all the conditions, printed oldest first, at most "
+     "--limit (1..10000, default 100) with the count of all that match; durations 30s, 5m, 2h, 3d",
      NULL, 0},
     {"queue", "stats", ctl_cmd_queue_stats, NULL, 0, NULL, "",
      "queue depth by state, the oldest message's age, and each destination domain with its last "

@@ -398,7 +398,7 @@ static void print_stats(ctl_t *ctl, json_t *doc)
     json_t *doms = json_object_get(doc, "domains");
     if (json_array_size(doms) == 0)
         return;
-    fprintf(f, "\n%-32s %7s %8s %8s %-30s %s\n", "DOMAIN", "PENDING", "DEFERRED", "FAILURES",
+    fprintf(f, "\n%-32s %7s %8s %8s %-31s %s\n", "DOMAIN", "PENDING", "DEFERRED", "FAILURES",
             "STATE", "LAST ERROR");
     json_array_foreach(doms, i, o)
     {
@@ -409,7 +409,7 @@ static void print_stats(ctl_t *ctl, json_t *doc)
             snprintf(state, sizeof(state), "held until %s", jstr(o, "held_until"));
         else
             snprintf(state, sizeof(state), "open");
-        fprintf(f, "%-32s %7lld %8lld %8lld %-30s", jstr(o, "domain"),
+        fprintf(f, "%-32s %7lld %8lld %8lld %-31s", jstr(o, "domain"),
                 (long long)json_integer_value(json_object_get(o, "pending")),
                 (long long)json_integer_value(json_object_get(o, "deferred")),
                 (long long)json_integer_value(json_object_get(o, "failures")), state);
