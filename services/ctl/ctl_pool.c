@@ -76,8 +76,8 @@ static void print_endpoints(FILE *f, json_t *list)
 {
     size_t i;
     json_t *o;
-    fprintf(f, "%-6s %-16s %-28s %-8s %8s %8s %-20s %s\n", "router", "route", "endpoint",
-            "state", "failures", "inflight", "next_probe", "last_error");
+    fprintf(f, "%-6s %-16s %-28s %-8s %8s %8s %-20s %s\n", "router", "route", "endpoint", "state",
+            "failures", "inflight", "next_probe", "last_error");
     json_array_foreach(list, i, o)
     {
         fprintf(f, "%-6s %-16s %-28s %-8s %8lld %8lld %-20s %s\n", str_of(o, "router"),
@@ -121,8 +121,8 @@ static void print_sources(FILE *f, json_t *list)
         else
             snprintf(limit, sizeof(limit), "-");
         fprintf(f, "%-6s %-12s %-24s %-24s %-14s %10lld %10s %6lld\n", str_of(o, "router"),
-                str_of(o, "pool"), str_of(o, "address"), str_of(o, "provider"),
-                str_of(o, "state"), int_of(o, "sent_today"), limit, int_of(o, "weight"));
+                str_of(o, "pool"), str_of(o, "address"), str_of(o, "provider"), str_of(o, "state"),
+                int_of(o, "sent_today"), limit, int_of(o, "weight"));
     }
 }
 
@@ -144,8 +144,8 @@ static ctl_call_t *ask_routers(ctl_t *ctl, sx_env_t *req, size_t *n)
 }
 
 /* Why call has no usable answer of the expected case (NULL: it has one). */
-static const char *call_problem(const ctl_t *ctl, const ctl_call_t *c, int expect,
-                                unsigned *code, char *buf, size_t size)
+static const char *call_problem(const ctl_t *ctl, const ctl_call_t *c, int expect, unsigned *code,
+                                char *buf, size_t size)
 {
     if (code)
         *code = 0;
@@ -180,8 +180,7 @@ int ctl_cmd_pool_list(ctl_t *ctl, const ctl_args_t *args)
     char problem[CTL_TEXT_MAX + 64] = "";
     for (size_t i = 0; i < n && problem[0] == '\0'; i++) {
         char why[CTL_TEXT_MAX], inst[24];
-        if (call_problem(ctl, &calls[i], PB_BODY(ROUTER_POOL_LIST_REPLY), NULL, why,
-                         sizeof(why))) {
+        if (call_problem(ctl, &calls[i], PB_BODY(ROUTER_POOL_LIST_REPLY), NULL, why, sizeof(why))) {
             snprintf(problem, sizeof(problem), "router instance %zu: %s", i + 1, why);
             break;
         }
@@ -246,8 +245,7 @@ static int pool_drain(ctl_t *ctl, const ctl_args_t *args, int drain)
 {
     const char *endpoint = args->arg, *route = ctl_opt(args, "route");
     if (endpoint == NULL || !endpoint_ok(endpoint))
-        return ctl_usage_error(ctl, args->cmd, "'%s' is not HOST:PORT",
-                               endpoint ? endpoint : "");
+        return ctl_usage_error(ctl, args->cmd, "'%s' is not HOST:PORT", endpoint ? endpoint : "");
     if (route && (*route == '\0' || strlen(route) > POOL_ROUTE_MAX))
         return ctl_usage_error(ctl, args->cmd, "--route takes a route name of 1 to %d characters",
                                POOL_ROUTE_MAX);

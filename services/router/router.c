@@ -23,8 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ROUTER_FLUSH_MS 1000   /* warm-up counts are written this often */
-#define ROUTER_SWEEP_MS 60000  /* idle destinations and old MX hosts are dropped this often */
+#define ROUTER_FLUSH_MS 1000  /* warm-up counts are written this often */
+#define ROUTER_SWEEP_MS 60000 /* idle destinations and old MX hosts are dropped this often */
 
 typedef struct router_conf {
     route_table_t *routes;
@@ -51,8 +51,10 @@ typedef struct router_conf {
     long long deprioritize_divisor;
 } router_conf_t;
 
-#define F(name, type, field, def, min, max, doc)                                               \
-    {name, type, offsetof(router_conf_t, field), def, min, max, 0, NULL, NULL, doc}
+#define F(name, type, field, def, min, max, doc)                                                   \
+    {                                                                                              \
+        name, type, offsetof(router_conf_t, field), def, min, max, 0, NULL, NULL, doc              \
+    }
 
 static const conf_field_t router_table[] = {
     {"routes", CONF_CUSTOM, offsetof(router_conf_t, routes), NULL, 0, 0, 0, route_table_parse,
@@ -62,8 +64,8 @@ static const conf_field_t router_table[] = {
      provider_table_parse, provider_table_release,
      "provider profiles, merged over the built-in ones: ( { name; domains; mx; connections; "
      "messages_per_connection; rate_per_minute } )"},
-    {"source_pools", CONF_CUSTOM, offsetof(router_conf_t, pools), NULL, 0, 0, 0,
-     pool_table_parse, pool_table_release,
+    {"source_pools", CONF_CUSTOM, offsetof(router_conf_t, pools), NULL, 0, 0, 0, pool_table_parse,
+     pool_table_release,
      "source address pools: ( { name; addresses = ( { address; weight; warmup } ) } )"},
     {"tenant_pools", CONF_CUSTOM, offsetof(router_conf_t, tenant_pools), NULL, 0, 0, 0,
      tenant_pools_parse, tenant_pools_release,
@@ -177,11 +179,11 @@ static uint64_t to_wall(router_t *rt, uint64_t mono)
 
 typedef struct listing {
     router_t *rt;
-    PB(RouterEndpointState) **eps;
+    PB(RouterEndpointState) * *eps;
     size_t neps;
-    PB(RouterDestinationState) **dests;
+    PB(RouterDestinationState) * *dests;
     size_t ndests;
-    PB(RouterSourceState) **srcs;
+    PB(RouterSourceState) * *srcs;
     size_t nsrcs;
 } listing_t;
 
@@ -313,8 +315,8 @@ static void on_pool_drain(router_t *rt, bus_server_t *srv, const bus_peer_t *pee
         return;
     }
     listing_t l = {.rt = rt};
-    size_t n = health_drain(dispatch_health(rt->dispatch), route, endpoint, req->drain,
-                            add_endpoint, &l);
+    size_t n =
+        health_drain(dispatch_health(rt->dispatch), route, endpoint, req->drain, add_endpoint, &l);
     if (n == 0) {
         bus_server_error(srv, peer, rid, 404, "5.1.0", "no endpoint %s%s%s", endpoint,
                          *route ? " in route " : " in any route", route);
@@ -406,8 +408,7 @@ static void on_worker(bus_server_t *srv, bus_msg_t *msg, void *arg)
         return;
     }
     default:
-        log_warn("event=unexpected_message body=%s sender=%s", codec_body_name(env),
-                 env->sender);
+        log_warn("event=unexpected_message body=%s sender=%s", codec_body_name(env), env->sender);
         bus_server_error(srv, &msg->peer, env->request_id, 502, "5.5.1",
                          "router workers socket does not serve %s", codec_body_name(env));
         return;
@@ -489,8 +490,9 @@ int main(int argc, char **argv)
     const char *jobs_ep = service_endpoint(&svc, &svc.ep.router);
     const char *workers_ep = service_endpoint(&svc, &svc.ep.router_workers);
     if (jobs_ep == NULL || workers_ep == NULL) {
-        fprintf(stderr, "sendarix-router: %s: bus.router and bus.router_workers need an "
-                        "endpoint for instance %s\n",
+        fprintf(stderr,
+                "sendarix-router: %s: bus.router and bus.router_workers need an "
+                "endpoint for instance %s\n",
                 svc.config_path, svc.instance);
         goto out;
     }
@@ -517,13 +519,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "sendarix-router: %s: cannot read the router's store\n", dir);
         goto out;
     }
-    dispatch_limits_t lim = {.worker_timeout_ms = conf.worker_timeout,
-                             .max_pending = (size_t)conf.max_pending,
-                             .pending_timeout_ms = conf.pending_timeout,
-                             .shape_max_wait_ms = conf.shape_max_wait,
-                             .shape_queue_max = (size_t)conf.shape_queue_max,
-                             .health = {.probe_base_ms = conf.probe_base,
-                                        .probe_max_ms = conf.probe_max}};
+    dispatch_limits_t lim = {
+        .worker_timeout_ms = conf.worker_timeout,
+        .max_pending = (size_t)conf.max_pending,
+        .pending_timeout_ms = conf.pending_timeout,
+        .shape_max_wait_ms = conf.shape_max_wait,
+        .shape_queue_max = (size_t)conf.shape_queue_max,
+        .health = {.probe_base_ms = conf.probe_base, .probe_max_ms = conf.probe_max}};
     dispatch_ops_t ops = {.send_task = op_send_task, .answer = op_answer, .event = op_event};
     rt.dispatch = dispatch_new(svc.loop, conf.routes, &lim, &ops, &rt);
     dispatch_set_shaping(rt.dispatch, rt.shape, pool_table_count(conf.pools) ? rt.source : NULL);

@@ -38,10 +38,10 @@ typedef struct worker {
 /* The jobs held for one destination and source pool. */
 typedef struct lane {
     char key[LANE_KEY_MAX];
-    size_t n;             /* jobs held */
+    size_t n;              /* jobs held */
     uint64_t blocked_pass; /* the pass that found it without room */
-    int shaped;           /* its last look found it held by shaping (not by workers) */
-    uint64_t wait_ms;     /* what that look said */
+    int shaped;            /* its last look found it held by shaping (not by workers) */
+    uint64_t wait_ms;      /* what that look said */
 } lane_t;
 
 /* A job held for a free slot, or in flight as a task. */
@@ -103,8 +103,8 @@ uint64_t dispatch_wall(dispatch_t *d)
     return d->ops.wall ? d->ops.wall(d->arg) : clock_wall_ms();
 }
 
-dispatch_t *dispatch_new(loop_t *loop, const route_table_t *routes,
-                         const dispatch_limits_t *limits, const dispatch_ops_t *ops, void *arg)
+dispatch_t *dispatch_new(loop_t *loop, const route_table_t *routes, const dispatch_limits_t *limits,
+                         const dispatch_ops_t *ops, void *arg)
 {
     dispatch_t *d = xcalloc(1, sizeof(*d));
     d->loop = loop;
@@ -199,15 +199,14 @@ static const PB(DeliveryJob) * job_of(const job_t *j)
 /* ---- answers the router decides itself ---- */
 
 static void publish_deferred(dispatch_t *d, const PB(DeliveryJob) * job, const char *route,
-                             const PB(DeliveryRecipient) * rc, PB(Status) * st,
-                             uint64_t held_ms)
+                             const PB(DeliveryRecipient) * rc, PB(Status) * st, uint64_t held_ms)
 {
     if (d->ops.event == NULL)
         return;
     char wait[32];
     snprintf(wait, sizeof(wait), "%" PRIu64, held_ms);
     PB(Attr) attr[3] = {PB_INIT(ATTR), PB_INIT(ATTR), PB_INIT(ATTR)};
-    PB(Attr) *attrs[3] = {&attr[0], &attr[1], &attr[2]};
+    PB(Attr) * attrs[3] = {&attr[0], &attr[1], &attr[2]};
     attr[0].key = "route";
     attr[0].value = (char *)route;
     attr[1].key = "not_attempted";
@@ -297,12 +296,11 @@ static void answer_held(dispatch_t *d, job_t *j, uint64_t wait_ms, const char *e
 {
     const PB(DeliveryJob) *job = job_of(j);
     char text[400];
-    snprintf(text, sizeof(text), "held by router: %s (route %s%s%s); retry in %" PRIu64 " ms",
-             why, route_name(j->route), j->key[0] ? ", destination " : "", j->key, wait_ms);
-    log_info("event=held_back msg=%s job=%s route=%s destination=%s retry_ms=%" PRIu64
-             " why=\"%s\"",
-             job->message_id, job->job_id, route_name(j->route), j->key[0] ? j->key : "-",
-             wait_ms, why);
+    snprintf(text, sizeof(text), "held by router: %s (route %s%s%s); retry in %" PRIu64 " ms", why,
+             route_name(j->route), j->key[0] ? ", destination " : "", j->key, wait_ms);
+    log_info(
+        "event=held_back msg=%s job=%s route=%s destination=%s retry_ms=%" PRIu64 " why=\"%s\"",
+        job->message_id, job->job_id, route_name(j->route), j->key[0] ? j->key : "-", wait_ms, why);
     answer_with(d, &j->queue, j->request_id, job, route_name(j->route), 451, enhanced, text, 1,
                 wait_ms, quiet);
 }
@@ -426,7 +424,7 @@ static int send_to(dispatch_t *d, job_t *j, worker_t *w, const health_plan_t *pl
         id = d->next_task_id++;
     const PB(DeliveryRoute) *base = route_pb(j->route);
     PB(DeliveryRoute) rt = *base;
-    PB(DeliveryEndpoint) *eps[ROUTE_ENDPOINT_MAX];
+    PB(DeliveryEndpoint) * eps[ROUTE_ENDPOINT_MAX];
     if (base->n_endpoints > 0) {
         for (size_t k = 0; k < plan->n; k++)
             eps[k] = base->endpoints[plan->order[k]];
@@ -493,8 +491,9 @@ static try_t try_send(dispatch_t *d, job_t *j, worker_t *w, uint64_t now)
             return TRY_ANSWERED;
         }
         if (pick.status == SOURCE_WAIT)
-            return blocked(d, j, pick.wait_ms, "the destination is paused or over its limits "
-                                               "from every address of the pool");
+            return blocked(d, j, pick.wait_ms,
+                           "the destination is paused or over its limits "
+                           "from every address of the pool");
         source = pick.ip;
         if (j->provider)
             dest = shape_dest(d->shape, j->provider, j->key, source, now);
@@ -653,12 +652,12 @@ static void publish_paused(dispatch_t *d, const job_t *j, const PB(DeliveryRecip
     snprintf(until, sizeof(until), "%" PRIu64,
              dispatch_wall(d) + (paused > now ? paused - now : 0));
     snprintf(rate, sizeof(rate), "%.1f", dest_rate(j->dest));
-    const char *keys[] = {"destination", "provider", "paused_until_ms", "rate_per_minute",
-                          "source_ip", "route"};
-    const char *vals[] = {dest_key(j->dest), dest_provider(j->dest)->name, until, rate, j->source,
-                          route_name(j->route)};
+    const char *keys[] = {"destination",     "provider",  "paused_until_ms",
+                          "rate_per_minute", "source_ip", "route"};
+    const char *vals[] = {dest_key(j->dest), dest_provider(j->dest)->name, until, rate,
+                          j->source,         route_name(j->route)};
     PB(Attr) a[6];
-    PB(Attr) *ap[6];
+    PB(Attr) * ap[6];
     size_t na = 0;
     for (size_t k = 0; k < 6; k++) {
         if (vals[k] == NULL || *vals[k] == '\0')
@@ -699,9 +698,9 @@ static void task_end(dispatch_t *d, job_t *j, const PB(DeliveryResult) * res, ui
     health_result(d->health, j->route, &j->plan, j->task_id, res, now);
     int delivered = 0;
     for (size_t i = 0; res && i < res->n_recipients; i++)
-        delivered |= res->recipients[i] &&
-                     res->recipients[i]->outcome ==
-                         PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__DELIVERED);
+        delivered |=
+            res->recipients[i] &&
+            res->recipients[i]->outcome == PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__DELIVERED);
     if (j->dest)
         shape_finished(j->dest, delivered, now);
     if (res == NULL)
@@ -754,9 +753,10 @@ static void answer_result(dispatch_t *d, job_t *j, const PB(DeliveryResult) * in
         rr[i] = got ? *got : init;
         rr[i].index = rc->index;
         rp[i] = &rr[i];
-        int known = got && (got->outcome == PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__DEFERRED) ||
-                            got->outcome == PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__DELIVERED) ||
-                            got->outcome == PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__BOUNCED));
+        int known =
+            got && (got->outcome == PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__DEFERRED) ||
+                    got->outcome == PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__DELIVERED) ||
+                    got->outcome == PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__BOUNCED));
         if (!known || got->reply == NULL) {
             rr[i].outcome = PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__DEFERRED);
             rr[i].reply = failure ? &failed : &missing;
@@ -832,15 +832,15 @@ static void worker_lost(dispatch_t *d, size_t idx, uint64_t now)
     worker_t *w = d->workers[idx];
     d->workers[idx] = d->workers[--d->nworkers];
     d->workers_lost++;
-    log_warn("event=worker_lost worker=%s inflight=%u silent_ms=%" PRIu64, w->instance,
-             w->inflight, now - w->last_seen);
+    log_warn("event=worker_lost worker=%s inflight=%u silent_ms=%" PRIu64, w->instance, w->inflight,
+             now - w->last_seen);
     collect_t c = {.worker = w, .ids = xcalloc(pending_count(d->tasks) + 1, sizeof(uint64_t))};
     pending_each(d->tasks, collect_worker_tasks, &c);
     for (size_t i = 0; i < c.n; i++) {
         job_t *j = pending_take(d->tasks, c.ids[i]);
         const PB(DeliveryJob) *job = job_of(j);
-        log_warn("event=task_lost msg=%s task=%" PRIu64 " worker=%s", job->message_id,
-                 j->task_id, w->instance);
+        log_warn("event=task_lost msg=%s task=%" PRIu64 " worker=%s", job->message_id, j->task_id,
+                 w->instance);
         task_end(d, j, NULL, now);
         answer_all(d, &j->queue, j->request_id, job, route_name(j->route), 451, "4.4.0",
                    "delivery worker lost before reporting");

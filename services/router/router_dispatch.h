@@ -23,9 +23,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define DISPATCH_WORKERS_MAX 1024  /* distinct workers tracked at once */
-#define DISPATCH_SLOTS_MAX   10000 /* slots a worker may announce */
-#define DISPATCH_TICK_MS     250   /* how often silent workers, old jobs and rates are checked */
+#define DISPATCH_WORKERS_MAX  1024  /* distinct workers tracked at once */
+#define DISPATCH_SLOTS_MAX    10000 /* slots a worker may announce */
+#define DISPATCH_TICK_MS      250   /* how often silent workers, old jobs and rates are checked */
 #define DISPATCH_RETRY_MAX_MS 3600000u /* the longest wait handed back with a held job */
 
 typedef struct dispatch dispatch_t;
@@ -60,7 +60,7 @@ typedef struct dispatch_stats {
     size_t pending;
     uint64_t jobs_total;
     uint64_t workers_lost;
-    uint64_t held_back;     /* jobs answered "not attempted" */
+    uint64_t held_back; /* jobs answered "not attempted" */
     size_t endpoints_down;
     size_t destinations_paused;
 } dispatch_stats_t;
@@ -70,8 +70,8 @@ typedef struct dispatch_stats {
  * the built-in provider profiles and no source pools; dispatch_set_shaping
  * replaces them.
  */
-dispatch_t *dispatch_new(loop_t *loop, const route_table_t *routes,
-                         const dispatch_limits_t *limits, const dispatch_ops_t *ops, void *arg);
+dispatch_t *dispatch_new(loop_t *loop, const route_table_t *routes, const dispatch_limits_t *limits,
+                         const dispatch_ops_t *ops, void *arg);
 void dispatch_destroy(dispatch_t **d);
 
 /* Use this shaper and these source pools (borrowed; source may be NULL). Before any job. */

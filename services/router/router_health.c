@@ -292,7 +292,7 @@ void health_result(health_t *h, const route_t *r, const health_plan_t *plan, uin
          * failed and none took it; an address skipped on purpose (4.4.4: a class of address
          * or a source family the route may not use) says nothing about the endpoint */
         int seen[ROUTE_ENDPOINT_MAX] = {0}; /* 1: failed, 2: ok */
-        const PB(Status) *err[ROUTE_ENDPOINT_MAX] = {0};
+        const PB(Status) * err[ROUTE_ENDPOINT_MAX] = {0};
         int last_ok = -1;
         for (size_t k = 0; k < res->n_attempts; k++) {
             const PB(DeliveryEndpointAttempt) *a = res->attempts[k];
@@ -304,9 +304,8 @@ void health_result(health_t *h, const route_t *r, const health_plan_t *plan, uin
             if (a->ok) {
                 seen[i] = 2;
                 last_ok = i;
-            } else if (seen[i] == 0 &&
-                       !(a->status && a->status->enhanced &&
-                         strcmp(a->status->enhanced, "4.4.4") == 0)) {
+            } else if (seen[i] == 0 && !(a->status && a->status->enhanced &&
+                                         strcmp(a->status->enhanced, "4.4.4") == 0)) {
                 seen[i] = 1;
                 err[i] = a->status;
             }

@@ -21,9 +21,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HEALTH_ERROR_MAX        200    /* bytes of the last error kept per endpoint */
-#define HEALTH_DRAINED_RETRY_MS 30000  /* every endpoint drained: offer the job again after */
-#define HEALTH_RETRY_MIN_MS     250    /* the shortest wait handed back for a held job */
+#define HEALTH_ERROR_MAX        200   /* bytes of the last error kept per endpoint */
+#define HEALTH_DRAINED_RETRY_MS 30000 /* every endpoint drained: offer the job again after */
+#define HEALTH_RETRY_MIN_MS     250   /* the shortest wait handed back for a held job */
 
 typedef struct health health_t;
 

@@ -268,8 +268,7 @@ static int perr(parse_ctx_t *cx, const config_setting_t *s, const char *key, con
     return -1;
 }
 
-static int get_string(parse_ctx_t *cx, const config_setting_t *group, const char *key,
-                      char **out)
+static int get_string(parse_ctx_t *cx, const config_setting_t *group, const char *key, char **out)
 {
     const config_setting_t *s = config_setting_get_member(group, key);
     if (s == NULL)
@@ -401,16 +400,15 @@ static int parse_endpoints(parse_ctx_t *cx, const config_setting_t *group, route
 
 static int parse_match(parse_ctx_t *cx, const config_setting_t *group, route_t *r)
 {
-    static const char *const keys[] = {"recipient_domains", "sender_domains", "tenants",
-                                       "streams", NULL};
+    static const char *const keys[] = {"recipient_domains", "sender_domains", "tenants", "streams",
+                                       NULL};
     const config_setting_t *m = config_setting_get_member(group, "match");
     if (m == NULL)
         return 0;
     if (config_setting_type(m) != CONFIG_TYPE_GROUP)
         return perr(cx, m, "match", "expected a group { ... }");
     if (check_keys(cx, m, "match.", keys) < 0 ||
-        get_list(cx, m, "recipient_domains", "match.recipient_domains", &r->rcpt_domains, 1) <
-            0 ||
+        get_list(cx, m, "recipient_domains", "match.recipient_domains", &r->rcpt_domains, 1) < 0 ||
         get_list(cx, m, "sender_domains", "match.sender_domains", &r->sender_domains, 1) < 0 ||
         get_list(cx, m, "tenants", "match.tenants", &r->tenants, 0) < 0 ||
         get_list(cx, m, "streams", "match.streams", &r->streams, 0) < 0)
@@ -432,9 +430,9 @@ static int get_bool(parse_ctx_t *cx, const config_setting_t *group, const char *
 
 static int parse_route(parse_ctx_t *cx, const config_setting_t *g, route_t *r)
 {
-    static const char *const keys[] = {
-        "name", "kind",  "endpoints",     "tls",         "auth_username", "auth_password",
-        "helo", "match", "allow_private", "source_pool", "shaping",       NULL};
+    static const char *const keys[] = {"name",          "kind",          "endpoints", "tls",
+                                       "auth_username", "auth_password", "helo",      "match",
+                                       "allow_private", "source_pool",   "shaping",   NULL};
     PB(DeliveryRoute) init = PB_INIT(DELIVERY_ROUTE);
     r->pb = init;
     r->tls = ROUTE_TLS_OPPORTUNISTIC;
@@ -468,8 +466,8 @@ static int parse_route(parse_ctx_t *cx, const config_setting_t *g, route_t *r)
         return perr(cx, config_setting_get_member(g, "tls"), "tls",
                     "\"none\" with auth credentials: credentials never cross plaintext");
     if (r->helo && *r->helo && !address_domain_valid(r->helo, 0))
-        return perr(cx, config_setting_get_member(g, "helo"), "helo",
-                    "\"%s\" is not a host name", r->helo);
+        return perr(cx, config_setting_get_member(g, "helo"), "helo", "\"%s\" is not a host name",
+                    r->helo);
     if (get_bool(cx, g, "allow_private", &r->allow_private) < 0 ||
         get_bool(cx, g, "shaping", &r->shaping) < 0 ||
         get_string(cx, g, "source_pool", &r->source_pool) < 0)

@@ -73,7 +73,7 @@ int route_endpoint_find(const route_t *r, const char *name);
 PB(DeliveryRoute) * route_pb(const route_t *r);
 
 /* Parse "host:port" / "[v6]:port"; 0 or -1 with a reason. host gets the bare name/IP. */
-int route_parse_hostport(const char *text, char *host, size_t hostlen, unsigned *port,
-                         char *why, size_t whylen);
+int route_parse_hostport(const char *text, char *host, size_t hostlen, unsigned *port, char *why,
+                         size_t whylen);
 
 #endif

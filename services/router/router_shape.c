@@ -35,12 +35,18 @@ typedef struct builtin {
 
 static const builtin_t builtins[] = {
     {SHAPE_DEFAULT_NAME, {NULL}, {NULL}, 20, 20, 0},
-    {"gmail", {"gmail.com", "googlemail.com", NULL}, {"*.google.com", "*.googlemail.com", NULL},
-     20, 50, 600},
+    {"gmail",
+     {"gmail.com", "googlemail.com", NULL},
+     {"*.google.com", "*.googlemail.com", NULL},
+     20,
+     50,
+     600},
     {"outlook",
      {"outlook.com", "hotmail.com", "live.com", "msn.com", NULL},
      {"*.protection.outlook.com", "*.outlook.com", NULL},
-     10, 20, 300},
+     10,
+     20,
+     300},
     {"yahoo", {"yahoo.com", "ymail.com", "aol.com", NULL}, {"*.yahoodns.net", NULL}, 10, 20, 300},
     {"apple", {"icloud.com", "me.com", "mac.com", NULL}, {"*.icloud.com", NULL}, 10, 20, 300},
 };
@@ -184,8 +190,8 @@ static int perr(char *err, size_t errlen, int index, const config_setting_t *s, 
     va_end(ap);
     conf_where(s, where, sizeof(where));
     int nofile = strncmp(where, "?:", 2) == 0;
-    snprintf(err, errlen, "providers[%d]%s%s: %s (at %s%s)", index, key ? "." : "",
-             key ? key : "", reason, nofile ? "line " : "", nofile ? where + 2 : where);
+    snprintf(err, errlen, "providers[%d]%s%s: %s (at %s%s)", index, key ? "." : "", key ? key : "",
+             reason, nofile ? "line " : "", nofile ? where + 2 : where);
     return -1;
 }
 
@@ -197,15 +203,13 @@ static int parse_names(char *err, size_t errlen, int index, const config_setting
         return perr(err, errlen, index, s, key, "expected a string or a list of strings");
     int count = t == CONFIG_TYPE_STRING ? 1 : config_setting_length(s);
     if (count > PROVIDER_LIST_MAX)
-        return perr(err, errlen, index, s, key, "%d entries, at most %d", count,
-                    PROVIDER_LIST_MAX);
+        return perr(err, errlen, index, s, key, "%d entries, at most %d", count, PROVIDER_LIST_MAX);
     strs_free(v, n);
     for (int i = 0; i < count; i++) {
         const char *d = t == CONFIG_TYPE_STRING ? config_setting_get_string(s)
                                                 : config_setting_get_string_elem(s, i);
         if (d == NULL || *d == '\0')
-            return perr(err, errlen, index, s, key, "element %d is not a non-empty string",
-                        i + 1);
+            return perr(err, errlen, index, s, key, "element %d is not a non-empty string", i + 1);
         const char *plain = strncmp(d, "*.", 2) == 0 ? d + 2 : d;
         if (!address_domain_valid(plain, 1))
             return perr(err, errlen, index, s, key, "\"%s\" is not a domain (or *.domain)", d);
@@ -233,10 +237,8 @@ static int parse_count(char *err, size_t errlen, int index, const config_setting
 static int parse_provider(char *err, size_t errlen, int index, const config_setting_t *g,
                           provider_table_t *t)
 {
-    static const char *const keys[] = {"name",        "domains",
-                                       "mx",          "connections",
-                                       "messages_per_connection", "rate_per_minute",
-                                       NULL};
+    static const char *const keys[] = {
+        "name", "domains", "mx", "connections", "messages_per_connection", "rate_per_minute", NULL};
     if (config_setting_type(g) != CONFIG_TYPE_GROUP)
         return perr(err, errlen, index, g, NULL, "expected a group { name = ...; ... }");
     for (int i = 0; i < config_setting_length(g); i++) {
@@ -249,14 +251,12 @@ static int parse_provider(char *err, size_t errlen, int index, const config_sett
             return perr(err, errlen, index, s, name ? name : "?", "unknown setting");
     }
     const config_setting_t *ns = config_setting_get_member(g, "name");
-    const char *name = ns && config_setting_type(ns) == CONFIG_TYPE_STRING
-                           ? config_setting_get_string(ns)
-                           : NULL;
+    const char *name =
+        ns && config_setting_type(ns) == CONFIG_TYPE_STRING ? config_setting_get_string(ns) : NULL;
     if (name == NULL || *name == '\0')
         return perr(err, errlen, index, ns ? ns : g, "name", "every provider needs a name");
     if (strlen(name) > PROVIDER_NAME_MAX)
-        return perr(err, errlen, index, ns, "name", "longer than %d characters",
-                    PROVIDER_NAME_MAX);
+        return perr(err, errlen, index, ns, "name", "longer than %d characters", PROVIDER_NAME_MAX);
     for (const char *p = name; *p; p++)
         if (!isalnum((unsigned char)*p) && *p != '-' && *p != '_' && *p != '.')
             return perr(err, errlen, index, ns, "name",
@@ -335,8 +335,8 @@ int provider_table_parse(const config_setting_t *s, void *field, char *err, size
                                    ? config_setting_get_string(ns)
                                    : NULL;
             for (int j = 0; name && j < i; j++) {
-                const config_setting_t *o = config_setting_get_member(
-                    config_setting_get_elem(s, (unsigned)j), "name");
+                const config_setting_t *o =
+                    config_setting_get_member(config_setting_get_elem(s, (unsigned)j), "name");
                 if (o && config_setting_type(o) == CONFIG_TYPE_STRING &&
                     strcasecmp(config_setting_get_string(o), name) == 0) {
                     perr(err, errlen, i + 1, ns, "name", "\"%s\" is already providers[%d]", name,
@@ -390,16 +390,16 @@ struct dest {
     const provider_t *p;
     int pinned; /* a named profile's own row: always listed, never swept */
     uint32_t inflight;
-    double rate;          /* current; 0: none */
+    double rate; /* current; 0: none */
     double tokens;
     uint64_t refill_at;
     uint64_t paused_until;
-    unsigned level;       /* pauses in a row without full recovery */
-    int slowed;           /* rate below the profile's: recovering */
-    double rate_target;   /* what recovery climbs back to */
+    unsigned level;     /* pauses in a row without full recovery */
+    int slowed;         /* rate below the profile's: recovering */
+    double rate_target; /* what recovery climbs back to */
     uint64_t recover_at;
     uint32_t ok_since_step;
-    uint64_t win_start;   /* tasks started per minute, for a profile without a rate */
+    uint64_t win_start; /* tasks started per minute, for a profile without a rate */
     uint32_t win_count, prev_count;
     uint64_t last_used;
     char reason[SHAPE_REASON_MAX];
@@ -646,8 +646,8 @@ static void refresh(shape_t *s, dest_t *d, uint64_t now)
             d->reason[0] = '\0';
             d->tokens = d->tokens > capacity(d->rate) ? capacity(d->rate) : d->tokens;
         } else {
-            log_info("event=destination_recovering key=%s provider=%s rate_per_minute=%.1f",
-                     d->key, d->p->name, d->rate);
+            log_info("event=destination_recovering key=%s provider=%s rate_per_minute=%.1f", d->key,
+                     d->p->name, d->rate);
         }
     }
     d->ok_since_step = 0;

@@ -27,19 +27,19 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define PROVIDER_NAME_MAX   32
-#define PROVIDER_MAX        64     /* profiles in one table */
-#define PROVIDER_LIST_MAX   256    /* domains or MX patterns of one profile */
-#define SHAPE_KEY_MAX       320    /* "provider or domain" + "/" + source address */
-#define SHAPE_REASON_MAX    200
-#define SHAPE_WAIT_SLOT     UINT64_MAX /* shape_wait(): waiting for a task to finish */
-#define SHAPE_DEFAULT_NAME  "default"
+#define PROVIDER_NAME_MAX  32
+#define PROVIDER_MAX       64  /* profiles in one table */
+#define PROVIDER_LIST_MAX  256 /* domains or MX patterns of one profile */
+#define SHAPE_KEY_MAX      320 /* "provider or domain" + "/" + source address */
+#define SHAPE_REASON_MAX   200
+#define SHAPE_WAIT_SLOT    UINT64_MAX /* shape_wait(): waiting for a task to finish */
+#define SHAPE_DEFAULT_NAME "default"
 
 typedef struct provider {
     char name[PROVIDER_NAME_MAX + 1];
     char **domains; /* lowercase; "*.x" for names below x */
     size_t ndomains;
-    char **mx;      /* MX host patterns, as domains */
+    char **mx; /* MX host patterns, as domains */
     size_t nmx;
     uint32_t connections;             /* tasks in flight per destination */
     uint32_t messages_per_connection; /* for delivery's connection reuse */
@@ -127,10 +127,10 @@ double dest_rate(const dest_t *d);
 uint32_t dest_inflight(const dest_t *d);
 
 typedef struct dest_view {
-    const char *key;    /* "gmail", "example.org", "gmail/192.0.2.1" */
+    const char *key; /* "gmail", "example.org", "gmail/192.0.2.1" */
     const char *provider;
-    const char *source; /* "" when no source address */
-    uint64_t paused_until; /* monotonic ms, 0: not paused */
+    const char *source;     /* "" when no source address */
+    uint64_t paused_until;  /* monotonic ms, 0: not paused */
     double rate_per_minute; /* current; 0: no limit */
     uint32_t connection_limit;
     uint32_t inflight;

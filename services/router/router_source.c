@@ -90,8 +90,7 @@ static const char *name_problem(const char *v)
 static const char *get_str(const config_setting_t *g, const char *key)
 {
     const config_setting_t *s = config_setting_get_member(g, key);
-    return s && config_setting_type(s) == CONFIG_TYPE_STRING ? config_setting_get_string(s)
-                                                             : NULL;
+    return s && config_setting_type(s) == CONFIG_TYPE_STRING ? config_setting_get_string(s) : NULL;
 }
 
 /* "YYYY-MM-DD" as a UTC day number; -1 when it is not one. */
@@ -116,8 +115,8 @@ static int64_t parse_day(const char *text)
     return (int64_t)(t / 86400);
 }
 
-static int parse_address(char *err, size_t errlen, int index, const config_setting_t *g,
-                         int k, source_addr_t *a)
+static int parse_address(char *err, size_t errlen, int index, const config_setting_t *g, int k,
+                         source_addr_t *a)
 {
     static const char *const keys[] = {"address", "weight", "warmup", "warmup_start", NULL};
     char prefix[48];
@@ -132,10 +131,10 @@ static int parse_address(char *err, size_t errlen, int index, const config_setti
     const char *ip = get_str(g, "address");
     sock_addr_t sa;
     if (ip == NULL || strlen(ip) >= SOURCE_IP_MAX || sock_addr_parse(ip, 25, &sa) < 0)
-        return perr(err, errlen, "source_pools", index,
-                    config_setting_get_member(g, "address") ? config_setting_get_member(g, "address")
-                                                            : g,
-                    key, "needs a numeric IPv4 or IPv6 address");
+        return perr(
+            err, errlen, "source_pools", index,
+            config_setting_get_member(g, "address") ? config_setting_get_member(g, "address") : g,
+            key, "needs a numeric IPv4 or IPv6 address");
     char norm[SOCK_ADDR_MAX];
     snprintf(a->ip, sizeof(a->ip), "%s", sock_addr_ip(&sa, norm, sizeof(norm)));
     a->weight = 10;
@@ -145,8 +144,8 @@ static int parse_address(char *err, size_t errlen, int index, const config_setti
     if ((s = config_setting_get_member(g, "weight")) != NULL) {
         snprintf(key, sizeof(key), "%sweight", prefix);
         int t = config_setting_type(s);
-        long long w = t == CONFIG_TYPE_INT || t == CONFIG_TYPE_INT64 ? config_setting_get_int64(s)
-                                                                     : -1;
+        long long w =
+            t == CONFIG_TYPE_INT || t == CONFIG_TYPE_INT64 ? config_setting_get_int64(s) : -1;
         if (w < 0 || w > SOURCE_WEIGHT_MAX)
             return perr(err, errlen, "source_pools", index, s, key,
                         "expected a whole number within 0..%d", SOURCE_WEIGHT_MAX);
@@ -160,9 +159,8 @@ static int parse_address(char *err, size_t errlen, int index, const config_setti
     }
     if ((s = config_setting_get_member(g, "warmup_start")) != NULL) {
         snprintf(key, sizeof(key), "%swarmup_start", prefix);
-        a->warmup_start = parse_day(config_setting_type(s) == CONFIG_TYPE_STRING
-                                        ? config_setting_get_string(s)
-                                        : NULL);
+        a->warmup_start = parse_day(
+            config_setting_type(s) == CONFIG_TYPE_STRING ? config_setting_get_string(s) : NULL);
         if (a->warmup_start < 0)
             return perr(err, errlen, "source_pools", index, s, key,
                         "expected a date \"YYYY-MM-DD\"");
@@ -240,8 +238,8 @@ int pool_table_parse(const config_setting_t *s, void *field, char *err, size_t e
         }
         int na = config_setting_length(as);
         if (na > SOURCE_ADDR_MAX) {
-            perr(err, errlen, "source_pools", idx, as, "addresses", "%d addresses, at most %d",
-                 na, SOURCE_ADDR_MAX);
+            perr(err, errlen, "source_pools", idx, as, "addresses", "%d addresses, at most %d", na,
+                 SOURCE_ADDR_MAX);
             goto fail;
         }
         p->addrs = xcalloc((size_t)na, sizeof(*p->addrs));
@@ -252,8 +250,8 @@ int pool_table_parse(const config_setting_t *s, void *field, char *err, size_t e
                 goto fail;
             for (size_t j = 0; j < p->n; j++) {
                 if (strcmp(p->addrs[j].ip, p->addrs[k].ip) == 0) {
-                    perr(err, errlen, "source_pools", idx, as, "addresses",
-                         "%s is listed twice", p->addrs[k].ip);
+                    perr(err, errlen, "source_pools", idx, as, "addresses", "%s is listed twice",
+                         p->addrs[k].ip);
                     goto fail;
                 }
             }
@@ -381,8 +379,8 @@ void tenant_pools_get(const tenant_pools_t *t, size_t i, const char **tenant, co
 /* ---- state ---- */
 
 typedef struct addr_state {
-    int warmup;         /* marked warmup in some pool */
-    int64_t start_day;  /* -1: not known yet */
+    int warmup;        /* marked warmup in some pool */
+    int64_t start_day; /* -1: not known yet */
     int start_dirty;
 } addr_state_t;
 
@@ -450,8 +448,7 @@ void source_destroy(source_t **p)
     *p = NULL;
 }
 
-const source_pool_t *source_pool_for(const source_t *s, const char *route_pool,
-                                     const char *tenant)
+const source_pool_t *source_pool_for(const source_t *s, const char *route_pool, const char *tenant)
 {
     if (route_pool && *route_pool)
         return pool_find(s->pools, route_pool);
@@ -512,8 +509,7 @@ int source_deprioritized(source_t *s, const char *ip, const char *dkey, uint64_t
     return 1;
 }
 
-static uint32_t weight_now(source_t *s, const source_addr_t *a, const char *provider,
-                           uint64_t now)
+static uint32_t weight_now(source_t *s, const source_addr_t *a, const char *provider, uint64_t now)
 {
     if (a->weight == 0)
         return 0;
@@ -650,7 +646,7 @@ int source_reply_is_block(const PB(Status) * st, const char *reason)
     if (st == NULL || st->code / 100 != 5 || st->enhanced == NULL ||
         strncmp(st->enhanced, "5.7.", 4) != 0)
         return 0;
-    static const char *const words[] = {"block", "listed", "reputation", "blacklist",
+    static const char *const words[] = {"block",    "listed",   "reputation", "blacklist",
                                         "denylist", "spamhaus", NULL};
     for (size_t i = 0; words[i]; i++)
         if (st->text && strcasestr(st->text, words[i]))
@@ -713,8 +709,8 @@ static int visit_count(const char *key, void *value, void *arg)
     if (c->fn == NULL || sent == 0 || source_deprioritized(c->s, c->addr->ip, provider, c->now))
         return 0; /* deprioritized pairs are listed from the other table */
     uint64_t allowance = source_allowance(c->s, c->addr->ip, c->wall);
-    source_view_t v = {c->pool->name, c->addr->ip, provider,
-                       allowance ? "warming" : "ready", sent, allowance, c->addr->weight};
+    source_view_t v = {c->pool->name, c->addr->ip, provider,       allowance ? "warming" : "ready",
+                       sent,          allowance,   c->addr->weight};
     c->fn(&v, c->arg);
     return 0;
 }
@@ -744,12 +740,14 @@ void source_each(source_t *s, uint64_t now, uint64_t wall_ms,
     for (size_t i = 0; i < pool_table_count(s->pools); i++) {
         const source_pool_t *p = pool_table_get(s->pools, i);
         for (size_t k = 0; k < p->n; k++) {
-            list_ctx_t c = {s, p, &p->addrs[k], now, wall_ms, (uint32_t)(wall_ms / SOURCE_DAY_MS),
-                            0, NULL, NULL};
+            list_ctx_t c = {s,   p,       &p->addrs[k],
+                            now, wall_ms, (uint32_t)(wall_ms / SOURCE_DAY_MS),
+                            0,   NULL,    NULL};
             rmap_each(s->counts, visit_count, &c); /* the day's total first */
             uint64_t allowance = source_allowance(s, p->addrs[k].ip, wall_ms);
-            source_view_t v = {p->name,     p->addrs[k].ip, "", allowance ? "warming" : "ready",
-                               c.total,     allowance,      p->addrs[k].weight};
+            source_view_t v = {
+                p->name,   p->addrs[k].ip,    "", allowance ? "warming" : "ready", c.total,
+                allowance, p->addrs[k].weight};
             fn(&v, arg);
             c.fn = fn;
             c.arg = arg;

@@ -28,13 +28,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SOURCE_POOL_MAX     64
-#define SOURCE_ADDR_MAX     64  /* addresses in one pool */
-#define SOURCE_NAME_MAX     64
-#define SOURCE_IP_MAX       64
-#define SOURCE_TENANTS_MAX  10000
-#define SOURCE_WEIGHT_MAX   1000000
-#define SOURCE_DAY_MS       86400000ull
+#define SOURCE_POOL_MAX    64
+#define SOURCE_ADDR_MAX    64 /* addresses in one pool */
+#define SOURCE_NAME_MAX    64
+#define SOURCE_IP_MAX      64
+#define SOURCE_TENANTS_MAX 10000
+#define SOURCE_WEIGHT_MAX  1000000
+#define SOURCE_DAY_MS      86400000ull
 
 typedef struct source_addr {
     char ip[SOURCE_IP_MAX];
@@ -82,8 +82,7 @@ source_t *source_new(const pool_table_t *pools, const tenant_pools_t *tenants,
 void source_destroy(source_t **s);
 
 /* The pool for a task: the route's, else the tenant's, else NULL. */
-const source_pool_t *source_pool_for(const source_t *s, const char *route_pool,
-                                     const char *tenant);
+const source_pool_t *source_pool_for(const source_t *s, const char *route_pool, const char *tenant);
 
 /* Per address: 0 when the destination can take a task from it now, else how long to wait. */
 typedef uint64_t (*source_room_fn)(const char *ip, void *arg);
@@ -132,7 +131,8 @@ uint64_t source_sent_today(const source_t *s, const char *ip, const char *provid
 typedef struct source_view {
     const char *pool;
     const char *address;
-    const char *provider; /* a provider (warm-up counts) or destination (deprioritized); "" for the address */
+    const char *provider; /* a provider (warm-up counts) or destination (deprioritized); "" for the
+                             address */
     const char *state;    /* warming, ready, deprioritized */
     uint64_t sent_today;
     uint64_t daily_limit; /* 0: none */
@@ -151,8 +151,8 @@ void source_restore_start(source_t *s, const char *ip, uint32_t day);
 /* Warming addresses with no start yet begin today (marked for the store). */
 void source_begin(source_t *s, uint64_t wall_ms);
 /* Hand every change since the last call to fn, which stores it. Returns how many. */
-typedef void (*source_count_fn)(const char *ip, const char *provider, uint32_t day,
-                                uint64_t count, void *arg);
+typedef void (*source_count_fn)(const char *ip, const char *provider, uint32_t day, uint64_t count,
+                                void *arg);
 typedef void (*source_start_fn)(const char *ip, uint32_t day, void *arg);
 size_t source_take_changes(source_t *s, source_count_fn count_fn, source_start_fn start_fn,
                            void *arg);

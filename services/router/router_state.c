@@ -192,8 +192,7 @@ static change_t *batch_add(batch_t *b)
     return c;
 }
 
-static void add_count(const char *ip, const char *provider, uint32_t day, uint64_t count,
-                      void *arg)
+static void add_count(const char *ip, const char *provider, uint32_t day, uint64_t count, void *arg)
 {
     size_t il = strlen(ip), pl = strlen(provider);
     if (il + pl + 6 > RSTATE_KEY_MAX)

@@ -145,10 +145,12 @@ static uint64_t fake_wall(void *arg)
     return ((rec_t *)arg)->wall;
 }
 
-static const dispatch_ops_t ops = {.send_task = fake_send, .answer = fake_answer,
-                                   .event = fake_event};
-static const dispatch_ops_t clock_ops = {.send_task = fake_send, .answer = fake_answer,
-                                         .event = fake_event, .now = fake_now,
+static const dispatch_ops_t ops = {
+    .send_task = fake_send, .answer = fake_answer, .event = fake_event};
+static const dispatch_ops_t clock_ops = {.send_task = fake_send,
+                                         .answer = fake_answer,
+                                         .event = fake_event,
+                                         .now = fake_now,
                                          .wall = fake_wall};
 
 typedef struct router_conf {
@@ -201,8 +203,10 @@ static fixture_t *setup_with(size_t max_pending)
     assert_non_null(cf);
     assert_int_equal(conf_section(cf, "router", table, &f->routes, err, sizeof(err)), 0);
     conf_close(&cf);
-    dispatch_limits_t lim = {.worker_timeout_ms = 5000, .max_pending = max_pending,
-                             .pending_timeout_ms = 60000, .shape_max_wait_ms = 5000,
+    dispatch_limits_t lim = {.worker_timeout_ms = 5000,
+                             .max_pending = max_pending,
+                             .pending_timeout_ms = 60000,
+                             .shape_max_wait_ms = 5000,
                              .shape_queue_max = 1000,
                              .health = {.probe_base_ms = 5000, .probe_max_ms = 300000}};
     f->d = dispatch_new(f->loop, f->routes, &lim, &ops, &f->rec);
@@ -222,18 +226,26 @@ static fixture_t *setup_router(const char *body)
     conf_close(&cf);
     f->routes = f->conf.routes;
     f->conf.routes = NULL;
-    shape_limits_t sl = {.pause_base_ms = 60000, .pause_max_ms = 900000,
-                         .recover_interval_ms = 60000, .recover_step = 0.1, .mx_cache_max = 100,
-                         .mx_cache_ttl_ms = 3600000, .dests_max = 1000};
+    shape_limits_t sl = {.pause_base_ms = 60000,
+                         .pause_max_ms = 900000,
+                         .recover_interval_ms = 60000,
+                         .recover_step = 0.1,
+                         .mx_cache_max = 100,
+                         .mx_cache_ttl_ms = 3600000,
+                         .dests_max = 1000};
     f->shape = shape_new(f->conf.providers, &sl);
-    source_limits_t srcl = {.warmup_first_day = 2, .warmup_ready = 100000,
-                            .deprioritize_ms = 1800000, .deprioritize_divisor = 10};
+    source_limits_t srcl = {.warmup_first_day = 2,
+                            .warmup_ready = 100000,
+                            .deprioritize_ms = 1800000,
+                            .deprioritize_divisor = 10};
     f->source = source_new(f->conf.pools, f->conf.tenants, &srcl, 99);
     f->rec.now = 1000000;
     f->rec.wall = 20777ull * 86400000 + 3600000;
     source_begin(f->source, f->rec.wall);
-    dispatch_limits_t lim = {.worker_timeout_ms = 3600000, .max_pending = 100,
-                             .pending_timeout_ms = 120000, .shape_max_wait_ms = 5000,
+    dispatch_limits_t lim = {.worker_timeout_ms = 3600000,
+                             .max_pending = 100,
+                             .pending_timeout_ms = 120000,
+                             .shape_max_wait_ms = 5000,
                              .shape_queue_max = 3,
                              .health = {.probe_base_ms = 5000, .probe_max_ms = 300000}};
     f->d = dispatch_new(f->loop, f->routes, &lim, &clock_ops, &f->rec);
@@ -268,7 +280,7 @@ static void job_attempt(fixture_t *f, const char *queue, uint64_t rid, const cha
                         const char *domain, size_t nrcpt, uint32_t attempt)
 {
     PB(DeliveryRecipient) rc[8];
-    PB(DeliveryRecipient) *rp[8];
+    PB(DeliveryRecipient) * rp[8];
     char addr[8][64];
     for (size_t i = 0; i < nrcpt; i++) {
         PB(DeliveryRecipient) init = PB_INIT(DELIVERY_RECIPIENT);
@@ -327,7 +339,7 @@ static void result(fixture_t *f, const char *worker, uint64_t task_id, size_t nr
     st.enhanced = "2.0.0";
     st.text = "ok";
     PB(DeliveryRecipientResult) rr[8];
-    PB(DeliveryRecipientResult) *rp[8];
+    PB(DeliveryRecipientResult) * rp[8];
     for (size_t i = 0; i < nrcpt; i++) {
         PB(DeliveryRecipientResult) init = PB_INIT(DELIVERY_RECIPIENT_RESULT);
         rr[i] = init;
@@ -617,7 +629,6 @@ static void test_held_too_long(void **state)
     teardown(f);
 }
 
-
 static const char *failover_conf =
     "routes = ( { name = \"pool\"; endpoints = [ \"127.0.0.2:25\", \"127.0.0.3:25\" ]; } );";
 
@@ -638,7 +649,8 @@ static void test_failover_and_all_down(void **state)
     /* the second endpoint fails too: every endpoint is down */
     f->rec.now += 1000;
     result_full(f, "w", f->rec.sent[1].task_id, 451, "4.4.1",
-                "connection to 127.0.0.2 (127.0.0.2) failed: Connection refused", "127.0.0.2", NULL);
+                "connection to 127.0.0.2 (127.0.0.2) failed: Connection refused", "127.0.0.2",
+                NULL);
     dispatch_stats_t st;
     dispatch_get_stats(f->d, &st);
     assert_int_equal(st.endpoints_down, 2);
@@ -704,7 +716,7 @@ static void test_shaping_holds_and_pauses(void **state)
     ready(f, "w", 10);
     job_attempt(f, "q", 1, "a", "gmail.com", 1, 1);
     job_attempt(f, "q", 2, "b", "googlemail.com", 1, 1);
-    job_attempt(f, "q", 3, "c", "gmail.com", 1, 1); /* two connections: it waits */
+    job_attempt(f, "q", 3, "c", "gmail.com", 1, 1);   /* two connections: it waits */
     job_attempt(f, "q", 4, "d", "example.org", 1, 1); /* another destination is not held up */
     assert_int_equal(f->rec.nsent, 3);
     assert_string_equal(f->rec.sent[0].provider, "gmail");
@@ -774,7 +786,8 @@ static void test_mx_learnt_moves_provider(void **state)
 
 static const char *pool_conf =
     "routes = ( { name = \"out\"; endpoints = [ \"127.0.0.1:25\" ]; source_pool = \"main\"; },\n"
-    "           { name = \"other\"; endpoints = [ \"127.0.0.1:26\" ]; match = { tenants = \"x\"; }; } );\n"
+    "           { name = \"other\"; endpoints = [ \"127.0.0.1:26\" ]; match = { tenants = \"x\"; "
+    "}; } );\n"
     "source_pools = ( { name = \"main\"; addresses = (\n"
     "    { address = \"127.0.0.2\"; weight = 10; },\n"
     "    { address = \"127.0.0.3\"; weight = 10; warmup = true; } ); } );";

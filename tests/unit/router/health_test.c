@@ -88,7 +88,7 @@ static void result_attempts(fx_t *f, const health_plan_t *plan, uint64_t task, c
 {
     PB(Status) st[8];
     PB(DeliveryEndpointAttempt) at[8];
-    PB(DeliveryEndpointAttempt) *ap[8];
+    PB(DeliveryEndpointAttempt) * ap[8];
     for (size_t i = 0; i < n; i++) {
         PB(Status) si = PB_INIT(STATUS);
         st[i] = si;
@@ -147,8 +147,9 @@ static void collect(const health_view_t *v, void *arg)
 {
     seen_t *s = arg;
     if (s->n < 8)
-        snprintf(s->line[s->n++], sizeof(s->line[0]), "%s %s %s f=%u down=%llu probe=%llu "
-                                                      "inflight=%u err=%s",
+        snprintf(s->line[s->n++], sizeof(s->line[0]),
+                 "%s %s %s f=%u down=%llu probe=%llu "
+                 "inflight=%u err=%s",
                  v->route, v->endpoint, v->state, v->failures, (unsigned long long)v->down_since,
                  (unsigned long long)v->next_probe, v->inflight, v->last_error);
 }
@@ -166,7 +167,8 @@ static void test_down_failover_probe_up(void **state)
     assert_int_equal(p.n, 0);
 
     assert_int_equal(health_plan(f->h, f->pool, t, &p), 0);
-    assert_string_equal(order(f, &p, b, sizeof(b)), "127.0.0.2:2526 127.0.0.3:2526 relay.example:25");
+    assert_string_equal(order(f, &p, b, sizeof(b)),
+                        "127.0.0.2:2526 127.0.0.3:2526 relay.example:25");
     assert_false(p.probe);
     health_sent(f->h, f->pool, &p, 1, t);
     /* the first endpoint refused, the second took it */
@@ -177,7 +179,8 @@ static void test_down_failover_probe_up(void **state)
 
     /* the next task goes straight to the next endpoint; the down one is last */
     assert_int_equal(health_plan(f->h, f->pool, t + 20, &p), 0);
-    assert_string_equal(order(f, &p, b, sizeof(b)), "127.0.0.3:2526 relay.example:25 127.0.0.2:2526");
+    assert_string_equal(order(f, &p, b, sizeof(b)),
+                        "127.0.0.3:2526 relay.example:25 127.0.0.2:2526");
     assert_false(p.probe);
 
     seen_t s = {0};
@@ -192,13 +195,15 @@ static void test_down_failover_probe_up(void **state)
     assert_false(p.probe);
     assert_int_equal(health_plan(f->h, f->pool, t + 10 + 5000, &p), 0);
     assert_true(p.probe);
-    assert_string_equal(order(f, &p, b, sizeof(b)), "127.0.0.2:2526 127.0.0.3:2526 relay.example:25");
+    assert_string_equal(order(f, &p, b, sizeof(b)),
+                        "127.0.0.2:2526 127.0.0.3:2526 relay.example:25");
     health_sent(f->h, f->pool, &p, 2, t + 5010);
     health_plan_t probe = p;
     /* while the probe is out, no second probe */
     assert_int_equal(health_plan(f->h, f->pool, t + 5020, &p), 0);
     assert_false(p.probe);
-    assert_string_equal(order(f, &p, b, sizeof(b)), "127.0.0.3:2526 relay.example:25 127.0.0.2:2526");
+    assert_string_equal(order(f, &p, b, sizeof(b)),
+                        "127.0.0.3:2526 relay.example:25 127.0.0.2:2526");
 
     /* the probe fails: back-off doubles to 10 s */
     att_t a2[] = {{"127.0.0.2:2526", 0, 451, "4.4.1", "timeout connecting"},
@@ -215,7 +220,8 @@ static void test_down_failover_probe_up(void **state)
     assert_int_equal(health_down_count(f->h), 0);
     assert_int_equal(health_plan(f->h, f->pool, t + 20060, &p), 0);
     assert_false(p.probe);
-    assert_string_equal(order(f, &p, b, sizeof(b)), "127.0.0.2:2526 127.0.0.3:2526 relay.example:25");
+    assert_string_equal(order(f, &p, b, sizeof(b)),
+                        "127.0.0.2:2526 127.0.0.3:2526 relay.example:25");
     memset(&s, 0, sizeof(s));
     health_each(f->h, collect, &s);
     assert_non_null(strstr(s.line[0], "up f=0 down=0 probe=0 inflight=0"));
@@ -304,7 +310,8 @@ static void test_results_without_attempts(void **state)
     result_plain(f, &p, 1, "127.0.0.3", 250, "2.0.0", "ok", t);
     assert_int_equal(health_down_count(f->h), 1);
     assert_int_equal(health_plan(f->h, f->pool, t, &p), 0);
-    assert_string_equal(order(f, &p, b, sizeof(b)), "127.0.0.3:2526 relay.example:25 127.0.0.2:2526");
+    assert_string_equal(order(f, &p, b, sizeof(b)),
+                        "127.0.0.3:2526 relay.example:25 127.0.0.2:2526");
 
     /* a recipient refused or deferred by the endpoint says nothing bad about it */
     health_sent(f->h, f->pool, &p, 2, t);

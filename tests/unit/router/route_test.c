@@ -48,16 +48,17 @@ static void test_good_config(void **state)
 {
     (void)state;
     char err[1024] = "";
-    route_table_t *t = load(
-        "routes = (\n"
-        "  { name = \"ses\"; kind = \"smarthost\"; endpoints = [ \"smtp.example.net:587\", "
-        "\"[::1]:2525\", \"192.0.2.7:25\" ];\n"
-        "    tls = \"required\"; auth_username = \"u\"; auth_password = \"p\"; helo = \"out.example.test\";\n"
-        "    match = { sender_domains = [ \"Example.TEST\" ]; tenants = \"acme\"; }; },\n"
-        "  { name = \"mx\"; kind = \"mx\"; },\n"
-        "  { name = \"default\"; endpoints = \"127.0.0.1:2526\"; }\n"
-        ");",
-        err, sizeof(err));
+    route_table_t *t =
+        load("routes = (\n"
+             "  { name = \"ses\"; kind = \"smarthost\"; endpoints = [ \"smtp.example.net:587\", "
+             "\"[::1]:2525\", \"192.0.2.7:25\" ];\n"
+             "    tls = \"required\"; auth_username = \"u\"; auth_password = \"p\"; helo = "
+             "\"out.example.test\";\n"
+             "    match = { sender_domains = [ \"Example.TEST\" ]; tenants = \"acme\"; }; },\n"
+             "  { name = \"mx\"; kind = \"mx\"; },\n"
+             "  { name = \"default\"; endpoints = \"127.0.0.1:2526\"; }\n"
+             ");",
+             err, sizeof(err));
     assert_non_null(t);
     assert_int_equal(route_table_count(t), 3);
 
@@ -121,10 +122,10 @@ static const refusal_t refusals[] = {
     {"routes = ( { name = \"a\"; endpoints = [\"host:25x\"]; } );", "port", NULL},
     {"routes = ( { name = \"a\"; endpoints = []; } );", "at least one endpoint", NULL},
     {"routes = ( { name = \"a\"; } );", "at least one endpoint", NULL},
-    {"routes = ( { name = \"a\"; kind = \"lmtp\"; endpoints = [\"h:25\"]; } );",
-     "routes[1].kind", "\"smarthost\" or \"mx\""},
-    {"routes = ( { name = \"a\"; tls = \"maybe\"; endpoints = [\"h:25\"]; } );",
-     "routes[1].tls", "\"none\", \"opportunistic\" or \"required\""},
+    {"routes = ( { name = \"a\"; kind = \"lmtp\"; endpoints = [\"h:25\"]; } );", "routes[1].kind",
+     "\"smarthost\" or \"mx\""},
+    {"routes = ( { name = \"a\"; tls = \"maybe\"; endpoints = [\"h:25\"]; } );", "routes[1].tls",
+     "\"none\", \"opportunistic\" or \"required\""},
     {"routes = ( { name = \"a\"; tls = \"none\"; auth_username = \"u\"; auth_password = \"p\"; "
      "endpoints = [\"h:25\"]; } );",
      "routes[1].tls", "credentials never cross plaintext"},
@@ -164,8 +165,8 @@ static void test_refusals(void **state)
             fail_msg("case %zu loaded: %s", i, refusals[i].body);
         if (strstr(err, refusals[i].needle1) == NULL ||
             (refusals[i].needle2 && strstr(err, refusals[i].needle2) == NULL))
-            fail_msg("case %zu: message \"%s\" lacks \"%s\" / \"%s\"", i, err,
-                     refusals[i].needle1, refusals[i].needle2 ? refusals[i].needle2 : "");
+            fail_msg("case %zu: message \"%s\" lacks \"%s\" / \"%s\"", i, err, refusals[i].needle1,
+                     refusals[i].needle2 ? refusals[i].needle2 : "");
         /* conf puts the file and line in front of every error */
         if (strncmp(err, "test.conf:", 10) != 0)
             fail_msg("case %zu: message \"%s\" does not start with the file", i, err);
@@ -216,30 +217,31 @@ static void test_matching(void **state)
 {
     (void)state;
     char err[1024] = "";
-    route_table_t *t = load(
-        "routes = (\n"
-        "  { name = \"acme-gmail\"; endpoints = [\"h1:25\"];\n"
-        "    match = { recipient_domains = [\"gmail.com\", \"*.google.com\"]; tenants = [\"acme\"]; }; },\n"
-        "  { name = \"from-news\"; endpoints = [\"h2:25\"];\n"
-        "    match = { sender_domains = [\"news.example.test\"]; }; },\n"
-        "  { name = \"gmail\"; endpoints = [\"h3:25\"]; match = { recipient_domains = \"gmail.com\"; }; },\n"
-        "  { name = \"default\"; endpoints = [\"h4:25\"]; match = { }; },\n"
-        "  { name = \"never\"; endpoints = [\"h5:25\"]; }\n"
-        ");",
-        err, sizeof(err));
+    route_table_t *t = load("routes = (\n"
+                            "  { name = \"acme-gmail\"; endpoints = [\"h1:25\"];\n"
+                            "    match = { recipient_domains = [\"gmail.com\", \"*.google.com\"]; "
+                            "tenants = [\"acme\"]; }; },\n"
+                            "  { name = \"from-news\"; endpoints = [\"h2:25\"];\n"
+                            "    match = { sender_domains = [\"news.example.test\"]; }; },\n"
+                            "  { name = \"gmail\"; endpoints = [\"h3:25\"]; match = { "
+                            "recipient_domains = \"gmail.com\"; }; },\n"
+                            "  { name = \"default\"; endpoints = [\"h4:25\"]; match = { }; },\n"
+                            "  { name = \"never\"; endpoints = [\"h5:25\"]; }\n"
+                            ");",
+                            err, sizeof(err));
     if (t == NULL)
         fail_msg("%s", err);
     static const struct {
         const char *rcpt_domain, *sender, *tenant, *route;
     } cases[] = {
         {"gmail.com", "a@x.test", "acme", "acme-gmail"},
-        {"GMail.COM", "a@x.test", "ACME", "acme-gmail"},       /* no case */
-        {"mail.google.com", "a@x.test", "acme", "acme-gmail"}, /* wildcard below */
-        {"google.com", "a@x.test", "acme", "default"},         /* not the apex */
-        {"gmail.com", "a@x.test", "other", "gmail"},           /* every condition must hold */
+        {"GMail.COM", "a@x.test", "ACME", "acme-gmail"},            /* no case */
+        {"mail.google.com", "a@x.test", "acme", "acme-gmail"},      /* wildcard below */
+        {"google.com", "a@x.test", "acme", "default"},              /* not the apex */
+        {"gmail.com", "a@x.test", "other", "gmail"},                /* every condition must hold */
         {"gmail.com", "a@news.example.test", "other", "from-news"}, /* first match wins */
         {"gmail.com", "a@news.example.test", "acme", "acme-gmail"},
-        {"example.org", "", "", "default"},                    /* null sender */
+        {"example.org", "", "", "default"}, /* null sender */
         {"example.org", "a@sub.news.example.test", "", "default"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -266,30 +268,31 @@ static void test_streams(void **state)
 {
     (void)state;
     char err[1024] = "";
-    route_table_t *t = load(
-        "routes = (\n"
-        "  { name = \"news\"; endpoints = [\"h1:25\"]; match = { streams = [ \"newsletter\", \"alerts\" ]; }; },\n"
-        "  { name = \"acme-bulk\"; endpoints = [\"h2:25\"]; match = { streams = \"bulk\"; tenants = \"acme\"; }; },\n"
-        "  { name = \"default\"; endpoints = [\"h3:25\"]; }\n"
-        ");",
-        err, sizeof(err));
+    route_table_t *t = load("routes = (\n"
+                            "  { name = \"news\"; endpoints = [\"h1:25\"]; match = { streams = [ "
+                            "\"newsletter\", \"alerts\" ]; }; },\n"
+                            "  { name = \"acme-bulk\"; endpoints = [\"h2:25\"]; match = { streams "
+                            "= \"bulk\"; tenants = \"acme\"; }; },\n"
+                            "  { name = \"default\"; endpoints = [\"h3:25\"]; }\n"
+                            ");",
+                            err, sizeof(err));
     if (t == NULL)
         fail_msg("%s", err);
     static const struct {
         const char *stream, *tenant, *route;
     } cases[] = {
         {"newsletter", "x", "news"},
-        {"Alerts", "x", "news"},        /* no case */
-        {"alert", "x", "default"},      /* whole names only */
-        {"", "x", "default"},           /* a message without the header */
+        {"Alerts", "x", "news"},   /* no case */
+        {"alert", "x", "default"}, /* whole names only */
+        {"", "x", "default"},      /* a message without the header */
         {NULL, "x", "default"},
         {"bulk", "acme", "acme-bulk"},
-        {"bulk", "other", "default"},   /* every condition must hold */
+        {"bulk", "other", "default"}, /* every condition must hold */
         {"transactional", "acme", "default"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        const route_t *r = route_match(t, "example.org", "example.test", cases[i].tenant,
-                                       cases[i].stream);
+        const route_t *r =
+            route_match(t, "example.org", "example.test", cases[i].tenant, cases[i].stream);
         assert_non_null(r);
         if (strcmp(route_name(r), cases[i].route) != 0)
             fail_msg("case %zu (%s, %s): got %s, want %s", i,
@@ -343,9 +346,9 @@ static void test_sender_domain(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_good_config), cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_hostport),    cmocka_unit_test(test_matching),
-        cmocka_unit_test(test_sender_domain), cmocka_unit_test(test_streams),
+        cmocka_unit_test(test_good_config),    cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_hostport),       cmocka_unit_test(test_matching),
+        cmocka_unit_test(test_sender_domain),  cmocka_unit_test(test_streams),
         cmocka_unit_test(test_route_settings),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

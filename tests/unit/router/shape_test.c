@@ -76,8 +76,8 @@ static void test_provider_matching(void **state)
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         const provider_t *p = shape_classify(s, cases[i].domain, 0, key, sizeof(key));
         if (strcmp(p->name, cases[i].provider) != 0 || strcmp(key, cases[i].key) != 0)
-            fail_msg("%s: got %s/%s, want %s/%s", cases[i].domain, p->name, key,
-                     cases[i].provider, cases[i].key);
+            fail_msg("%s: got %s/%s, want %s/%s", cases[i].domain, p->name, key, cases[i].provider,
+                     cases[i].key);
     }
     /* a domain hosted at a provider: learnt from delivery's MX host */
     uint64_t t0 = 1000;
@@ -100,8 +100,8 @@ static void test_provider_matching(void **state)
     /* and entries expire */
     assert_non_null(shape_mx_of(s, "m365.example", t0 + 1 + 3599999));
     assert_null(shape_mx_of(s, "m365.example", t0 + 1 + 3600000));
-    assert_string_equal(
-        shape_classify(s, "m365.example", t0 + 1 + 3600000, key, sizeof(key))->name, "default");
+    assert_string_equal(shape_classify(s, "m365.example", t0 + 1 + 3600000, key, sizeof(key))->name,
+                        "default");
     shape_destroy(&s);
     provider_table_destroy(&t);
 }

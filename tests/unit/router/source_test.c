@@ -59,7 +59,8 @@ static const char *config =
     "  { name = \"main\"; addresses = (\n"
     "      { address = \"192.0.2.1\"; weight = 10; },\n"
     "      { address = \"192.0.2.2\"; weight = 30; },\n"
-    "      { address = \"192.0.2.3\"; weight = 10; warmup = true; warmup_start = \"2026-11-20\"; } ); },\n"
+    "      { address = \"192.0.2.3\"; weight = 10; warmup = true; warmup_start = \"2026-11-20\"; } "
+    "); },\n"
     "  { name = \"cold\"; addresses = ( { address = \"2001:DB8::9\"; warmup = true; } ); }\n"
     ");\n"
     "tenant_pools = ( { tenant = \"demo\"; pool = \"cold\"; } );";
@@ -133,8 +134,8 @@ static void test_weights_and_pool_choice(void **state)
     assert_in_range(c[2], 900, 1100);
 
     /* the same seed gives the same sequence */
-    source_t *a = source_new(f->c.pools, NULL, &limits, 7), *b = source_new(f->c.pools, NULL,
-                                                                              &limits, 7);
+    source_t *a = source_new(f->c.pools, NULL, &limits, 7),
+             *b = source_new(f->c.pools, NULL, &limits, 7);
     for (int i = 0; i < 50; i++) {
         source_pick_t pa, pb;
         source_pick(a, f->main, "x", "x", 0, 0, wall, NULL, NULL, &pa);
@@ -155,7 +156,7 @@ static void test_warmup(void **state)
     for (size_t i = 0; i < 5; i++)
         assert_int_equal(source_allowance(f->s, "192.0.2.3", day1 + i * DAY + 5), want[i]);
     assert_int_equal(source_allowance(f->s, "192.0.2.3", day1 + 11 * DAY), 0); /* 102400: warm */
-    assert_int_equal(source_allowance(f->s, "192.0.2.1", day1), 0);          /* never warming */
+    assert_int_equal(source_allowance(f->s, "192.0.2.1", day1), 0);            /* never warming */
 
     /* day 1: the warming address takes 50 tasks to gmail, then no more */
     uint64_t wall = day1 + 3600000;
@@ -226,7 +227,8 @@ static void test_deprioritization(void **state)
     assert_int_equal(source_reply(f->s, "192.0.2.1", "outlook", &unknown, "", now), 0);
     assert_int_equal(source_reply(f->s, "192.0.2.1", "outlook", &policy, "policy", now), 0);
     assert_int_equal(source_reply(f->s, "192.0.2.1", "outlook", &rate, "", now), 1);
-    assert_int_equal(source_reply(f->s, "198.51.100.1", "outlook", &rate, "", now), 0); /* not ours */
+    assert_int_equal(source_reply(f->s, "198.51.100.1", "outlook", &rate, "", now),
+                     0); /* not ours */
     /* 30 minutes after the last such reply it is back */
     assert_true(source_deprioritized(f->s, "192.0.2.2", "gmail", now + 1 + 1799999));
     assert_false(source_deprioritized(f->s, "192.0.2.2", "gmail", now + 1 + 1800000));
@@ -356,8 +358,7 @@ static void row(const source_view_t *v, void *arg)
     if (r->n < 16)
         snprintf(r->line[r->n++], sizeof(r->line[0]), "%s %s %s %s sent=%llu limit=%llu w=%u",
                  v->pool, v->address, v->provider[0] ? v->provider : "-", v->state,
-                 (unsigned long long)v->sent_today, (unsigned long long)v->daily_limit,
-                 v->weight);
+                 (unsigned long long)v->sent_today, (unsigned long long)v->daily_limit, v->weight);
 }
 
 static void test_listing(void **state)
@@ -401,19 +402,23 @@ static void test_refusals(void **state)
          "source_pools[1].name", "empty"},
         {"source_pools = ( { name = \"a\"; addresses = ( { address = \"host.example\"; } ); } );",
          "source_pools[1].addresses[1].address", "numeric"},
-        {"source_pools = ( { name = \"a\"; addresses = ( { address = \"192.0.2.1\"; weight = -1; } ); } );",
+        {"source_pools = ( { name = \"a\"; addresses = ( { address = \"192.0.2.1\"; weight = -1; } "
+         "); } );",
          "addresses[1].weight", NULL},
-        {"source_pools = ( { name = \"a\"; addresses = ( { address = \"192.0.2.1\"; weight = 0; } ); } );",
+        {"source_pools = ( { name = \"a\"; addresses = ( { address = \"192.0.2.1\"; weight = 0; } "
+         "); } );",
          "source_pools[1].addresses", "never be used"},
         {"source_pools = ( { name = \"a\"; addresses = ( { address = \"192.0.2.1\"; }, "
          "{ address = \"192.0.2.1\"; } ); } );",
          "source_pools[1].addresses", "listed twice"},
-        {"source_pools = ( { name = \"a\"; addresses = ( { address = \"192.0.2.1\"; warmup = 1; } ); } );",
+        {"source_pools = ( { name = \"a\"; addresses = ( { address = \"192.0.2.1\"; warmup = 1; } "
+         "); } );",
          "addresses[1].warmup", "true or false"},
         {"source_pools = ( { name = \"a\"; addresses = ( { address = \"192.0.2.1\"; "
          "warmup_start = \"2026-02-30\"; } ); } );",
          "addresses[1].warmup_start", "YYYY-MM-DD"},
-        {"source_pools = ( { name = \"a\"; addresses = ( { address = \"192.0.2.1\"; ip = 1; } ); } );",
+        {"source_pools = ( { name = \"a\"; addresses = ( { address = \"192.0.2.1\"; ip = 1; } ); } "
+         ");",
          "addresses[1].ip", "unknown setting"},
         {"source_pools = ( { name = \"a\"; addresses = ( { address = \"192.0.2.1\"; } ); },\n"
          " { name = \"a\"; addresses = ( { address = \"192.0.2.2\"; } ); } );",

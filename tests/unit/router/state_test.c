@@ -57,13 +57,12 @@ static int setup(void **state)
         return -1;
     snprintf(f->dir, sizeof(f->dir), "%s/router-1", f->base);
     char err[512];
-    conf_file_t *cf = conf_open_string(
-        "t.conf",
-        "router = { source_pools = ( { name = \"p\"; addresses = (\n"
-        "  { address = \"127.0.0.2\"; },\n"
-        "  { address = \"127.0.0.3\"; warmup = true; },\n"
-        "  { address = \"127.0.0.4\"; warmup = true; } ); } ); };",
-        err, sizeof(err));
+    conf_file_t *cf = conf_open_string("t.conf",
+                                       "router = { source_pools = ( { name = \"p\"; addresses = (\n"
+                                       "  { address = \"127.0.0.2\"; },\n"
+                                       "  { address = \"127.0.0.3\"; warmup = true; },\n"
+                                       "  { address = \"127.0.0.4\"; warmup = true; } ); } ); };",
+                                       err, sizeof(err));
     if (cf == NULL || conf_section(cf, "router", table, &f->c, err, sizeof(err)) < 0)
         return -1;
     conf_close(&cf);
