@@ -133,7 +133,7 @@ typedef struct queue_domain {
     uint64_t suspended_until; /* wall ms: operator; UINT64_MAX: until resumed */
     char last_error[256];
     uint64_t last_error_at;
-    uint64_t stat_pending, stat_deferred; /* filled while answering QueueStats */
+    uint64_t pending, deferred; /* recipients waiting for it (kept by the index) */
     struct queue_domain *next;
 } queue_domain_t;
 

@@ -458,6 +458,7 @@ void queue_on_show(queue_t *q, bus_msg_t *msg)
     r.n_recipients = rec->n_recipients;
     r.body_size = rec->body_size;
     r.state = rec->done_at_ms ? "done" : "active";
+    r.held = rec->held;
     sx_env_t env = PB_INIT(ENVELOPE);
     env.body_case = PB_BODY(QUEUE_MESSAGE_SHOW_REPLY);
     env.queue_message_show_reply = &r;

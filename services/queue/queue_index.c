@@ -44,6 +44,11 @@ struct queue_index {
     size_t count;
     queue_domain_t **domains;
     size_t ndomains;
+    /* totals kept as entries come and go, so QueueStats costs no scan */
+    uint64_t queued, deferred, held;
+    uint64_t oldest_at;
+    char oldest_id[ID_BUF_SIZE];
+    int oldest_dirty;   /* the oldest left: found again at the next stats */
 };
 
 static size_t hash_str(const char *s, size_t buckets)
@@ -101,6 +106,41 @@ void queue_index_fini(queue_t *q)
     q->index = NULL;
 }
 
+static void account(queue_t *q, const qmsg_t *m, int sign)
+{
+    queue_index_t *ix = q->index;
+    for (size_t k = 0; k < m->ndomains; k++) {
+        const qdom_count_t *dc = &m->domains[k];
+        queue_domain_t *d = queue_domain_get(q, dc->domain, 1);
+        if (sign > 0) {
+            d->pending += dc->pending;
+            d->deferred += dc->deferred;
+            if (m->held)
+                ix->held += dc->pending;
+            else {
+                ix->deferred += dc->deferred;
+                ix->queued += dc->pending - dc->deferred;
+            }
+        } else {
+            d->pending -= dc->pending < d->pending ? dc->pending : d->pending;
+            d->deferred -= dc->deferred < d->deferred ? dc->deferred : d->deferred;
+            if (m->held)
+                ix->held -= dc->pending < ix->held ? dc->pending : ix->held;
+            else {
+                ix->deferred -= dc->deferred < ix->deferred ? dc->deferred : ix->deferred;
+                uint64_t qd = dc->pending - dc->deferred;
+                ix->queued -= qd < ix->queued ? qd : ix->queued;
+            }
+        }
+    }
+    if (sign > 0 && !ix->oldest_dirty && (ix->oldest_at == 0 || m->received_at < ix->oldest_at)) {
+        ix->oldest_at = m->received_at;
+        sx_strlcpy(ix->oldest_id, m->id, sizeof(ix->oldest_id));
+    }
+    if (sign < 0 && strcmp(ix->oldest_id, m->id) == 0)
+        ix->oldest_dirty = 1;
+}
+
 static qmsg_t **find_link(queue_index_t *ix, const char *id)
 {
     qmsg_t **link = &ix->buckets[hash_str(id, INDEX_BUCKETS)];
@@ -115,6 +155,7 @@ void queue_index_drop(queue_t *q, const char *id)
     if (*link) {
         qmsg_t *m = *link;
         *link = m->next;
+        account(q, m, -1);
         qmsg_free(m);
         q->index->count--;
     }
@@ -160,6 +201,7 @@ void queue_index_put(queue_t *q, const PB(QueueRecord) * rec)
     m->next = *link;
     *link = m;
     q->index->count++;
+    account(q, m, +1);
 }
 
 size_t queue_index_count(const queue_t *q)
@@ -214,6 +256,56 @@ static int msg_matches(const qmsg_t *m, const PB(QueueSelect) * sel, uint64_t no
     return 1;
 }
 
+/* The max entries of smallest received_at, kept as a max-heap on arrival. */
+typedef struct pick {
+    uint64_t at;
+    const char *id;
+} pick_t;
+
+static void pick_sift_down(pick_t *h, size_t n, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && h[l].at > h[m].at)
+            m = l;
+        if (r < n && h[r].at > h[m].at)
+            m = r;
+        if (m == i)
+            return;
+        pick_t t = h[i];
+        h[i] = h[m];
+        h[m] = t;
+        i = m;
+    }
+}
+
+static void pick_offer(pick_t *h, size_t *n, size_t max, uint64_t at, const char *id)
+{
+    if (max == 0)
+        return;
+    if (*n < max) {
+        size_t i = (*n)++;
+        h[i] = (pick_t){at, id};
+        while (i > 0 && h[(i - 1) / 2].at < h[i].at) {
+            pick_t t = h[i];
+            h[i] = h[(i - 1) / 2];
+            h[(i - 1) / 2] = t;
+            i = (i - 1) / 2;
+        }
+        return;
+    }
+    if (at >= h[0].at)
+        return;
+    h[0] = (pick_t){at, id};
+    pick_sift_down(h, *n, 0);
+}
+
+static int pick_cmp(const void *a, const void *b)
+{
+    const pick_t *x = a, *y = b;
+    return x->at < y->at ? -1 : x->at > y->at ? 1 : strcmp(x->id, y->id);
+}
+
 size_t queue_index_select(queue_t *q, const PB(QueueSelect) * sel, char (*ids)[ID_BUF_SIZE],
                           size_t max, size_t *matched)
 {
@@ -228,15 +320,20 @@ size_t queue_index_select(queue_t *q, const PB(QueueSelect) * sel, char (*ids)[I
                 sx_strlcpy(ids[n++], sel->message_ids[i], ID_BUF_SIZE);
         }
     } else {
+        /* the oldest first: keep the max oldest matches, then sort them */
+        pick_t *heap = xmalloc((max ? max : 1) * sizeof(*heap));
         for (size_t b = 0; b < INDEX_BUCKETS; b++) {
             for (qmsg_t *m = q->index->buckets[b]; m; m = m->next) {
                 if (!msg_matches(m, sel, now))
                     continue;
                 all++;
-                if (n < max)
-                    sx_strlcpy(ids[n++], m->id, ID_BUF_SIZE);
+                pick_offer(heap, &n, max, m->received_at, m->id);
             }
         }
+        qsort(heap, n, sizeof(*heap), pick_cmp);
+        for (size_t i = 0; i < n; i++)
+            sx_strlcpy(ids[i], heap[i].id, ID_BUF_SIZE);
+        free(heap);
     }
     if (matched)
         *matched = all;
@@ -317,66 +414,80 @@ void queue_domain_result(queue_t *q, const char *domain, int failed, const char 
 
 static int domain_listed(const queue_domain_t *d, uint64_t now)
 {
-    return d->stat_pending || d->failures || d->suspended_until > now || d->last_error[0];
+    return d->pending || d->failures || d->suspended_until > now || d->held_until > now ||
+           (d->last_error[0] && now - d->last_error_at < 3600000);
+}
+
+/* The oldest message left: found again by one scan of the index. */
+static void oldest_refresh(queue_index_t *ix)
+{
+    ix->oldest_at = 0;
+    ix->oldest_id[0] = '\0';
+    for (size_t b = 0; b < INDEX_BUCKETS; b++) {
+        for (qmsg_t *m = ix->buckets[b]; m; m = m->next) {
+            if (ix->oldest_at == 0 || m->received_at < ix->oldest_at) {
+                ix->oldest_at = m->received_at;
+                sx_strlcpy(ix->oldest_id, m->id, sizeof(ix->oldest_id));
+            }
+        }
+    }
+    ix->oldest_dirty = 0;
+}
+
+/* Forget destinations with nothing to say (bounded memory for many domains). */
+static void domains_prune(queue_t *q, uint64_t now)
+{
+    queue_index_t *ix = q->index;
+    for (size_t b = 0; b < DOMAIN_BUCKETS; b++) {
+        queue_domain_t **link = &ix->domains[b];
+        while (*link) {
+            queue_domain_t *d = *link;
+            if (!domain_listed(d, now)) {
+                *link = d->next;
+                free(d);
+                ix->ndomains--;
+                continue;
+            }
+            link = &d->next;
+        }
+    }
 }
 
 void queue_on_stats(queue_t *q, bus_msg_t *msg)
 {
     queue_index_t *ix = q->index;
     uint64_t now = clock_wall_ms();
-    uint64_t queued = 0, deferred = 0, held = 0, oldest = now;
-    for (size_t b = 0; b < DOMAIN_BUCKETS; b++)
-        for (queue_domain_t *d = ix->domains[b]; d; d = d->next)
-            d->stat_pending = d->stat_deferred = 0;
-    for (size_t b = 0; b < INDEX_BUCKETS; b++) {
-        for (qmsg_t *m = ix->buckets[b]; m; m = m->next) {
-            if (m->received_at < oldest)
-                oldest = m->received_at;
-            for (size_t k = 0; k < m->ndomains; k++) {
-                const qdom_count_t *dc = &m->domains[k];
-                if (m->held) {
-                    held += dc->pending;
-                } else {
-                    deferred += dc->deferred;
-                    queued += dc->pending - dc->deferred;
-                }
-                queue_domain_t *d = queue_domain_get(q, dc->domain, 1);
-                d->stat_pending += dc->pending;
-                d->stat_deferred += dc->deferred;
-            }
-        }
-    }
-    size_t nd = 0;
-    for (size_t b = 0; b < DOMAIN_BUCKETS; b++)
-        for (queue_domain_t *d = ix->domains[b]; d; d = d->next)
-            nd += domain_listed(d, now);
+    if (ix->oldest_dirty)
+        oldest_refresh(ix);
+    domains_prune(q, now);
 
     PB(QueueStatsReply) r = PB_INIT(QUEUE_STATS_REPLY);
     r.instance = q->name;
     r.messages = ix->count;
-    r.oldest_age_s = ix->count ? (now - oldest) / 1000 : 0;
+    r.oldest_age_s = ix->count && ix->oldest_at && now > ix->oldest_at
+                         ? (now - ix->oldest_at) / 1000
+                         : 0;
     r.suppressed = queue_suppress_count(q);
     PB(QueueCount) counts[4] = {PB_INIT(QUEUE_COUNT), PB_INIT(QUEUE_COUNT), PB_INIT(QUEUE_COUNT),
                                 PB_INIT(QUEUE_COUNT)};
     PB(QueueCount) *cp[4] = {&counts[0], &counts[1], &counts[2], &counts[3]};
-    counts[0].key = "queued", counts[0].count = queued;
-    counts[1].key = "deferred", counts[1].count = deferred;
-    counts[2].key = "held", counts[2].count = held;
+    counts[0].key = "queued", counts[0].count = ix->queued;
+    counts[1].key = "deferred", counts[1].count = ix->deferred;
+    counts[2].key = "held", counts[2].count = ix->held;
     counts[3].key = "inflight", counts[3].count = queue_sched_inflight(q);
     r.by_state = cp;
     r.n_by_state = 4;
+    size_t nd = ix->ndomains;
     PB(QueueDomainStats) *ds = xcalloc(nd ? nd : 1, sizeof(*ds));
     PB(QueueDomainStats) **dp = xcalloc(nd ? nd : 1, sizeof(*dp));
     size_t a = 0;
     for (size_t b = 0; b < DOMAIN_BUCKETS; b++) {
-        for (queue_domain_t *d = ix->domains[b]; d; d = d->next) {
-            if (!domain_listed(d, now))
-                continue;
+        for (queue_domain_t *d = ix->domains[b]; d && a < nd; d = d->next) {
             PB(QueueDomainStats) init = PB_INIT(QUEUE_DOMAIN_STATS);
             ds[a] = init;
             ds[a].domain = d->name;
-            ds[a].pending = d->stat_pending;
-            ds[a].deferred = d->stat_deferred;
+            ds[a].pending = d->pending;
+            ds[a].deferred = d->deferred;
             ds[a].last_error = d->last_error;
             ds[a].last_error_at_ms = d->last_error_at;
             ds[a].suspended = d->suspended_until > now;

@@ -179,7 +179,7 @@ static int action_write(store_txn_t *txn, void *arg)
 
 /* BOUNCE goes through the results path: the same reports and events as a
  * remote bounce. */
-static size_t bounce_selected(queue_t *q, char (*ids)[ID_BUF_SIZE], size_t n)
+static size_t bounce_selected(queue_t *q, char (*ids)[ID_BUF_SIZE], size_t n, int *changed)
 {
     size_t done = 0;
     store_txn_t *txn = store_begin(q->store, 0);
@@ -203,6 +203,7 @@ static size_t bounce_selected(queue_t *q, char (*ids)[ID_BUF_SIZE], size_t n)
             r->job->indexes = idx;
             r->job->n = k;
             queue_results_push(q, r);
+            changed[i] = 1;
             done++;
         } else {
             free(idx);
@@ -247,9 +248,7 @@ void queue_on_action(queue_t *q, bus_msg_t *msg)
     size_t affected = 0;
     int *changed = xcalloc(n ? n : 1, sizeof(int));
     if (req->kind == PB_ENUM(QUEUE_ACTION__KIND__BOUNCE)) {
-        affected = bounce_selected(q, ids, n);
-        for (size_t i = 0; i < n; i++)
-            changed[i] = 1;
+        affected = bounce_selected(q, ids, n, changed);
     } else {
         action_run_t a = {.q = q, .kind = req->kind, .ids = ids, .n = n,
                           .after = xcalloc(n ? n : 1, sizeof(PB(QueueRecord) *)),
@@ -266,6 +265,15 @@ void queue_on_action(queue_t *q, bus_msg_t *msg)
             return;
         }
         uint64_t now = clock_wall_ms();
+        if (req->kind == PB_ENUM(QUEUE_ACTION__KIND__RETRY) && sel->domain[0]) {
+            /* an operator's retry overrides the hold that failures put on the
+             * domain (not a suspension, which only resume lifts) */
+            queue_domain_t *d = queue_domain_get(q, sel->domain, 0);
+            if (d) {
+                d->held_until = 0;
+                d->failures = 0;
+            }
+        }
         for (size_t i = 0; i < n; i++) {
             if (!changed[i])
                 continue;

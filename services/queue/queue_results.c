@@ -119,8 +119,12 @@ static int apply_remote(queue_t *q, store_txn_t *txn, PB(QueueRecord) * rec, res
     const PB(DeliveryRecipientResult) *rr = remote_of(r, idx);
     int outcome = rr ? rr->outcome : PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__DEFERRED);
     if (r->res && r->res->not_attempted) {
-        /* held back by router's shaping: no attempt was made, none is counted */
+        /* held back by router (shaping, endpoints down): no attempt was made and
+         * none is counted, but the recipient is waiting and says why */
         st->next_attempt_ms = now + (r->res->retry_after_ms ? r->res->retry_after_ms : 1000);
+        if (rr && rr->reply && rr->reply->code)
+            set_reply(st, rr->reply->code, rr->reply->enhanced, rr->reply->text);
+        queue_set_str(&st->state, "deferred");
         r->dest_failed = -1;
         return O_THROTTLED;
     }
