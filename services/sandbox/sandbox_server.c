@@ -92,6 +92,7 @@ static void on_fail_timer(loop_t *loop, void *arg)
     if (srv->fail.code && fail_mode_code(&srv->fail, loop_now(loop)) == 0) {
         log_info("event=fail_mode_ended code=%u", srv->fail.code);
         memset(&srv->fail, 0, sizeof(srv->fail));
+        session_fail_all(&srv->ctx, 0, NULL);
     }
 }
 
@@ -156,8 +157,10 @@ int sandbox_server_fail_set(sandbox_server_t *srv, unsigned code, uint64_t secon
         loop_timer_stop(srv->loop, &srv->fail_timer);
         *until_wall_ms = 0;
         log_info("event=fail_mode_cleared");
+        session_fail_all(&srv->ctx, 0, NULL);
         return 0;
     }
+    session_fail_all(&srv->ctx, code, srv->fail.text);
     loop_timer_start(srv->loop, &srv->fail_timer, seconds * 1000u);
     *until_wall_ms = srv->fail.until_wall;
     char q[FAIL_TEXT_MAX * 4 + 8];

@@ -1123,6 +1123,24 @@ session_t *session_start(session_ctx_t *ctx, int fd, const sock_addr_t *peer,
     return s;
 }
 
+void session_fail_all(session_ctx_t *ctx, unsigned code, const char *text)
+{
+    const char *t = text && *text ? text : fail_default_text(code);
+    for (session_t *s = ctx->head; s; s = s->next) {
+        if (s->closed || s->close_reason)
+            continue;
+        if (code == 421) {
+            /* every connection fails: the ones already open too (kept connections) */
+            log_info("sid=%s event=fail_applied mode=fail_mode code=421 at=open_session", s->sid);
+            s->close_reason = "fail_mode";
+            session_reply(s, AFTER_CLOSE, "421 %s %s", fail_enhanced(421), t);
+            continue;
+        }
+        s->fail_code = code;
+        snprintf(s->fail_text, sizeof(s->fail_text), "%s", code ? t : "");
+    }
+}
+
 void session_close_all(session_ctx_t *ctx)
 {
     while (ctx->head) {

@@ -50,6 +50,12 @@ typedef struct session_ctx {
 session_t *session_start(session_ctx_t *ctx, int fd, const sock_addr_t *peer,
                          unsigned fail_code, const char *fail_text);
 
+/*
+ * A fail mode was set (or cleared with 0): open sessions follow it too. 421
+ * answers and closes each at once; other codes apply to their next RCPTs.
+ */
+void session_fail_all(session_ctx_t *ctx, unsigned code, const char *text);
+
 /* End every session at once (shutdown): connections closed, spools removed. */
 void session_close_all(session_ctx_t *ctx);
 

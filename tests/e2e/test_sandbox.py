@@ -660,7 +660,7 @@ def test_fail_mode_over_the_bus(make_relay, pb):
     st = stats(pb, r)
     assert st["fail_code"] == "421" and 0 < int(st["fail_seconds_left"]) <= 30
 
-    # 450 for every RCPT, whatever the recipient; an open session is not touched
+    # 450 for every RCPT, whatever the recipient, in sessions already open too
     assert fail_set(pb, r, 0, 0).sandbox_fail_set_reply.until_ms == 0
     old = greet(r.sandbox)
     fail_set(pb, r, 450, 30)
@@ -669,7 +669,14 @@ def test_fail_mode_over_the_bus(make_relay, pb):
     expect(c.cmd(b"RCPT TO:<anyone@example.org>\r\n"), 450, "4.2.1")
     expect(c.cmd(b"RCPT TO:<slow-x@example.org>\r\n"), 450, "4.2.1")
     expect(old.cmd(b"MAIL FROM:<a@example.test>\r\n"), 250, "2.1.0")
-    expect(old.cmd(b"RCPT TO:<anyone@example.org>\r\n"), 250, "2.1.5")
+    expect(old.cmd(b"RCPT TO:<anyone@example.org>\r\n"), 450, "4.2.1")
+    # and 421 closes open sessions at once (a kept connection must fail as well)
+    fail_set(pb, r, 0, 0)
+    kept = greet(r.sandbox)
+    fail_set(pb, r, 421, 30, "closing all")
+    assert kept.reply() == (421, [b"421 4.3.2 closing all"])
+    assert kept.closed()
+    fail_set(pb, r, 450, 30)
     for code, enh in ((451, "4.3.0"), (550, "5.2.1"), (554, "5.3.0")):
         fail_set(pb, r, code, 30, "custom %d" % code)
         c = greet(r.sandbox)
