@@ -53,6 +53,7 @@ typedef struct delivery_conf {
     char *helo;
     uint64_t connect_timeout;
     uint64_t command_timeout;
+    uint64_t greeting_timeout;
     uint64_t data_timeout;
     char *tls_ca_file;
     char *resolver;
@@ -137,6 +138,10 @@ static const conf_field_t delivery_table[] = {
      600000, 0, NULL, NULL, "how long a TCP connect may take (then the next address is tried)"},
     {"command_timeout", CONF_DURATION, offsetof(delivery_conf_t, command_timeout), "60s", 100,
      3600000, 0, NULL, NULL, "how long the server may take to answer a command"},
+    {"greeting_timeout", CONF_DURATION, offsetof(delivery_conf_t, greeting_timeout), "5s", 100,
+     3600000, 0, NULL, NULL,
+     "how long a smart host may take to greet before it counts as down (MX hosts get "
+     "command_timeout)"},
     {"data_timeout", CONF_DURATION, offsetof(delivery_conf_t, data_timeout), "5m", 100,
      7200000, 0, NULL, NULL, "how long the body transfer and the final reply may take"},
     {"tls_ca_file", CONF_STRING, offsetof(delivery_conf_t, tls_ca_file), "", 0, 0, 0, NULL, NULL,
@@ -485,6 +490,7 @@ int main(int argc, char **argv)
         .helo = helo,
         .connect_timeout_ms = dl.conf.connect_timeout,
         .command_timeout_ms = dl.conf.command_timeout,
+        .greeting_timeout_ms = dl.conf.greeting_timeout,
         .data_timeout_ms = dl.conf.data_timeout,
         .idle_timeout_ms = dl.conf.idle_timeout,
         .mx_port = (unsigned)dl.conf.mx_port,

@@ -121,6 +121,8 @@ static uint64_t state_deadline(const session_t *s, session_state_t st)
     switch (st) {
     case ST_CONNECTING:
         return s->p.connect_timeout_ms;
+    case ST_GREETING:
+        return s->p.greeting_timeout_ms ? s->p.greeting_timeout_ms : s->p.command_timeout_ms;
     case ST_BODY:
     case ST_DOT:
         return s->p.data_timeout_ms;

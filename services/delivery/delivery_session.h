@@ -40,6 +40,7 @@ typedef struct session_params {
     const char *auth_password;
     uint64_t connect_timeout_ms;
     uint64_t command_timeout_ms;
+    uint64_t greeting_timeout_ms;
     uint64_t data_timeout_ms;
     const char *log_ids;        /* "msg=... task=..." for every log line */
 } session_params_t;

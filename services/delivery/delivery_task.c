@@ -627,6 +627,9 @@ static void start_session(task_t *t, const sock_addr_t *addr, int no_starttls)
     p.auth_password = t->route->auth_password;
     p.connect_timeout_ms = t->ctx->connect_timeout_ms;
     p.command_timeout_ms = t->ctx->command_timeout_ms;
+    /* a smart host that does not greet is taken as down quickly, so failover
+     * is fast; an MX host may delay its greeting on purpose */
+    p.greeting_timeout_ms = t->is_mx ? t->ctx->command_timeout_ms : t->ctx->greeting_timeout_ms;
     p.data_timeout_ms = t->ctx->data_timeout_ms;
     p.log_ids = t->ids;
     char ip[SOCK_ADDR_MAX];

@@ -38,6 +38,7 @@ typedef struct delivery_ctx {
     const char *helo;         /* when the route names none */
     uint64_t connect_timeout_ms;
     uint64_t command_timeout_ms;
+    uint64_t greeting_timeout_ms; /* smart hosts: no greeting by then counts as down */
     uint64_t data_timeout_ms;
     uint64_t idle_timeout_ms; /* how long a kept connection may wait for the next message */
     unsigned mx_port;         /* the SMTP port of MX hosts (25) */

@@ -60,9 +60,8 @@ def pool_config(first_address=FIRST, router_extra=""):
             text, "router",
             '  routes = (\n    { name = "pool"; endpoints = [ "%s:%d", "%s:%d" ]; tls = "none"; }\n'
             '  );\n%s' % (FIRST, port, SECOND, port, router_extra))
-        text = replace_section(text, "delivery",
-                               '  slots = 16;\n  connect_timeout = "%ds";\n'
-                               '  command_timeout = "%ds";\n' % (DETECT_S, DETECT_S))
+        # the defaults must meet the bound: connect_timeout and greeting_timeout are 5 s
+        text = replace_section(text, "delivery", '  slots = 16;\n')
         text = re.sub(r'retry_base = "[^"]*";', 'retry_base = "1s";', text)
         return set_sandbox_address(text, first_address)
     return edit
