@@ -23,8 +23,20 @@ uint64_t id_random64(void)
 
 void id_new(char out[ID_BUF_SIZE])
 {
+    /* ids made by one process in the same millisecond count up from the
+     * first one's random bits, so they sort in the order they were made
+     * (events of one step are listed in the order they happened) */
+    static uint64_t last_ms, last_rnd;
     uint64_t ms = clock_wall_ms() & ((1ull << 48) - 1);
-    uint64_t rnd = id_random64() & ((1ull << 52) - 1);
+    uint64_t rnd;
+    if (ms <= last_ms && last_rnd + 1 < (1ull << 52)) {
+        ms = last_ms;
+        rnd = last_rnd + 1;
+    } else {
+        rnd = id_random64() & ((1ull << 52) - 1);
+    }
+    last_ms = ms;
+    last_rnd = rnd;
     /* 100 bits = 20 base32 digits of 50 bits each half: the first half is the
      * 48 time bits and the top 2 random bits, the second the other 50. */
     uint64_t hi = (ms << 2) | (rnd >> 50);

@@ -3,7 +3,8 @@
  * is 20 characters of lowercase base32 (0-9, a-v): 48 bits of wall-clock
  * milliseconds, so ids sort by arrival, then 52 random bits from the kernel,
  * so several ingress copies never collide. Ids are safe in file names, logs
- * and SMTP replies.
+ * and SMTP replies. Within one process, ids of the same millisecond count
+ * up, so they sort in the order they were made.
  */
 #ifndef SX_ID_H
 #define SX_ID_H

@@ -54,6 +54,7 @@ typedef struct job {
     const provider_t *provider; /* NULL: the route is not shaped */
     char key[SHAPE_KEY_MAX];    /* its destination */
     const source_pool_t *pool;
+    int source_draw;            /* the pool draw kept across tries (-1: none yet) */
     lane_t *lane;
     uint64_t since;
     /* in flight */
@@ -482,8 +483,10 @@ static try_t try_send(dispatch_t *d, job_t *j, worker_t *w, uint64_t now)
     if (j->pool) {
         room_ctx_t rc = {d, j, now};
         source_pick_t pick;
-        source_pick(d->source, j->pool, j->provider ? j->provider->name : SHAPE_DEFAULT_NAME,
-                    j->key, job->attempt > 1, now, dispatch_wall(d), room_from, &rc, &pick);
+        source_pick_kept(d->source, j->pool,
+                         j->provider ? j->provider->name : SHAPE_DEFAULT_NAME, j->key,
+                         job->attempt > 1, now, dispatch_wall(d), room_from, &rc,
+                         &j->source_draw, &pick);
         if (pick.status == SOURCE_NONE) {
             fifo_unlink(d, j);
             answer_held(d, j, pick.wait_ms, "4.4.5", pick.why, 0);
@@ -550,6 +553,7 @@ void dispatch_job(dispatch_t *d, const bus_peer_t *queue, uint64_t request_id, s
 {
     uint64_t now = dispatch_now(d);
     job_t *j = xcalloc(1, sizeof(*j));
+    j->source_draw = -1;
     j->queue = *queue;
     j->request_id = request_id;
     j->env = *envp;

@@ -523,6 +523,14 @@ void source_pick(source_t *s, const source_pool_t *pool, const char *provider, c
                  int failover, uint64_t now, uint64_t wall_ms, source_room_fn room, void *arg,
                  source_pick_t *out)
 {
+    int drawn = -1;
+    source_pick_kept(s, pool, provider, dkey, failover, now, wall_ms, room, arg, &drawn, out);
+}
+
+void source_pick_kept(source_t *s, const source_pool_t *pool, const char *provider,
+                      const char *dkey, int failover, uint64_t now, uint64_t wall_ms,
+                      source_room_fn room, void *arg, int *kept, source_pick_t *out)
+{
     memset(out, 0, sizeof(*out));
     size_t n = pool->n;
     int warming[SOURCE_ADDR_MAX];
@@ -567,15 +575,23 @@ void source_pick(source_t *s, const source_pool_t *pool, const char *provider, c
     }
     /* one draw by weight among every eligible address, whether it has room or not, so a
      * deprioritized address keeps its small share and never takes the overflow of others */
-    uint64_t x = rng_next(s) % total;
     size_t drawn = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (x < weights[i]) {
-            drawn = i;
-            break;
+    if (*kept >= 0 && (size_t)*kept < n && weights[*kept]) {
+        /* a job that waited keeps its first draw: drawing again at each try
+         * would hand a deprioritized address more than its share */
+        drawn = (size_t)*kept;
+    } else {
+        uint64_t x = rng_next(s) % total;
+        for (size_t i = 0; i < n; i++) {
+            if (x < weights[i]) {
+                drawn = i;
+                break;
+            }
+            x -= weights[i];
         }
-        x -= weights[i];
+        *kept = (int)drawn;
     }
+    uint64_t x;
     out->why = "no address of the pool has room for this destination now";
     if (deprio[drawn]) {
         if (rooms[drawn] == 0) {

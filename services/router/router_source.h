@@ -109,6 +109,10 @@ typedef struct source_pick {
 void source_pick(source_t *s, const source_pool_t *pool, const char *provider, const char *dkey,
                  int failover, uint64_t now, uint64_t wall_ms, source_room_fn room, void *arg,
                  source_pick_t *out);
+/* The same, keeping the weighted draw in *kept (-1: draw now) across tries of one job. */
+void source_pick_kept(source_t *s, const source_pool_t *pool, const char *provider,
+                      const char *dkey, int failover, uint64_t now, uint64_t wall_ms,
+                      source_room_fn room, void *arg, int *kept, source_pick_t *out);
 /* A task to provider left from ip: count it toward the day's warm-up allowance. */
 void source_sent(source_t *s, const char *ip, const char *provider, uint64_t wall_ms);
 /*
