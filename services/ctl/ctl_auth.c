@@ -8,7 +8,7 @@
  */
 #include "ctl.h"
 #include "ctl_json.h"
-#include "ctl_time.h"
+#include "core/isotime.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -67,10 +67,10 @@ int ctl_check_name(ctl_t *ctl, const ctl_args_t *args, const char *what, const c
 
 static void print_credential(FILE *f, const PB(Credential) * c)
 {
-    char when[CTL_TIME_ISO_SIZE];
+    char when[ISOTIME_SIZE];
     fprintf(f, "%-24s %-16s %-12s %-20s %-8s", c->username ? c->username : "",
             c->tenant ? c->tenant : "", c->environment ? c->environment : "",
-            c->created_at_ms ? ctl_time_format(c->created_at_ms, 0, when, sizeof(when)) : "-",
+            c->created_at_ms ? isotime_format(c->created_at_ms, 0, when, sizeof(when)) : "-",
             c->revoked ? "revoked" : "active");
     fprintf(f, " passwords=%u", c->password_count);
     if (c->n_domains == 0)
@@ -230,13 +230,13 @@ static int print_changed(ctl_t *ctl, const PB(Credential) * c, const char *what,
         json_object_set_new(doc, "credential", ctl_json_credential(c));
         ctl_emit(ctl, doc);
     } else if (strcmp(what, "rotated") == 0) {
-        char when[CTL_TIME_ISO_SIZE];
+        char when[ISOTIME_SIZE];
         uint64_t until = c->rotated_at_ms + grace_s * 1000;
         fprintf(ctl->out, "rotated credential %s: %u live password%s; ", c->username,
                 c->password_count, c->password_count == 1 ? "" : "s");
         if (grace_s)
             fprintf(ctl->out, "older ones stop working at %s\n",
-                    ctl_time_format(until, 0, when, sizeof(when)));
+                    isotime_format(until, 0, when, sizeof(when)));
         else
             fprintf(ctl->out, "older ones stopped working\n");
     } else {
@@ -369,13 +369,13 @@ int ctl_cmd_tenant_list(ctl_t *ctl, const ctl_args_t *args)
     } else if (r->n_tenants == 0) {
         fprintf(ctl->out, "no tenants\n");
     } else {
-        char when[CTL_TIME_ISO_SIZE];
+        char when[ISOTIME_SIZE];
         for (size_t i = 0; i < r->n_tenants; i++) {
             const PB(Tenant) *t = r->tenants[i];
             if (t == NULL)
                 continue;
             fprintf(ctl->out, "%-24s %-20s", t->name,
-                    t->created_at_ms ? ctl_time_format(t->created_at_ms, 0, when, sizeof(when))
+                    t->created_at_ms ? isotime_format(t->created_at_ms, 0, when, sizeof(when))
                                      : "-");
             for (size_t j = 0; j < t->n_domains; j++)
                 fprintf(ctl->out, "%s%s", j ? "," : " ", t->domains[j]);
@@ -460,14 +460,14 @@ int ctl_cmd_domain_list(ctl_t *ctl, const ctl_args_t *args)
     } else if (r->n_domains == 0) {
         fprintf(ctl->out, "no domains\n");
     } else {
-        char when[CTL_TIME_ISO_SIZE];
+        char when[ISOTIME_SIZE];
         for (size_t i = 0; i < r->n_domains; i++) {
             const PB(Domain) *d = r->domains[i];
             if (d == NULL)
                 continue;
             fprintf(ctl->out, "%-32s %-16s %-12s %s\n", d->name, d->tenant,
                     d->verified ? "verified" : "unverified",
-                    d->created_at_ms ? ctl_time_format(d->created_at_ms, 0, when, sizeof(when))
+                    d->created_at_ms ? isotime_format(d->created_at_ms, 0, when, sizeof(when))
                                      : "-");
         }
     }

@@ -8,7 +8,7 @@
  */
 #include "ctl.h"
 #include "ctl_json.h"
-#include "ctl_time.h"
+#include "core/isotime.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -90,12 +90,12 @@ int ctl_cmd_domain_dkim(ctl_t *ctl, const ctl_args_t *args)
         json_object_set_new(doc, "domain", ctl_json_domain(d));
         ctl_emit(ctl, doc);
     } else {
-        char when[CTL_TIME_ISO_SIZE];
+        char when[ISOTIME_SIZE];
         fprintf(ctl->out, "domain %s (tenant %s): %s", d->name, d->tenant,
                 d->verified ? "verified" : "not verified");
         if (d->verified_at_ms)
             fprintf(ctl->out, ", DNS records seen %s",
-                    ctl_time_format(d->verified_at_ms, 0, when, sizeof(when)));
+                    isotime_format(d->verified_at_ms, 0, when, sizeof(when)));
         fprintf(ctl->out, "%s\n", q.rotate ? "; keys rotated: these sign from now on" : "");
         ctl_dkim_print_records(ctl->out, d->dkim, d->n_dkim);
     }

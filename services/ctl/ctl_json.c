@@ -5,7 +5,7 @@
 #include "ctl_json.h"
 #include "ctl.h"
 #include "core/alloc.h"
-#include "ctl_time.h"
+#include "core/isotime.h"
 
 #include <stdlib.h>
 
@@ -33,8 +33,8 @@ json_t *ctl_json_time(uint64_t ms, int with_ms)
 {
     if (ms == 0)
         return json_null();
-    char iso[CTL_TIME_ISO_SIZE];
-    return json_string(ctl_time_format(ms, with_ms, iso, sizeof(iso)));
+    char iso[ISOTIME_SIZE];
+    return json_string(isotime_format(ms, with_ms, iso, sizeof(iso)));
 }
 
 json_t *ctl_json_status(const PB(Status) * st)

@@ -8,7 +8,7 @@
 #include "ctl.h"
 #include "core/alloc.h"
 #include "ctl_json.h"
-#include "ctl_time.h"
+#include "core/isotime.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -30,8 +30,8 @@ static int event_cmp(const void *a, const void *b)
 
 static void print_event(FILE *f, const PB(Event) * ev)
 {
-    char at[CTL_TIME_ISO_SIZE];
-    fprintf(f, "%s %-10s", ctl_time_format(ev->at_ms, 1, at, sizeof(at)),
+    char at[ISOTIME_SIZE];
+    fprintf(f, "%s %-10s", isotime_format(ev->at_ms, 1, at, sizeof(at)),
             ev->type ? ev->type : "-");
     if (ev->message_id && *ev->message_id)
         fprintf(f, " msg=%s", ev->message_id);
@@ -66,10 +66,10 @@ static int build_search(ctl_t *ctl, const ctl_args_t *args, PB(EventSearch) * s)
     if (strlen(s->message_id) > LOG_ID_MAX || strlen(s->type) > LOG_TYPE_MAX ||
         strlen(s->recipient) > LOG_FILTER_MAX)
         return ctl_usage_error(ctl, args->cmd, "--id, --type or --recipient is too long");
-    if ((v = ctl_opt(args, "since")) && ctl_time_parse(v, &s->since_ms) < 0)
+    if ((v = ctl_opt(args, "since")) && isotime_parse(v, &s->since_ms) < 0)
         return ctl_usage_error(
             ctl, args->cmd, "--since '%s' is not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)", v);
-    if ((v = ctl_opt(args, "until")) && ctl_time_parse(v, &s->until_ms) < 0)
+    if ((v = ctl_opt(args, "until")) && isotime_parse(v, &s->until_ms) < 0)
         return ctl_usage_error(
             ctl, args->cmd, "--until '%s' is not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)", v);
     if (s->since_ms && s->until_ms && s->since_ms > s->until_ms)

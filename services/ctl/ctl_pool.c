@@ -9,7 +9,7 @@
 #include "ctl.h"
 #include "core/alloc.h"
 #include "ctl_json.h"
-#include "ctl_time.h"
+#include "core/isotime.h"
 
 #include <stdlib.h>
 #include <string.h>

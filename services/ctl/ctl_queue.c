@@ -11,7 +11,7 @@
 #include "ctl.h"
 #include "core/alloc.h"
 #include "ctl_json.h"
-#include "ctl_time.h"
+#include "core/isotime.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -27,7 +27,7 @@ static void print_text(ctl_t *ctl, const PB(QueueMessageShowReply) * r, int held
 {
     static const PB(QueueEnvelope) empty = PB_INIT(QUEUE_ENVELOPE);
     const PB(QueueEnvelope) *e = r->envelope ? r->envelope : &empty;
-    char when[CTL_TIME_ISO_SIZE];
+    char when[ISOTIME_SIZE];
     FILE *f = ctl->out;
     fprintf(f, "message   %s\n", or_dash(e->message_id));
     fprintf(f, "state     %s%s\n", or_dash(r->state), held > 0 ? " (held)" : "");
@@ -36,7 +36,7 @@ static void print_text(ctl_t *ctl, const PB(QueueMessageShowReply) * r, int held
     fprintf(f, "client    %s helo %s\n", or_dash(e->client_ip), or_dash(e->helo));
     fprintf(f, "tls       %s\n", or_dash(e->tls));
     fprintf(f, "received  %s\n",
-            e->received_at_ms ? ctl_time_format(e->received_at_ms, 0, when, sizeof(when)) : "-");
+            e->received_at_ms ? isotime_format(e->received_at_ms, 0, when, sizeof(when)) : "-");
     fprintf(f, "size      %llu (stored body %llu)\n", (unsigned long long)e->size,
             (unsigned long long)r->body_size);
     if ((e->dsn_ret && *e->dsn_ret) || (e->dsn_envid && *e->dsn_envid))
@@ -49,7 +49,7 @@ static void print_text(ctl_t *ctl, const PB(QueueMessageShowReply) * r, int held
         fprintf(f, "  %u %s %s attempts=%u", rc->index, or_dash(rc->address), or_dash(rc->state),
                 rc->attempts);
         if (rc->next_attempt_ms)
-            fprintf(f, " next=%s", ctl_time_format(rc->next_attempt_ms, 0, when, sizeof(when)));
+            fprintf(f, " next=%s", isotime_format(rc->next_attempt_ms, 0, when, sizeof(when)));
         if (rc->last_reply)
             fprintf(f, " last=\"%u %s %s\"", rc->last_reply->code,
                     rc->last_reply->enhanced ? rc->last_reply->enhanced : "",

@@ -12,7 +12,7 @@
 #include "ctl.h"
 #include "core/alloc.h"
 #include "ctl_json.h"
-#include "ctl_time.h"
+#include "core/isotime.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -633,12 +633,12 @@ static int suspend_run(ctl_t *ctl, const ctl_args_t *args, int suspend)
         return ctl_fail(ctl, "%s", problem);
     }
     if (!ctl->json) {
-        char when[CTL_TIME_ISO_SIZE];
+        char when[ISOTIME_SIZE];
         if (!suspend)
             fprintf(ctl->out, "%s resumed: deliveries start again\n", name);
         else if (until)
             fprintf(ctl->out, "%s suspended until %s\n", name,
-                    ctl_time_format(until, 0, when, sizeof(when)));
+                    isotime_format(until, 0, when, sizeof(when)));
         else
             fprintf(ctl->out, "%s suspended until resumed\n", name);
     }

@@ -10,7 +10,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "ctl_json.h"
-#include "ctl_time.h"
+#include "core/isotime.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -206,12 +206,12 @@ int ctl_cmd_suppress_add(ctl_t *ctl, const ctl_args_t *args)
         json_object_set_new(doc, "suppression", ctl_json_suppression(got));
         ctl_emit(ctl, doc);
     } else {
-        char when[CTL_TIME_ISO_SIZE];
+        char when[ISOTIME_SIZE];
         fprintf(ctl->out, "suppressed %s for tenant %s (%s)", got->address, got->tenant,
                 got->reason);
         if (got->expires_at_ms)
             fprintf(ctl->out, " until %s\n",
-                    ctl_time_format(got->expires_at_ms, 0, when, sizeof(when)));
+                    isotime_format(got->expires_at_ms, 0, when, sizeof(when)));
         else
             fprintf(ctl->out, " until removed\n");
     }
@@ -348,7 +348,7 @@ int ctl_cmd_suppress_check(ctl_t *ctl, const ctl_args_t *args)
         json_object_set_new(doc, "entry", hit ? ctl_json_suppression(hit) : json_null());
         ctl_emit(ctl, doc);
     } else if (hit) {
-        char when[CTL_TIME_ISO_SIZE];
+        char when[ISOTIME_SIZE];
         fprintf(ctl->out, "%s is suppressed for tenant %s (%s", hit->address, hit->tenant,
                 hit->reason);
         if (hit->reply)
@@ -357,7 +357,7 @@ int ctl_cmd_suppress_check(ctl_t *ctl, const ctl_args_t *args)
                     hit->reply->text ? hit->reply->text : "");
         if (hit->expires_at_ms)
             fprintf(ctl->out, ") until %s\n",
-                    ctl_time_format(hit->expires_at_ms, 0, when, sizeof(when)));
+                    isotime_format(hit->expires_at_ms, 0, when, sizeof(when)));
         else
             fprintf(ctl->out, ") until removed\n");
     } else {

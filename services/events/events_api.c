@@ -4,7 +4,7 @@
  */
 #include "events_api.h"
 #include "events_json.h"
-#include "events_time.h"
+#include "core/isotime.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -101,7 +101,7 @@ static void handle_metrics(evstore_t *st, const evingest_t *in, const evmetrics_
 static int parse_time_param(const char *name, const char *value, uint64_t *ms,
                             events_api_reply_t *r)
 {
-    if (evtime_parse(value, ms) < 0) {
+    if (isotime_parse(value, ms) < 0) {
         reply_error(r, 400, "%s: \"%.64s\" is not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)",
                     name, value);
         return -1;

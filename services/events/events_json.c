@@ -4,7 +4,7 @@
  */
 #include "events_json.h"
 #include "core/alloc.h"
-#include "events_time.h"
+#include "core/isotime.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -41,10 +41,10 @@ static void set_attr(json_t *attrs, const char *key, const char *value)
 
 json_t *events_json_event(const PB(Event) * ev)
 {
-    char at[EVTIME_ISO_SIZE];
+    char at[ISOTIME_SIZE];
     json_t *o = json_object();
     json_object_set_new(o, "id", str_or_empty(ev->id));
-    json_object_set_new(o, "at", json_string(evtime_format(ev->at_ms, 1, at, sizeof(at))));
+    json_object_set_new(o, "at", json_string(isotime_format(ev->at_ms, 1, at, sizeof(at))));
     json_object_set_new(o, "type", str_or_empty(ev->type));
     json_object_set_new(o, "service", str_or_empty(ev->service));
     json_object_set_new(o, "instance", str_or_empty(ev->instance));

@@ -1,7 +1,7 @@
 /*
- * events_time: ISO 8601 formatting and a strict parser, no locale, no TZ.
+ * isotime: ISO 8601 formatting and a strict parser, no locale, no TZ.
  */
-#include "events_time.h"
+#include "core/isotime.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -10,7 +10,7 @@
 #define YEAR_MIN 1970
 #define YEAR_MAX 9999
 
-const char *evtime_format(uint64_t ms, int with_ms, char *out, size_t size)
+const char *isotime_format(uint64_t ms, int with_ms, char *out, size_t size)
 {
     time_t secs = (time_t)(ms / 1000);
     struct tm tm;
@@ -53,7 +53,7 @@ static int month_days(int y, int m)
     return m == 2 && leap(y) ? 29 : days[m - 1];
 }
 
-int evtime_parse(const char *text, uint64_t *out)
+int isotime_parse(const char *text, uint64_t *out)
 {
     const char *p = text;
     int y, mo, d, h = 0, mi = 0, s = 0, frac_ms = 0, off_min = 0;
@@ -112,5 +112,35 @@ int evtime_parse(const char *text, uint64_t *out)
     if (secs < 0)
         return -1;
     *out = (uint64_t)secs * 1000u + (uint64_t)frac_ms;
+    return 0;
+}
+
+int ctl_duration_parse(const char *text, uint64_t max_s, uint64_t *seconds)
+{
+    if (text == NULL || *text < '0' || *text > '9')
+        return -1;
+    uint64_t v = 0;
+    const char *p = text;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        if (v > (UINT64_MAX - 9) / 10)
+            return -1;
+        v = v * 10 + (uint64_t)(*p - '0');
+    }
+    uint64_t unit = 1;
+    if (*p != '\0') {
+        static const struct {
+            char c;
+            uint64_t s;
+        } units[] = {{'s', 1}, {'m', 60}, {'h', 3600}, {'d', 86400}};
+        size_t i = 0;
+        while (i < sizeof(units) / sizeof(units[0]) && units[i].c != *p)
+            i++;
+        if (i == sizeof(units) / sizeof(units[0]) || p[1] != '\0')
+            return -1;
+        unit = units[i].s;
+    }
+    if (v > max_s / unit)
+        return -1;
+    *seconds = v * unit;
     return 0;
 }

@@ -1,6 +1,6 @@
 /*
- * ctl_time: ISO 8601 formatting and the strict parser used for --since
- * and --until of `log search`. Table-driven.
+ * isotime: ISO 8601 formatting and the strict parser used for --since
+ * and --until (CLI and HTTP API). Table-driven.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -8,17 +8,17 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "ctl_time.h"
+#include "core/isotime.h"
 
 static void test_format(void **state)
 {
     (void)state;
-    char b[CTL_TIME_ISO_SIZE];
-    assert_string_equal(ctl_time_format(0, 1, b, sizeof(b)), "1970-01-01T00:00:00.000Z");
-    assert_string_equal(ctl_time_format(1700000000123ull, 1, b, sizeof(b)),
+    char b[ISOTIME_SIZE];
+    assert_string_equal(isotime_format(0, 1, b, sizeof(b)), "1970-01-01T00:00:00.000Z");
+    assert_string_equal(isotime_format(1700000000123ull, 1, b, sizeof(b)),
                         "2023-11-14T22:13:20.123Z");
-    assert_string_equal(ctl_time_format(1700000000123ull, 0, b, sizeof(b)), "2023-11-14T22:13:20Z");
-    assert_string_equal(ctl_time_format(951782400000ull, 0, b, sizeof(b)), "2000-02-29T00:00:00Z");
+    assert_string_equal(isotime_format(1700000000123ull, 0, b, sizeof(b)), "2023-11-14T22:13:20Z");
+    assert_string_equal(isotime_format(951782400000ull, 0, b, sizeof(b)), "2000-02-29T00:00:00Z");
 }
 
 static void test_parse_accepts(void **state)
@@ -42,7 +42,7 @@ static void test_parse_accepts(void **state)
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         uint64_t ms = 1;
-        if (ctl_time_parse(cases[i].text, &ms) != 0)
+        if (isotime_parse(cases[i].text, &ms) != 0)
             fail_msg("refused %s", cases[i].text);
         if (ms != cases[i].ms)
             fail_msg("%s -> %llu, want %llu", cases[i].text, (unsigned long long)ms,
@@ -74,7 +74,7 @@ static void test_parse_refuses(void **state)
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         uint64_t ms;
-        if (ctl_time_parse(bad[i], &ms) == 0)
+        if (isotime_parse(bad[i], &ms) == 0)
             fail_msg("accepted \"%s\"", bad[i]);
     }
 }
@@ -82,10 +82,10 @@ static void test_parse_refuses(void **state)
 static void test_round_trip(void **state)
 {
     (void)state;
-    char b[CTL_TIME_ISO_SIZE];
+    char b[ISOTIME_SIZE];
     for (uint64_t ms = 1000000000000ull; ms < 2000000000000ull; ms += 123456789013ull) {
         uint64_t back;
-        assert_int_equal(ctl_time_parse(ctl_time_format(ms, 1, b, sizeof(b)), &back), 0);
+        assert_int_equal(isotime_parse(isotime_format(ms, 1, b, sizeof(b)), &back), 0);
         assert_int_equal(back, ms);
     }
 }

@@ -10,12 +10,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CTL_TIME_ISO_SIZE 32
+#define ISOTIME_SIZE 32
 
 /* "2024-05-01T12:00:00.123Z" (or without ".123"); returns out. */
-const char *ctl_time_format(uint64_t ms, int with_ms, char *out, size_t size);
+const char *isotime_format(uint64_t ms, int with_ms, char *out, size_t size);
 /* 0 and *ms (milliseconds since the epoch, UTC) on success, -1 when malformed. */
-int ctl_time_parse(const char *text, uint64_t *ms);
+int isotime_parse(const char *text, uint64_t *ms);
 
 /*
  * A duration in whole seconds: digits with an optional unit s, m, h or d
