@@ -166,6 +166,11 @@ const char *route_endpoint_host(const route_t *r, size_t i)
     return i < r->pb.n_endpoints ? r->endpoints[i].host : NULL;
 }
 
+int route_endpoint_implicit_tls(const route_t *r, size_t i)
+{
+    return i < r->pb.n_endpoints && r->endpoints[i].implicit_tls;
+}
+
 int route_endpoint_find(const route_t *r, const char *name)
 {
     for (size_t i = 0; name && i < r->pb.n_endpoints; i++)
@@ -356,6 +361,27 @@ static int parse_enum(parse_ctx_t *cx, const config_setting_t *group, const char
     return -1;
 }
 
+int route_parse_endpoint(const char *text, char *host, size_t hostlen, unsigned *port,
+                         int *implicit_tls, char *why, size_t whylen)
+{
+    const char *sep = strstr(text, "://");
+    *implicit_tls = 0;
+    if (sep != NULL) {
+        size_t n = (size_t)(sep - text);
+        if (n == 5 && strncasecmp(text, "smtps", 5) == 0) {
+            *implicit_tls = 1;
+        } else if (!(n == 4 && strncasecmp(text, "smtp", 4) == 0)) {
+            snprintf(why, whylen,
+                     "\"%s\": unknown scheme \"%.*s\" (smtps://host:port for TLS from the first "
+                     "byte, smtp://host:port or host:port for STARTTLS or plaintext)",
+                     text, (int)(n < 32 ? n : 32), text);
+            return -1;
+        }
+        text = sep + 3;
+    }
+    return route_parse_hostport(text, host, hostlen, port, why, whylen);
+}
+
 static int parse_endpoints(parse_ctx_t *cx, const config_setting_t *group, route_t *r)
 {
     const config_setting_t *s = config_setting_get_member(group, "endpoints");
@@ -366,7 +392,8 @@ static int parse_endpoints(parse_ctx_t *cx, const config_setting_t *group, route
     }
     int t = config_setting_type(s);
     if (t != CONFIG_TYPE_STRING && t != CONFIG_TYPE_ARRAY && t != CONFIG_TYPE_LIST)
-        return perr(cx, s, "endpoints", "expected a list of \"host:port\" strings");
+        return perr(cx, s, "endpoints",
+                    "expected a list of \"host:port\" or \"smtps://host:port\" strings");
     int n = t == CONFIG_TYPE_STRING ? 1 : config_setting_length(s);
     if (n == 0 && r->kind == ROUTE_SMARTHOST)
         return perr(cx, s, "endpoints", "a smarthost route needs at least one endpoint");
@@ -379,14 +406,16 @@ static int parse_endpoints(parse_ctx_t *cx, const config_setting_t *group, route
                                                 : config_setting_get_string_elem(s, i);
         if (v == NULL)
             return perr(cx, s, "endpoints", "element %d is not a string", i + 1);
-        char host[ADDR_DOMAIN_MAX + 1], why[300];
+        char host[ADDR_DOMAIN_MAX + 1], why[400];
         unsigned port;
-        if (route_parse_hostport(v, host, sizeof(host), &port, why, sizeof(why)) < 0)
+        int implicit_tls;
+        if (route_parse_endpoint(v, host, sizeof(host), &port, &implicit_tls, why, sizeof(why)) < 0)
             return perr(cx, s, "endpoints", "%s", why);
         PB(DeliveryEndpoint) init = PB_INIT(DELIVERY_ENDPOINT);
         r->endpoints[i] = init;
         r->endpoints[i].host = xstrdup(host);
         r->endpoints[i].port = port;
+        r->endpoints[i].implicit_tls = implicit_tls;
         r->endpoint_ptrs[i] = &r->endpoints[i];
         r->pb.n_endpoints = (size_t)i + 1;
         char name[ROUTE_EP_NAME_MAX];
@@ -477,6 +506,12 @@ static int parse_route(parse_ctx_t *cx, const config_setting_t *g, route_t *r)
                     "longer than %d characters", ROUTE_NAME_MAX);
     if (parse_endpoints(cx, g, r) < 0 || parse_match(cx, g, r) < 0)
         return -1;
+    for (size_t i = 0; r->tls == ROUTE_TLS_NONE && i < r->pb.n_endpoints; i++)
+        if (r->endpoints[i].implicit_tls)
+            return perr(cx, config_setting_get_member(g, "tls"), "tls",
+                        "\"none\" with the smtps:// endpoint %s: an implicit-TLS endpoint "
+                        "always encrypts (use \"opportunistic\" or \"required\")",
+                        r->endpoints[i].name);
 
     r->pb.name = r->name;
     r->pb.kind = r->kind == ROUTE_MX ? SENDARIX__V1__DELIVERY_ROUTE__KIND__MX

@@ -2,7 +2,9 @@
  * router_route: the route table of the router section: parsing the
  * `routes` list (a CONF_CUSTOM field), refusing what cannot work, and
  * matching a job to the first route whose conditions all hold (tenant,
- * sender domain, recipient domain, stream). Each route carries its
+ * sender domain, recipient domain, stream). An endpoint is "host:port" or
+ * "smtp://host:port" (STARTTLS or plaintext, per the route's tls) or
+ * "smtps://host:port" (TLS from the first byte). Each route carries its
  * DeliveryRoute message, built once at start; a task copies it shallowly to
  * reorder endpoints and add a source address. It does not pick workers,
  * track endpoint health or talk to the bus.
@@ -67,6 +69,8 @@ const char *route_endpoint_text(const route_t *r, size_t i, char *buf, size_t si
 const char *route_endpoint_name(const route_t *r, size_t i);
 /* Endpoint i's bare host or IP; NULL past the end. */
 const char *route_endpoint_host(const route_t *r, size_t i);
+/* 1 when endpoint i speaks TLS from the first byte (written "smtps://host:port"). */
+int route_endpoint_implicit_tls(const route_t *r, size_t i);
 /* The endpoint named "host:port" (case-insensitive host), or -1. */
 int route_endpoint_find(const route_t *r, const char *name);
 /* The wire form handed to delivery workers (owned by the route). */
@@ -75,5 +79,13 @@ PB(DeliveryRoute) * route_pb(const route_t *r);
 /* Parse "host:port" / "[v6]:port"; 0 or -1 with a reason. host gets the bare name/IP. */
 int route_parse_hostport(const char *text, char *host, size_t hostlen, unsigned *port, char *why,
                          size_t whylen);
+/*
+ * Parse a route endpoint: "smtps://host:port" (implicit TLS, *implicit_tls
+ * set), "smtp://host:port" or a bare "host:port" (STARTTLS or plaintext, as
+ * the route's tls says); the scheme is case-insensitive, any other is
+ * refused. 0 or -1 with a reason.
+ */
+int route_parse_endpoint(const char *text, char *host, size_t hostlen, unsigned *port,
+                         int *implicit_tls, char *why, size_t whylen);
 
 #endif

@@ -5,7 +5,9 @@
  * settings, an endpoint twice) stops the load with a message naming the
  * route, the setting and the line; matching takes the first route whose
  * conditions all hold, streams included; MX routes load without endpoints;
- * allow_private, source_pool and shaping reach the route and its wire form.
+ * allow_private, source_pool and shaping reach the route and its wire form;
+ * endpoints written smtps:// are implicit TLS, smtp:// and bare ones are
+ * not, other schemes and smtps:// with tls = "none" are refused.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -334,6 +336,119 @@ static void test_route_settings(void **state)
     route_table_destroy(&t);
 }
 
+/* Endpoint schemes: smtps:// is implicit TLS, smtp:// and a bare host:port are not. */
+static void test_endpoint_schemes(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *text;
+        int ok;
+        const char *host;
+        unsigned port;
+        int implicit_tls;
+        const char *why; /* part of the reason when refused */
+    } cases[] = {
+        {"smtps://smtp.example.net:465", 1, "smtp.example.net", 465, 1, NULL},
+        {"SMTPS://smtp.example.net:465", 1, "smtp.example.net", 465, 1, NULL},
+        {"smtps://[2001:db8::1]:465", 1, "2001:db8::1", 465, 1, NULL},
+        {"smtps://127.0.0.1:2465", 1, "127.0.0.1", 2465, 1, NULL},
+        {"smtp://smtp.example.net:587", 1, "smtp.example.net", 587, 0, NULL},
+        {"Smtp://smtp.example.net:587", 1, "smtp.example.net", 587, 0, NULL},
+        {"smtp.example.net:465", 1, "smtp.example.net", 465, 0, NULL}, /* bare: as it was */
+        {"lmtp://smtp.example.net:24", 0, NULL, 0, 0, "unknown scheme \"lmtp\""},
+        {"https://smtp.example.net:443", 0, NULL, 0, 0, "unknown scheme \"https\""},
+        {"smtp+tls://smtp.example.net:465", 0, NULL, 0, 0, "unknown scheme \"smtp+tls\""},
+        {"://smtp.example.net:465", 0, NULL, 0, 0, "unknown scheme \"\""},
+        {"smtps://smtp.example.net", 0, NULL, 0, 0, "host:port"},
+        {"smtps://smtp.example.net:465/", 0, NULL, 0, 0, "port"},
+        {"smtps://", 0, NULL, 0, 0, "host:port"},
+        {"smtps://smtps://h:465", 0, NULL, 0, 0, NULL},
+        {"smtps:/h:465", 0, NULL, 0, 0, NULL},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char host[256] = "", why[400] = "";
+        unsigned port = 0;
+        int implicit_tls = -1;
+        int rc = route_parse_endpoint(cases[i].text, host, sizeof(host), &port, &implicit_tls, why,
+                                      sizeof(why));
+        if ((rc == 0) != cases[i].ok)
+            fail_msg("\"%s\": rc %d (%s)", cases[i].text, rc, why);
+        if (cases[i].ok) {
+            assert_string_equal(host, cases[i].host);
+            assert_int_equal(port, cases[i].port);
+            if (implicit_tls != cases[i].implicit_tls)
+                fail_msg("\"%s\": implicit_tls %d", cases[i].text, implicit_tls);
+        } else if (why[0] == '\0' || (cases[i].why && strstr(why, cases[i].why) == NULL)) {
+            fail_msg("\"%s\": reason \"%s\" lacks \"%s\"", cases[i].text, why,
+                     cases[i].why ? cases[i].why : "");
+        }
+    }
+}
+
+/* The wire form and the names health and operators use, for each form of endpoint. */
+static void test_implicit_tls_routes(void **state)
+{
+    (void)state;
+    char err[1024] = "";
+    route_table_t *t =
+        load("routes = (\n"
+             "  { name = \"sendgrid\"; endpoints = [ \"smtps://smtp.sendgrid.net:465\", "
+             "\"smtp://smtp.sendgrid.net:587\", \"smtp.sendgrid.net:2525\" ];\n"
+             "    tls = \"required\"; auth_username = \"apikey\"; auth_password = \"secret\"; },\n"
+             "  { name = \"opp\"; endpoints = \"smtps://127.0.0.1:2465\"; }\n"
+             ");",
+             err, sizeof(err));
+    if (t == NULL)
+        fail_msg("%s", err);
+    const route_t *r = route_table_get(t, 0);
+    PB(DeliveryRoute) *pb = route_pb(r);
+    assert_int_equal(pb->n_endpoints, 3);
+    assert_true(pb->endpoints[0]->implicit_tls);
+    assert_false(pb->endpoints[1]->implicit_tls);
+    assert_false(pb->endpoints[2]->implicit_tls);
+    assert_true(route_endpoint_implicit_tls(r, 0));
+    assert_false(route_endpoint_implicit_tls(r, 1));
+    assert_false(route_endpoint_implicit_tls(r, 3)); /* past the end */
+    /* the scheme is not part of the name: drain and health speak "host:port" */
+    assert_string_equal(pb->endpoints[0]->name, "smtp.sendgrid.net:465");
+    assert_string_equal(pb->endpoints[0]->host, "smtp.sendgrid.net");
+    assert_int_equal(pb->endpoints[0]->port, 465);
+    assert_string_equal(route_endpoint_name(r, 1), "smtp.sendgrid.net:587");
+    assert_int_equal(route_endpoint_find(r, "smtp.sendgrid.net:465"), 0);
+    /* implicit TLS goes with the default, opportunistic, policy */
+    r = route_table_get(t, 1);
+    assert_int_equal(route_tls(r), ROUTE_TLS_OPPORTUNISTIC);
+    assert_true(route_pb(r)->endpoints[0]->implicit_tls);
+    route_table_destroy(&t);
+
+    static const refusal_t bad[] = {
+        /* TLS is the point of smtps://: "none" is a contradiction */
+        {"routes = ( { name = \"a\"; tls = \"none\"; endpoints = [ \"h:25\", "
+         "\"smtps://h:465\" ]; } );",
+         "routes[1].tls", "smtps:// endpoint h:465"},
+        {"routes = ( { name = \"a\"; endpoints = [ \"submission://h:587\" ]; } );",
+         "routes[1].endpoints", "unknown scheme \"submission\""},
+        /* one endpoint written twice, with and without the scheme */
+        {"routes = ( { name = \"a\"; endpoints = [ \"smtps://h:465\", \"h:465\" ]; } );",
+         "routes[1].endpoints", "listed twice"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        t = load(bad[i].body, err, sizeof(err));
+        if (t != NULL)
+            fail_msg("case %zu loaded: %s", i, bad[i].body);
+        if (strstr(err, bad[i].needle1) == NULL || strstr(err, bad[i].needle2) == NULL)
+            fail_msg("case %zu: message \"%s\" lacks \"%s\" / \"%s\"", i, err, bad[i].needle1,
+                     bad[i].needle2);
+    }
+    /* plaintext-only endpoints with tls = "none" still load */
+    t = load("routes = ( { name = \"a\"; tls = \"none\"; endpoints = [ \"smtp://h:25\" ]; } );",
+             err, sizeof(err));
+    if (t == NULL)
+        fail_msg("%s", err);
+    assert_false(route_endpoint_implicit_tls(route_table_get(t, 0), 0));
+    route_table_destroy(&t);
+}
+
 static void test_sender_domain(void **state)
 {
     (void)state;
@@ -346,10 +461,15 @@ static void test_sender_domain(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_good_config),    cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_hostport),       cmocka_unit_test(test_matching),
-        cmocka_unit_test(test_sender_domain),  cmocka_unit_test(test_streams),
+        cmocka_unit_test(test_good_config),
+        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_hostport),
+        cmocka_unit_test(test_matching),
+        cmocka_unit_test(test_sender_domain),
+        cmocka_unit_test(test_streams),
         cmocka_unit_test(test_route_settings),
+        cmocka_unit_test(test_endpoint_schemes),
+        cmocka_unit_test(test_implicit_tls_routes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
