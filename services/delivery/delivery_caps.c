@@ -68,6 +68,8 @@ void caps_parse(const smtp_reply_t *ehlo, ehlo_caps_t *out)
             out->auth = 1;
             if (has_word(l + 4, "PLAIN"))
                 out->auth_plain = 1;
+            if (has_word(l + 4, "LOGIN"))
+                out->auth_login = 1;
         }
     }
 }
@@ -98,7 +100,9 @@ auth_step_t caps_auth_step(int have_credentials, const ehlo_caps_t *caps, int is
         return AUTH_STEP_NO_TLS;
     if (!caps->auth)
         return AUTH_STEP_SKIP;
-    return caps->auth_plain ? AUTH_STEP_PLAIN : AUTH_STEP_NO_MECH;
+    if (caps->auth_plain)
+        return AUTH_STEP_PLAIN;
+    return caps->auth_login ? AUTH_STEP_LOGIN : AUTH_STEP_NO_MECH;
 }
 
 int caps_mail_check(const ehlo_caps_t *caps, uint64_t size, int smtputf8, dlv_reply_t *why)

@@ -43,6 +43,7 @@ typedef struct ehlo_caps {
     uint64_t size_max; /* its limit; 0: none given */
     int auth;          /* some AUTH advertised */
     int auth_plain;
+    int auth_login;
 } ehlo_caps_t;
 
 typedef enum {
@@ -54,6 +55,7 @@ typedef enum {
 typedef enum {
     AUTH_STEP_SKIP = 0, /* no credentials, or the server asks for none */
     AUTH_STEP_PLAIN,    /* send AUTH PLAIN */
+    AUTH_STEP_LOGIN,    /* no PLAIN, but LOGIN: user and password, each after a 334 */
     AUTH_STEP_NO_TLS,   /* credentials but no TLS: never sent in plaintext */
     AUTH_STEP_NO_MECH,  /* AUTH offered, but not a mechanism we speak */
 } auth_step_t;
@@ -67,7 +69,10 @@ tls_policy_t caps_tls_policy(const char *text);
 /* After EHLO: STARTTLS or not. is_tls: the connection is already encrypted. */
 tls_step_t caps_tls_step(tls_policy_t policy, const ehlo_caps_t *caps, int is_tls);
 
-/* After EHLO (the one after TLS when there was TLS). */
+/*
+ * After EHLO (the one after TLS when there was TLS). PLAIN when offered,
+ * else LOGIN; credentials only ever over TLS.
+ */
 auth_step_t caps_auth_step(int have_credentials, const ehlo_caps_t *caps, int is_tls);
 
 /*

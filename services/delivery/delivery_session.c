@@ -19,9 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SESSION_PUMP_MS   5   /* re-check for room while a large body goes out */
-#define SESSION_CMD_MAX   1200
-#define SESSION_AUTH_MAX  1024 /* username + password */
+#define SESSION_PUMP_MS  5    /* re-check for room while a large body goes out */
+#define SESSION_CMD_MAX  1600 /* "AUTH PLAIN " and the base64 of SESSION_AUTH_MAX + 2 fit */
+#define SESSION_AUTH_MAX 1024 /* username + password */
 
 typedef enum {
     ST_CONNECTING = 0,
@@ -30,7 +30,9 @@ typedef enum {
     ST_HELO,
     ST_STARTTLS,
     ST_TLS,
-    ST_AUTH,
+    ST_AUTH,       /* the final AUTH reply (235) */
+    ST_AUTH_LOGIN, /* AUTH LOGIN sent: the 334 that asks for the username */
+    ST_AUTH_USER,  /* username sent: the 334 that asks for the password */
     ST_READY,
     ST_RSET, /* a kept connection's next transaction starts here */
     ST_MAIL, /* MAIL and RCPT replies */
@@ -42,16 +44,18 @@ typedef enum {
 } session_state_t;
 
 static const char *const state_names[] = {
-    "connecting", "greeting", "ehlo", "helo", "starttls", "tls", "auth",
-    "ready",      "rset",     "mail", "data", "body",     "dot",  "quit", "closed",
+    "connecting", "greeting", "ehlo", "helo", "starttls", "tls", "auth", "auth_login", "auth_user",
+    "ready",      "rset",     "mail", "data", "body",     "dot", "quit", "closed",
 };
 
 /* What the session waits for in each state, for timeout and loss messages. */
 static const char *const state_steps[] = {
-    "connection",      "greeting",    "EHLO reply", "HELO reply",
-    "STARTTLS reply",  "TLS handshake", "AUTH reply", "next command",
-    "RSET reply",      "MAIL/RCPT reply", "DATA reply", "body transfer", "end of data reply",
-    "QUIT reply",      "nothing",
+    "connection",   "greeting",         "EHLO reply",
+    "HELO reply",   "STARTTLS reply",   "TLS handshake",
+    "AUTH reply",   "AUTH LOGIN reply", "AUTH username reply",
+    "next command", "RSET reply",       "MAIL/RCPT reply",
+    "DATA reply",   "body transfer",    "end of data reply",
+    "QUIT reply",   "nothing",
 };
 
 struct session {
@@ -71,7 +75,8 @@ struct session {
     int tls_verified;
     unsigned txns;
     int tried_helo;
-    int dirty; /* a transaction ended without its end: not ready until RSET */
+    const char *auth_mech; /* "PLAIN" or "LOGIN" once AUTH began, for logs */
+    int dirty;             /* a transaction ended without its end: not ready until RSET */
     dlv_reply_t last;
     smtp_reply_t reply;
 
@@ -121,6 +126,11 @@ static uint64_t state_deadline(const session_t *s, session_state_t st)
     switch (st) {
     case ST_CONNECTING:
         return s->p.connect_timeout_ms;
+    case ST_TLS:
+        /* with implicit TLS the handshake comes before the greeting and is timed like it */
+        if (!s->p.implicit_tls)
+            return s->p.command_timeout_ms;
+        /* fall through */
     case ST_GREETING:
         return s->p.greeting_timeout_ms ? s->p.greeting_timeout_ms : s->p.command_timeout_ms;
     case ST_BODY:
@@ -148,28 +158,47 @@ static void enter_state(session_t *s, session_state_t st)
         loop_timer_stop(s->loop, &s->step);
 }
 
-static void send_line(session_t *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void send_line(session_t *s, const char *fmt, ...)
+/* One command line; secret: what the log shows instead of the line (credentials). */
+static void send_vline(session_t *s, const char *secret, const char *fmt, va_list ap)
 {
     char line[SESSION_CMD_MAX];
-    va_list ap;
-    va_start(ap, fmt);
     int n = vsnprintf(line, sizeof(line) - 2, fmt, ap);
-    va_end(ap);
     if (n < 0)
         return;
     if ((size_t)n > sizeof(line) - 3)
         n = (int)sizeof(line) - 3;
-    /* AUTH carries a secret: log the verb only */
     char shown[64];
-    snprintf(shown, sizeof(shown), "%.*s", n < 40 ? n : 40, line);
-    if (strncmp(line, "AUTH", 4) == 0)
-        snprintf(shown, sizeof(shown), "AUTH PLAIN ****");
+    if (secret)
+        snprintf(shown, sizeof(shown), "%s", secret);
+    else
+        snprintf(shown, sizeof(shown), "%.*s", n < 40 ? n : 40, line);
     log_debug("event=smtp_send %s host=%s cmd=\"%s\"", s->ids, s->p.host, shown);
     memcpy(line + n, "\r\n", 2);
     if (s->conn)
         conn_write(s->conn, line, (size_t)n + 2);
+    OPENSSL_cleanse(line, sizeof(line));
+}
+
+static void send_line(session_t *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void send_line(session_t *s, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    send_vline(s, NULL, fmt, ap);
+    va_end(ap);
+}
+
+/* A line that carries credentials: the log shows `shown`, never the line. */
+static void send_secret(session_t *s, const char *shown, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void send_secret(session_t *s, const char *shown, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    send_vline(s, shown, fmt, ap);
+    va_end(ap);
 }
 
 /* ---- ending a transaction or the session ---- */
@@ -261,6 +290,24 @@ static void fail_lost(session_t *s, const char *what)
 
 /* ---- connection callbacks ---- */
 
+/*
+ * The TLS handshake: after a 220 to STARTTLS, or right after the connect on
+ * an implicit-TLS endpoint. Verified (chain and name) when TLS is required.
+ */
+static void start_tls(session_t *s)
+{
+    enter_state(s, ST_TLS);
+    if (conn_tls_connect(s->conn, s->p.tls_ctx, s->p.host, s->p.tls == POLICY_TLS_REQUIRED) < 0) {
+        dlv_reply_t r;
+        dlv_reply_set(&r, 451, "4.7.5", "cannot start TLS with %s", s->p.host);
+        /* implicit TLS has no plaintext to fall back to */
+        session_fail(s,
+                     s->p.tls == POLICY_TLS_REQUIRED || s->p.implicit_tls ? SESSION_FAIL_TLS
+                                                                          : SESSION_FAIL_TLS_RETRY,
+                     &r);
+    }
+}
+
 static void on_connected(conn_t *c, int err, void *arg)
 {
     session_t *s = arg;
@@ -274,7 +321,10 @@ static void on_connected(conn_t *c, int err, void *arg)
         sock_addr_t local;
         if (sock_local(conn_fd(c), &local) == 0)
             sock_addr_ip(&local, s->local_ip, sizeof(s->local_ip));
-        enter_state(s, ST_GREETING);
+        if (s->p.implicit_tls)
+            start_tls(s);
+        else
+            enter_state(s, ST_GREETING);
     }
     leave(s);
 }
@@ -335,14 +385,25 @@ static void on_tls(conn_t *c, int ok, const char *why, void *arg)
         snprintf(s->tls_version, sizeof(s->tls_version), "%s", conn_tls_version(c));
         snprintf(s->tls_cipher, sizeof(s->tls_cipher), "%s", conn_tls_cipher(c));
         s->tls_verified = conn_tls_verified(c);
-        log_info("event=tls_up %s host=%s ip=%s version=%s cipher=%s verified=%d", s->ids,
-                 s->p.host, s->ip, s->tls_version, s->tls_cipher, s->tls_verified);
+        log_info("event=tls_up %s host=%s ip=%s version=%s cipher=%s verified=%d implicit=%d",
+                 s->ids, s->p.host, s->ip, s->tls_version, s->tls_cipher, s->tls_verified,
+                 s->p.implicit_tls);
         memset(&s->caps, 0, sizeof(s->caps));
-        enter_state(s, ST_EHLO);
-        send_line(s, "EHLO %s", s->p.helo);
+        if (s->p.implicit_tls) {
+            enter_state(s, ST_GREETING); /* the server greets inside TLS */
+        } else {
+            enter_state(s, ST_EHLO);
+            send_line(s, "EHLO %s", s->p.helo);
+        }
     } else if (s->p.tls == POLICY_TLS_REQUIRED) {
         dlv_reply_t r;
         dlv_reply_set(&r, 451, "4.7.5", "TLS required: handshake with %s failed: %s", s->p.host,
+                      why ? why : "unknown error");
+        session_fail(s, SESSION_FAIL_TLS, &r);
+    } else if (s->p.implicit_tls) {
+        /* the endpoint speaks only TLS: nothing to retry in plaintext */
+        dlv_reply_t r;
+        dlv_reply_set(&r, 451, "4.7.5", "implicit TLS handshake with %s failed: %s", s->p.host,
                       why ? why : "unknown error");
         session_fail(s, SESSION_FAIL_TLS, &r);
     } else {
@@ -419,6 +480,56 @@ static void fail_remote(session_t *s, const char *what)
     session_fail(s, SESSION_FAIL_REMOTE, &r);
 }
 
+/* The server said no to AUTH (at any step): deferred, naming the host and its reply. */
+static void auth_refused(session_t *s)
+{
+    dlv_reply_t r;
+    dlv_reply_set(&r, 451, "4.7.0", "authentication to %s failed: %u %s", s->p.host, s->last.code,
+                  s->last.text);
+    r.reason = REASON_CONFIG;
+    log_info("event=auth_failed %s host=%s user=%s mech=%s code=%u enh=%s", s->ids, s->p.host,
+             s->p.auth_username, s->auth_mech, s->last.code, s->last.enhanced);
+    session_fail(s, SESSION_FAIL_REMOTE, &r);
+}
+
+/* Credentials the route cannot send: deferred as a config problem. */
+static void auth_config_fail(session_t *s, const char *why)
+{
+    dlv_reply_t r;
+    dlv_reply_set(&r, 451, "4.7.0", "%s", why);
+    r.reason = REASON_CONFIG;
+    session_fail(s, SESSION_FAIL_REMOTE, &r);
+}
+
+/*
+ * Base64 of raw into out (out cleansed on failure); -1 when it does not fit.
+ * out must hold SESSION_AUTH_B64 bytes.
+ */
+#define SESSION_AUTH_B64 (((SESSION_AUTH_MAX + 3) / 3) * 4 + 8)
+
+static long auth_b64(const void *raw, size_t n, char *out)
+{
+    long len = base64_encode(raw, n, out, SESSION_AUTH_B64);
+    if (len < 0)
+        OPENSSL_cleanse(out, SESSION_AUTH_B64);
+    return len;
+}
+
+/* AUTH LOGIN: the 334 after the command asks for the username, the next for the password. */
+static void auth_login_next(session_t *s)
+{
+    int user = s->state == ST_AUTH_LOGIN;
+    const char *v = user ? s->p.auth_username : s->p.auth_password;
+    char b64[SESSION_AUTH_B64];
+    if (auth_b64(v, strlen(v), b64) < 0) {
+        auth_config_fail(s, "cannot encode route credentials");
+        return;
+    }
+    enter_state(s, user ? ST_AUTH_USER : ST_AUTH);
+    send_secret(s, user ? "(username)" : "(password)", "%s", b64);
+    OPENSSL_cleanse(b64, sizeof(b64));
+}
+
 static void do_auth(session_t *s)
 {
     auth_step_t step = caps_auth_step(s->p.auth_username && *s->p.auth_username, &s->caps,
@@ -437,38 +548,42 @@ static void do_auth(session_t *s)
         session_fail(s, SESSION_FAIL_TLS, &r);
         return;
     case AUTH_STEP_NO_MECH:
-        dlv_reply_set(&r, 451, "4.7.0", "%s offers no AUTH mechanism we speak (PLAIN)",
+        dlv_reply_set(&r, 451, "4.7.0", "%s offers no AUTH mechanism we speak (PLAIN, LOGIN)",
                       s->p.host);
         r.reason = REASON_CONFIG;
         session_fail(s, SESSION_FAIL_REMOTE, &r);
         return;
     case AUTH_STEP_PLAIN:
+    case AUTH_STEP_LOGIN:
         break;
     }
-    unsigned char raw[SESSION_AUTH_MAX + 3];
     size_t ul = strlen(s->p.auth_username), pl = strlen(s->p.auth_password);
-    char b64[((SESSION_AUTH_MAX + 3) / 3) * 4 + 8];
     if (ul + pl > SESSION_AUTH_MAX) {
-        dlv_reply_set(&r, 451, "4.7.0", "route credentials too long");
-        r.reason = REASON_CONFIG;
-        session_fail(s, SESSION_FAIL_REMOTE, &r);
+        auth_config_fail(s, "route credentials too long");
         return;
     }
+    if (step == AUTH_STEP_LOGIN) {
+        s->auth_mech = "LOGIN";
+        enter_state(s, ST_AUTH_LOGIN);
+        send_line(s, "AUTH LOGIN");
+        return;
+    }
+    s->auth_mech = "PLAIN";
+    unsigned char raw[SESSION_AUTH_MAX + 3];
+    char b64[SESSION_AUTH_B64];
     raw[0] = '\0';
     memcpy(raw + 1, s->p.auth_username, ul);
     raw[1 + ul] = '\0';
     memcpy(raw + 2 + ul, s->p.auth_password, pl);
-    long n = base64_encode(raw, ul + pl + 2, b64, sizeof(b64));
-    memset(raw, 0, sizeof(raw));
+    long n = auth_b64(raw, ul + pl + 2, b64);
+    OPENSSL_cleanse(raw, sizeof(raw));
     if (n < 0) {
-        dlv_reply_set(&r, 451, "4.7.0", "cannot encode route credentials");
-        r.reason = REASON_CONFIG;
-        session_fail(s, SESSION_FAIL_REMOTE, &r);
+        auth_config_fail(s, "cannot encode route credentials");
         return;
     }
     enter_state(s, ST_AUTH);
-    send_line(s, "AUTH PLAIN %s", b64);
-    memset(b64, 0, sizeof(b64));
+    send_secret(s, "AUTH PLAIN ****", "AUTH PLAIN %s", b64);
+    OPENSSL_cleanse(b64, sizeof(b64));
 }
 
 /* EHLO (or HELO) done: TLS next, then AUTH. */
@@ -601,7 +716,8 @@ static void handle_reply(session_t *s)
         if (cls == 2) {
             caps_parse(&s->reply, &s->caps);
             after_ehlo(s);
-        } else if (cls == 5 && !s->tried_helo && !s->is_tls) {
+        } else if (cls == 5 && !s->tried_helo && (!s->is_tls || s->p.implicit_tls)) {
+            /* HELO only as the first greeting: never after STARTTLS */
             s->tried_helo = 1;
             enter_state(s, ST_HELO);
             send_line(s, "HELO %s", s->p.helo);
@@ -619,15 +735,7 @@ static void handle_reply(session_t *s)
         return;
     case ST_STARTTLS:
         if (s->last.code == 220) {
-            enter_state(s, ST_TLS);
-            if (conn_tls_connect(s->conn, s->p.tls_ctx, s->p.host,
-                                 s->p.tls == POLICY_TLS_REQUIRED) < 0) {
-                dlv_reply_t r;
-                dlv_reply_set(&r, 451, "4.7.5", "cannot start TLS with %s", s->p.host);
-                session_fail(s, s->p.tls == POLICY_TLS_REQUIRED ? SESSION_FAIL_TLS
-                                                                : SESSION_FAIL_TLS_RETRY,
-                             &r);
-            }
+            start_tls(s);
         } else if (s->p.tls == POLICY_TLS_REQUIRED) {
             dlv_reply_t r;
             dlv_reply_set(&r, 451, "4.7.5", "TLS required but %s refused STARTTLS: %u %s",
@@ -641,16 +749,19 @@ static void handle_reply(session_t *s)
         return;
     case ST_AUTH:
         if (s->last.code == 235) {
-            log_info("event=auth_ok %s host=%s user=%s", s->ids, s->p.host,
-                     s->p.auth_username);
+            log_info("event=auth_ok %s host=%s user=%s mech=%s", s->ids, s->p.host,
+                     s->p.auth_username, s->auth_mech);
             to_ready(s);
         } else {
-            dlv_reply_t r;
-            dlv_reply_set(&r, 451, "4.7.0", "authentication to %s failed: %u %s", s->p.host,
-                          s->last.code, s->last.text);
-            r.reason = REASON_CONFIG;
-            session_fail(s, SESSION_FAIL_REMOTE, &r);
+            auth_refused(s);
         }
+        return;
+    case ST_AUTH_LOGIN:
+    case ST_AUTH_USER:
+        if (s->last.code == 334)
+            auth_login_next(s);
+        else
+            auth_refused(s);
         return;
     case ST_RSET:
         if (cls != 2) {
@@ -749,6 +860,7 @@ session_t *session_new(loop_t *loop, const session_params_t *p, const session_ha
     loop_timer_init(&s->pump, on_pump, s);
     loop_timer_init(&s->defer, run_deferred, s);
     s->state = ST_CONNECTING;
+    s->auth_mech = "-";
     s->conn = conn_new(loop, fd, 1, SESSION_IN_LIMIT, &session_conn_handlers, s);
     if (s->conn == NULL) {
         int e = errno;
@@ -758,8 +870,8 @@ session_t *session_new(loop_t *loop, const session_params_t *p, const session_ha
         return NULL;
     }
     enter_state(s, ST_CONNECTING);
-    log_debug("event=session_connect %s host=%s ip=%s port=%u", s->ids, s->p.host, s->ip,
-              sock_addr_port(&p->addr));
+    log_debug("event=session_connect %s host=%s ip=%s port=%u implicit_tls=%d", s->ids, s->p.host,
+              s->ip, sock_addr_port(&p->addr), s->p.implicit_tls);
     return s;
 }
 
@@ -804,8 +916,10 @@ void session_quit(session_t **p)
     s->txn = NULL;
     loop_timer_stop(s->loop, &s->defer);
     loop_timer_stop(s->loop, &s->pump);
+    /* in the middle of an AUTH LOGIN exchange QUIT would be read as a credential */
     if (s->conn == NULL || s->state == ST_CLOSED || s->state == ST_CONNECTING ||
-        s->state == ST_TLS || s->state == ST_BODY) {
+        s->state == ST_TLS || s->state == ST_BODY || s->state == ST_AUTH_LOGIN ||
+        s->state == ST_AUTH_USER) {
         session_destroy(&s);
         return;
     }

@@ -1,12 +1,13 @@
 /*
  * delivery_session: one outgoing SMTP connection, as an explicit state
- * machine: connect, greeting, EHLO (HELO fallback), STARTTLS and EHLO
- * again, AUTH PLAIN, then ready. A ready session is handed a transaction
- * (MAIL, RCPTs, DATA, body, final reply) and reports each recipient's
- * outcome; afterwards it is ready again and can be kept open for the next
- * task to the same place, which starts with RSET. It does not pick
- * endpoints, resolve names, keep idle connections or build bus messages:
- * delivery_task.c and delivery_pool.c do.
+ * machine: connect (and at once the TLS handshake, for an implicit-TLS
+ * endpoint), greeting, EHLO (HELO fallback), STARTTLS and EHLO again, AUTH
+ * PLAIN (LOGIN when the server offers no PLAIN), then ready. A ready
+ * session is handed a transaction (MAIL, RCPTs, DATA, body, final reply)
+ * and reports each recipient's outcome; afterwards it is ready again and
+ * can be kept open for the next task to the same place, which starts with
+ * RSET. It does not pick endpoints, resolve names, keep idle connections or
+ * build bus messages: delivery_task.c and delivery_pool.c do.
  */
 #ifndef SX_DELIVERY_SESSION_H
 #define SX_DELIVERY_SESSION_H
@@ -34,6 +35,7 @@ typedef struct session_params {
     char host[SESSION_HOST_MAX]; /* the endpoint's name (or IP), for TLS checks and messages */
     const char *helo;           /* our name in EHLO */
     tls_policy_t tls;
+    int implicit_tls;           /* TLS from the first byte (smtps://): never STARTTLS */
     int no_starttls;            /* opportunistic TLS failed here before: stay plaintext */
     SSL_CTX *tls_ctx;
     const char *auth_username;  /* NULL or "": no AUTH */

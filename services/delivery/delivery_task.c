@@ -28,6 +28,9 @@
 #define TASK_TRIES_MAX 10   /* connections one task opens at most; the rest waits for a retry */
 #define TASK_LABEL_MAX (SESSION_HOST_MAX + 8)
 #define TASK_ATTRS_MAX 12
+/* added to the TLS policy in a pool key: an implicit-TLS connection is never shared with
+ * a STARTTLS or plaintext one to the same host and port */
+#define TASK_KEY_IMPLICIT_TLS 8
 
 typedef struct task_attempt {
     char endpoint[TASK_LABEL_MAX];
@@ -79,6 +82,7 @@ struct task {
     char mx_host[SESSION_HOST_MAX];
     unsigned port;
     tls_policy_t tls;
+    int implicit_tls; /* the endpoint speaks TLS from the first byte */
     const char *tls_name;
     char key[POOL_KEY_MAX + 1];
     int skip_pool;     /* the kept connection for this target just failed */
@@ -621,6 +625,7 @@ static void start_session(task_t *t, const sock_addr_t *addr, int no_starttls)
     snprintf(p.host, sizeof(p.host), "%s", t->host);
     p.helo = t->helo;
     p.tls = t->tls;
+    p.implicit_tls = t->implicit_tls;
     p.no_starttls = no_starttls;
     p.tls_ctx = t->ctx->tls_ctx;
     p.auth_username = t->route->auth_username;
@@ -732,7 +737,8 @@ static void target_key(task_t *t)
     char src[SOCK_ADDR_MAX] = "";
     if (t->has_src)
         sock_addr_ip(&t->src, src, sizeof(src));
-    task_pool_key(t->key, sizeof(t->key), t->is_mx, t->host, t->port, src, (int)t->tls, t->helo,
+    int tls = (int)t->tls + (t->implicit_tls ? TASK_KEY_IMPLICIT_TLS : 0);
+    task_pool_key(t->key, sizeof(t->key), t->is_mx, t->host, t->port, src, tls, t->helo,
                   t->route->auth_username);
 }
 
@@ -757,6 +763,10 @@ static void next_endpoint(task_t *t)
                      e->host, e->port);
         t->mx_host[0] = '\0';
         t->tls = t->route_tls;
+        t->implicit_tls = e->implicit_tls;
+        /* an implicit-TLS endpoint always encrypts (router refuses "none" with one) */
+        if (t->implicit_tls && t->tls == POLICY_TLS_NONE)
+            t->tls = POLICY_TLS_OPPORTUNISTIC;
         t->tls_name = t->tls == POLICY_TLS_REQUIRED
                           ? (t->route->tls_reason && strcmp(t->route->tls_reason, "provider") == 0
                                  ? "provider"
@@ -815,6 +825,7 @@ static void set_mx_target(task_t *t, const mx_host_t *h)
     snprintf(t->label, sizeof(t->label), "%s", h->name);
     snprintf(t->mx_host, sizeof(t->mx_host), "%s", h->name);
     t->port = t->ctx->mx_port;
+    t->implicit_tls = 0; /* MX hosts take STARTTLS on port 25 */
     t->naddrs = t->ai = 0;
 }
 

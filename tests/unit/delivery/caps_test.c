@@ -1,9 +1,10 @@
 /*
  * caps_test: the SMTP client's decisions from server replies: EHLO
- * capabilities (STARTTLS, AUTH and its mechanisms, SIZE and its limit,
- * PIPELINING, SMTPUTF8, 8BITMIME), whether to start TLS or AUTH under each
- * policy, the MAIL FROM parameters and refusals, and the outcome each
- * reply code means for a recipient.
+ * capabilities (STARTTLS, AUTH and its mechanisms PLAIN and LOGIN, SIZE and
+ * its limit, PIPELINING, SMTPUTF8, 8BITMIME), whether to start TLS or AUTH
+ * (PLAIN before LOGIN, never without TLS) under each policy, the MAIL FROM
+ * parameters and refusals, and the outcome each reply code means for a
+ * recipient.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -50,6 +51,7 @@ static void test_caps_parse(void **state)
     assert_true(c.starttls);
     assert_true(c.auth);
     assert_true(c.auth_plain);
+    assert_true(c.auth_login);
     assert_true(c.smtputf8);
 
     /* only the greeting line: nothing offered; keywords in it do not count */
@@ -68,15 +70,22 @@ static void test_caps_parse(void **state)
     assert_true(c.pipelining);
     assert_true(c.auth);
     assert_false(c.auth_plain);
+    assert_true(c.auth_login);
 
     /* near misses are not keywords */
     caps_of("250-host\r\n250-STARTTLSX\r\n250-XPIPELINING\r\n250-SIZE abc\r\n"
-            "250 AUTH PLAINX\r\n",
+            "250-X-LOGIN\r\n250 AUTH PLAINX XLOGIN LOGINS\r\n",
             &c);
     assert_false(c.starttls);
     assert_false(c.pipelining);
     assert_true(c.size);
     assert_int_equal(c.size_max, 0);
+    assert_false(c.auth_plain);
+    assert_false(c.auth_login);
+
+    /* LOGIN in lowercase, on a second AUTH line */
+    caps_of("250-host\r\n250-AUTH CRAM-MD5\r\n250 AUTH login\r\n", &c);
+    assert_true(c.auth_login);
     assert_false(c.auth_plain);
 
     /* a refusal offers nothing */
@@ -122,16 +131,36 @@ static void test_tls_policy_and_step(void **state)
 static void test_auth_step(void **state)
 {
     (void)state;
-    ehlo_caps_t plain = {.esmtp = 1, .auth = 1, .auth_plain = 1};
-    ehlo_caps_t login = {.esmtp = 1, .auth = 1};
-    ehlo_caps_t none = {.esmtp = 1};
-    assert_int_equal(caps_auth_step(0, &plain, 1), AUTH_STEP_SKIP);
-    assert_int_equal(caps_auth_step(1, &plain, 1), AUTH_STEP_PLAIN);
-    /* credentials never over plaintext, even when the server offers AUTH */
-    assert_int_equal(caps_auth_step(1, &plain, 0), AUTH_STEP_NO_TLS);
-    assert_int_equal(caps_auth_step(1, &none, 0), AUTH_STEP_NO_TLS);
-    assert_int_equal(caps_auth_step(1, &login, 1), AUTH_STEP_NO_MECH);
-    assert_int_equal(caps_auth_step(1, &none, 1), AUTH_STEP_SKIP);
+    static const ehlo_caps_t plain = {.esmtp = 1, .auth = 1, .auth_plain = 1};
+    static const ehlo_caps_t login = {.esmtp = 1, .auth = 1, .auth_login = 1};
+    static const ehlo_caps_t both = {.esmtp = 1, .auth = 1, .auth_plain = 1, .auth_login = 1};
+    static const ehlo_caps_t other = {.esmtp = 1,
+                                      .auth = 1}; /* CRAM-MD5, XOAUTH2...: none we speak */
+    static const ehlo_caps_t none = {.esmtp = 1};
+    static const struct {
+        int creds;
+        const ehlo_caps_t *caps;
+        int is_tls;
+        auth_step_t want;
+    } cases[] = {
+        {0, &plain, 1, AUTH_STEP_SKIP},
+        {0, &login, 0, AUTH_STEP_SKIP},
+        {1, &plain, 1, AUTH_STEP_PLAIN},
+        {1, &both, 1, AUTH_STEP_PLAIN}, /* PLAIN stays preferred */
+        {1, &login, 1, AUTH_STEP_LOGIN},
+        {1, &other, 1, AUTH_STEP_NO_MECH},
+        {1, &none, 1, AUTH_STEP_SKIP},
+        /* credentials never over plaintext, whatever the server offers */
+        {1, &plain, 0, AUTH_STEP_NO_TLS},
+        {1, &login, 0, AUTH_STEP_NO_TLS},
+        {1, &both, 0, AUTH_STEP_NO_TLS},
+        {1, &none, 0, AUTH_STEP_NO_TLS},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        auth_step_t got = caps_auth_step(cases[i].creds, cases[i].caps, cases[i].is_tls);
+        if (got != cases[i].want)
+            fail_msg("case %zu: got %d want %d", i, got, cases[i].want);
+    }
 }
 
 static void test_mail_params_and_check(void **state)

@@ -10,6 +10,12 @@
  * with RSET (pipelined with MAIL and RCPT when offered, alone when not); a
  * kept session whose server refuses RSET fails as stale with nothing
  * decided; a session connects from the source address it is given.
+ * Implicit TLS: the handshake comes before the greeting (verified for
+ * required TLS), STARTTLS is never sent on it, a failed handshake is a TLS
+ * failure with no plaintext retry; AUTH LOGIN answers the two 334s with the
+ * base64 username and password when PLAIN is not offered, PLAIN stays
+ * preferred, a refusal at any step defers 4.7.0 naming the host, and the
+ * password is in no log line.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -22,11 +28,17 @@
 
 #include <cmocka.h>
 
+#include "../net/test_cert.h"
 #include "core/buf.h"
+#include "core/log.h"
 #include "core/loop.h"
+#include "delivery_reason.h"
 #include "delivery_session.h"
 #include "net/conn.h"
 #include "net/sock.h"
+#include "net/tls.h"
+
+#include <fcntl.h>
 
 /* One step of the script: when a line starting with expect arrives, send reply. */
 typedef struct step {
@@ -68,6 +80,11 @@ static session_rcpt_t first_rcpts[4];
 static loop_timer_t again;
 /* connect from this address when set */
 static const char *source_ip;
+/* implicit TLS: the server starts TLS at accept and greets inside it */
+static int implicit_tls;
+static SSL_CTX *server_ctx, *client_ctx;
+static const char *tls_host; /* the name the client checks ("127.0.0.1" when NULL) */
+static const char *auth_user, *auth_pass;
 
 static void srv_on_data(conn_t *c, void *arg)
 {
@@ -129,7 +146,19 @@ static void srv_on_close(conn_t *c, int err, void *arg)
     conn_destroy(&srv.conn);
 }
 
-static const conn_handlers_t srv_handlers = {.on_data = srv_on_data, .on_close = srv_on_close};
+/* The server side of implicit TLS: greet once the handshake is done. */
+static void srv_on_tls(conn_t *c, int ok, const char *why, void *arg)
+{
+    (void)why;
+    (void)arg;
+    if (ok)
+        conn_printf(c, "%s\r\n", srv.greeting);
+    else
+        conn_destroy(&srv.conn);
+}
+
+static const conn_handlers_t srv_handlers = {
+    .on_data = srv_on_data, .on_close = srv_on_close, .on_tls = srv_on_tls};
 
 static void srv_accept(loop_t *loop, int fd, unsigned events, void *arg)
 {
@@ -141,7 +170,10 @@ static void srv_accept(loop_t *loop, int fd, unsigned events, void *arg)
         return;
     sock_addr_ip(&peer, srv.peer, sizeof(srv.peer));
     srv.conn = conn_new(loop, cfd, 0, 0, &srv_handlers, NULL);
-    conn_printf(srv.conn, "%s\r\n", srv.greeting);
+    if (implicit_tls && server_ctx)
+        assert_int_equal(conn_tls_accept(srv.conn, server_ctx), 0);
+    else
+        conn_printf(srv.conn, "%s\r\n", srv.greeting);
 }
 
 static void on_ready(session_t *s, void *arg)
@@ -186,6 +218,8 @@ static void on_txn_done(session_t *s, void *arg)
 
 static const session_handlers_t handlers = {
     .on_ready = on_ready, .on_failed = on_failed, .on_txn_done = on_txn_done};
+/* other handlers for the next run, when set */
+static const session_handlers_t *run_with_handlers;
 
 static void give_up(loop_t *loop, void *arg)
 {
@@ -237,9 +271,13 @@ static void run(const char *greeting, const step_t *script, tls_policy_t tls, co
     session_params_t p;
     memset(&p, 0, sizeof(p));
     assert_int_equal(sock_addr_parse("127.0.0.1", srv.port, &p.addr), 0);
-    snprintf(p.host, sizeof(p.host), "127.0.0.1");
+    snprintf(p.host, sizeof(p.host), "%s", tls_host ? tls_host : "127.0.0.1");
     p.helo = "relay.example.test";
     p.tls = tls;
+    p.implicit_tls = implicit_tls;
+    p.tls_ctx = client_ctx;
+    p.auth_username = auth_user;
+    p.auth_password = auth_pass;
     p.connect_timeout_ms = 2000;
     p.command_timeout_ms = cmd_timeout;
     p.data_timeout_ms = cmd_timeout;
@@ -249,7 +287,7 @@ static void run(const char *greeting, const step_t *script, tls_policy_t tls, co
         p.has_src = 1;
     }
     loop_timer_init(&again, start_again, NULL);
-    sess = session_new(srv.loop, &p, &handlers, NULL);
+    sess = session_new(srv.loop, &p, run_with_handlers ? run_with_handlers : &handlers, NULL);
     assert_non_null(sess);
 
     loop_timer_t guard, poll;
@@ -573,6 +611,238 @@ static void test_source_address(void **state)
     finish();
 }
 
+/* ---- implicit TLS and AUTH LOGIN ---- */
+
+static test_cert_t cert;
+static char tls_version[32];
+static int tls_verified;
+
+static int tls_setup(void **state)
+{
+    (void)state;
+    char err[256];
+    if (test_cert_make(&cert) < 0)
+        return -1;
+    server_ctx = tls_server_ctx(cert.cert, cert.key, err, sizeof(err));
+    client_ctx = tls_client_ctx(cert.cert, err, sizeof(err)); /* trusts the test certificate */
+    return server_ctx && client_ctx ? 0 : -1;
+}
+
+static int tls_teardown(void **state)
+{
+    (void)state;
+    tls_ctx_free(&server_ctx);
+    tls_ctx_free(&client_ctx);
+    test_cert_remove(&cert);
+    implicit_tls = 0;
+    tls_host = NULL;
+    auth_user = auth_pass = NULL;
+    return 0;
+}
+
+/* TLS facts of the session, read when it is ready (before QUIT frees it). */
+static void on_ready_tls(session_t *s, void *arg)
+{
+    (void)arg;
+    snprintf(tls_version, sizeof(tls_version), "%s", session_tls_version(s));
+    tls_verified = session_tls_verified(s);
+    res.ready = 1;
+    session_start(s, &txn);
+}
+
+/* Run with stderr (the log) captured into out; debug lines included. */
+static void run_logged(const step_t *script, tls_policy_t tls, buf_t *out)
+{
+    char path[600];
+    snprintf(path, sizeof(path), "%s/log.txt", cert.dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    assert_true(fd >= 0);
+    int saved = dup(STDERR_FILENO);
+    dup2(fd, STDERR_FILENO);
+    log_set_level(LOG_DEBUG);
+    const char *addrs[] = {"one@example.org"};
+    run("220 smtp.example.net ESMTP", script, tls, "x\r\n", 1, addrs, 0, 2000);
+    log_set_level(LOG_INFO);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    buf_init(out, 0);
+    char chunk[4096];
+    ssize_t n;
+    lseek(fd, 0, SEEK_SET);
+    while ((n = read(fd, chunk, sizeof(chunk))) > 0)
+        buf_append(out, chunk, (size_t)n);
+    buf_append(out, "", 1);
+    close(fd);
+}
+
+static const session_handlers_t tls_handlers = {
+    .on_ready = on_ready_tls, .on_failed = on_failed, .on_txn_done = on_txn_done};
+
+static void test_implicit_tls_auth_login(void **state)
+{
+    (void)state;
+    /* STARTTLS is offered on purpose: the client is already in TLS and must not send it */
+    static const step_t script[] = {
+        {"EHLO relay.example.test", "250-smtp.example.net\r\n250-STARTTLS\r\n250 AUTH LOGIN"},
+        {"AUTH LOGIN\r", "334 VXNlcm5hbWU6"},
+        {"YWxpY2VAZXhhbXBsZS50ZXN0\r", "334 UGFzc3dvcmQ6"}, /* alice@example.test */
+        {"czNjcjN0LXAhc3M=\r", "235 2.7.0 ok"},             /* s3cr3t-p!ss */
+        {"MAIL FROM:<a@example.test>", "250 ok"},
+        {"RCPT TO:<one@example.org>", "250 ok"},
+        {"DATA", "354 go"},
+        {".", "250 2.0.0 queued"},
+        {"QUIT", "221 bye"},
+        {NULL, NULL},
+    };
+    implicit_tls = 1;
+    tls_host = TEST_CERT_NAME;
+    auth_user = "alice@example.test";
+    auth_pass = "s3cr3t-p!ss";
+    tls_version[0] = '\0';
+    tls_verified = 0;
+    buf_t log;
+    /* required: the chain and the name are checked, as for STARTTLS */
+    run_with_handlers = &tls_handlers;
+    run_logged(script, POLICY_TLS_REQUIRED, &log);
+    run_with_handlers = NULL;
+    assert_false(res.failed);
+    assert_true(res.done);
+    assert_false(srv.mismatch);
+    assert_int_equal(srv.next, 9);
+    assert_int_equal(rcpts[0].outcome, OUTCOME_DELIVERED);
+    assert_null(strstr(buf_head(&srv.seen), "STARTTLS"));
+    assert_true(strncmp(tls_version, "TLSv1.", 6) == 0);
+    assert_true(tls_verified);
+    /* neither the password nor its base64 is logged; the steps are */
+    assert_null(strstr(buf_head(&log), "s3cr3t-p!ss"));
+    assert_null(strstr(buf_head(&log), "czNjcjN0LXAhc3M="));
+    assert_non_null(strstr(buf_head(&log), "cmd=\"(password)\""));
+    assert_non_null(strstr(buf_head(&log), "event=auth_ok"));
+    assert_non_null(strstr(buf_head(&log), "mech=LOGIN"));
+    buf_free(&log);
+    finish();
+}
+
+static void test_plain_preferred_over_login(void **state)
+{
+    (void)state;
+    static const step_t script[] = {
+        {"EHLO", "250-smtp.example.net\r\n250 AUTH LOGIN PLAIN"},
+        /* "\0alice@example.test\0s3cr3t-p!ss" */
+        {"AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABzM2NyM3QtcCFzcw==\r", "235 2.7.0 ok"},
+        {"MAIL", "250 ok"},
+        {"RCPT", "250 ok"},
+        {"DATA", "354 go"},
+        {".", "250 ok"},
+        {"QUIT", "221 bye"},
+        {NULL, NULL},
+    };
+    implicit_tls = 1;
+    tls_host = TEST_CERT_NAME;
+    auth_user = "alice@example.test";
+    auth_pass = "s3cr3t-p!ss";
+    buf_t log;
+    run_logged(script, POLICY_TLS_OPPORTUNISTIC, &log);
+    assert_true(res.done);
+    assert_false(srv.mismatch);
+    assert_null(strstr(buf_head(&srv.seen), "AUTH LOGIN"));
+    assert_null(strstr(buf_head(&log), "AGFsaWNlQGV4YW1wbGUudGVzdABzM2NyM3QtcCFzcw=="));
+    buf_free(&log);
+    finish();
+}
+
+/* A refusal at each step of AUTH LOGIN: deferred 4.7.0, host and reply named, no MAIL. */
+static void test_auth_login_refused(void **state)
+{
+    (void)state;
+    static const step_t at_command[] = {
+        {"EHLO", "250-smtp.example.net\r\n250 AUTH=LOGIN"},
+        {"AUTH LOGIN\r", "504 5.5.4 mechanism not enabled"},
+        {NULL, NULL},
+    };
+    static const step_t at_password[] = {
+        {"EHLO", "250-smtp.example.net\r\n250 AUTH LOGIN CRAM-MD5"},
+        {"AUTH LOGIN\r", "334 VXNlcm5hbWU6"},
+        {"YWxpY2VAZXhhbXBsZS50ZXN0\r", "334 UGFzc3dvcmQ6"},
+        {"d3Jvbmc=\r", "535 5.7.8 Authentication credentials invalid"}, /* wrong */
+        {NULL, NULL},
+    };
+    static const struct {
+        const step_t *script;
+        const char *pass;
+        const char *reply;
+    } cases[] = {
+        {at_command, "s3cr3t-p!ss", "504 mechanism not enabled"},
+        {at_password, "wrong", "535 Authentication credentials invalid"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        implicit_tls = 1;
+        tls_host = TEST_CERT_NAME;
+        auth_user = "alice@example.test";
+        auth_pass = cases[i].pass;
+        buf_t log;
+        run_logged(cases[i].script, POLICY_TLS_REQUIRED, &log);
+        assert_true(res.failed);
+        assert_false(srv.mismatch);
+        assert_int_equal(res.kind, SESSION_FAIL_REMOTE);
+        assert_int_equal(res.reply.code, 451);
+        assert_string_equal(res.reply.enhanced, "4.7.0");
+        assert_non_null(strstr(res.reply.text, TEST_CERT_NAME));
+        if (strstr(res.reply.text, cases[i].reply) == NULL)
+            fail_msg("case %zu: \"%s\" lacks \"%s\"", i, res.reply.text, cases[i].reply);
+        assert_string_equal(reason_of(&res.reply), REASON_CONFIG);
+        assert_null(strstr(buf_head(&srv.seen), "MAIL"));
+        assert_null(strstr(buf_head(&log), cases[i].pass));
+        assert_non_null(strstr(buf_head(&log), "event=auth_failed"));
+        buf_free(&log);
+        finish();
+    }
+}
+
+/* Required TLS on an implicit endpoint whose certificate names someone else: nothing sent. */
+static void test_implicit_tls_wrong_name(void **state)
+{
+    (void)state;
+    static const step_t script[] = {
+        {"EHLO", "250 mx"},
+        {NULL, NULL},
+    };
+    const char *addrs[] = {"one@example.org"};
+    implicit_tls = 1;
+    tls_host = "relay.example.net";
+    auth_user = "alice@example.test";
+    auth_pass = "s3cr3t-p!ss";
+    run("220 mx", script, POLICY_TLS_REQUIRED, "x\r\n", 1, addrs, 0, 2000);
+    assert_true(res.failed);
+    assert_int_equal(res.kind, SESSION_FAIL_TLS);
+    assert_string_equal(res.reply.enhanced, "4.7.5");
+    assert_non_null(strstr(res.reply.text, "relay.example.net"));
+    assert_string_equal(buf_head(&srv.seen), ""); /* not even EHLO */
+    finish();
+}
+
+/* Implicit TLS to a server that talks plaintext: a TLS failure, never a plaintext retry. */
+static void test_implicit_tls_to_plaintext_server(void **state)
+{
+    (void)state;
+    static const step_t script[] = {
+        {"EHLO", "250 mx"},
+        {NULL, NULL},
+    };
+    const char *addrs[] = {"one@example.org"};
+    implicit_tls = 1;
+    SSL_CTX *keep = server_ctx;
+    server_ctx = NULL; /* the server greets in plaintext at once */
+    run("220 mx ESMTP", script, POLICY_TLS_OPPORTUNISTIC, "x\r\n", 1, addrs, 0, 2000);
+    server_ctx = keep;
+    assert_true(res.failed);
+    assert_int_equal(res.kind, SESSION_FAIL_TLS);
+    assert_string_equal(res.reply.enhanced, "4.7.5");
+    assert_non_null(strstr(res.reply.text, "implicit TLS"));
+    assert_null(strstr(buf_head(&srv.seen), "EHLO"));
+    finish();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -589,6 +859,12 @@ int main(void)
         cmocka_unit_test(test_second_transaction_rset_alone),
         cmocka_unit_test(test_kept_session_stale),
         cmocka_unit_test(test_source_address),
+        cmocka_unit_test_setup_teardown(test_implicit_tls_auth_login, tls_setup, tls_teardown),
+        cmocka_unit_test_setup_teardown(test_plain_preferred_over_login, tls_setup, tls_teardown),
+        cmocka_unit_test_setup_teardown(test_auth_login_refused, tls_setup, tls_teardown),
+        cmocka_unit_test_setup_teardown(test_implicit_tls_wrong_name, tls_setup, tls_teardown),
+        cmocka_unit_test_setup_teardown(test_implicit_tls_to_plaintext_server, tls_setup,
+                                        tls_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
