@@ -1,13 +1,13 @@
 /*
- * delivery_fetch: libcurl multi on the loop. curl says which sockets it
- * wants watched (CURLMOPT_SOCKETFUNCTION) and when it needs a turn
- * (CURLMOPT_TIMERFUNCTION); the loop calls curl_multi_socket_action and
- * finished transfers are answered from there.
+ * delivery_fetch: one easy handle per GET, run by curl_loop
+ * (libshared/net) on the service's loop; a finished transfer is answered
+ * from its done callback, a transfer that could not start from a timer on
+ * the next turn.
  */
 #include "delivery_fetch.h"
 #include "core/alloc.h"
 #include "core/buf.h"
-#include "core/log.h"
+#include "net/curl_loop.h"
 
 #include <curl/curl.h>
 #include <stdio.h>
@@ -34,12 +34,9 @@ struct fetch {
 
 struct fetcher {
     loop_t *loop;
-    CURLM *multi;
+    curl_loop_t *cl;
     char *ca_file;
-    loop_timer_t timer;
     fetch_t *fetches;
-    int busy;
-    int dead;
 };
 
 static void fetch_unlink(fetch_t *x)
@@ -54,15 +51,11 @@ static void fetch_unlink(fetch_t *x)
     x->prev = x->next = NULL;
 }
 
-/* Free a fetch already out of the fetcher's list. */
+/* Free what the fetch itself holds; it is out of the list, curl and the loop. */
 static void fetch_release(fetch_t *x)
 {
-    fetcher_t *f = x->f;
-    loop_timer_stop(f->loop, &x->later);
-    if (x->easy) {
-        curl_multi_remove_handle(f->multi, x->easy);
+    if (x->easy)
         curl_easy_cleanup(x->easy);
-    }
     curl_slist_free_all(x->resolve);
     buf_free(&x->body);
     free(x);
@@ -70,12 +63,18 @@ static void fetch_release(fetch_t *x)
 
 static void fetch_free(fetch_t *x)
 {
+    fetcher_t *f = x->f;
     fetch_unlink(x);
+    loop_timer_stop(f->loop, &x->later);
+    curl_loop_remove(f->cl, x->easy);
     fetch_release(x);
 }
 
-static void fetch_complete(fetch_t *x, CURLcode rc)
+/* The transfer ended (the easy handle is out of curl, still the fetch's). */
+static void on_transfer_done(CURL *easy, CURLcode rc, void *arg)
 {
+    (void)easy;
+    fetch_t *x = arg;
     fetch_result_t r;
     memset(&r, 0, sizeof(r));
     r.content_type = "";
@@ -97,130 +96,28 @@ static void fetch_complete(fetch_t *x, CURLcode rc)
     buf_append(&x->body, "", 1); /* NUL for the caller; not counted */
     r.body = buf_head(&x->body);
     r.len = buf_used(&x->body) - 1;
-    /* out of the list first: the callback may destroy the fetcher */
+    /* out of the list first: the callback may destroy the fetcher, so the
+       release after it touches only the fetch (the content type belongs to
+       the easy handle, so it waits until the callback returns) */
     fetch_unlink(x);
     if (x->fn)
         x->fn(&r, x->arg);
-    fetch_release(x); /* after: the content type belongs to the easy handle */
-}
-
-static void check_done(fetcher_t *f)
-{
-    CURLMsg *m;
-    int left;
-    while (!f->dead && (m = curl_multi_info_read(f->multi, &left)) != NULL) {
-        if (m->msg != CURLMSG_DONE)
-            continue;
-        char *priv = NULL;
-        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, &priv);
-        if (priv)
-            fetch_complete((fetch_t *)priv, m->data.result);
-    }
-}
-
-static void fetcher_free(fetcher_t *f)
-{
-    loop_timer_stop(f->loop, &f->timer);
-    curl_multi_cleanup(f->multi);
-    free(f->ca_file);
-    free(f);
-}
-
-static void on_socket_ready(loop_t *loop, int fd, unsigned events, void *arg)
-{
-    (void)loop;
-    fetcher_t *f = arg;
-    int flags = 0, running;
-    if (events & LOOP_READ)
-        flags |= CURL_CSELECT_IN;
-    if (events & LOOP_WRITE)
-        flags |= CURL_CSELECT_OUT;
-    if (events & LOOP_ERROR)
-        flags |= CURL_CSELECT_ERR;
-    f->busy++;
-    curl_multi_socket_action(f->multi, fd, flags, &running);
-    check_done(f);
-    if (--f->busy == 0 && f->dead)
-        fetcher_free(f);
-}
-
-static void on_timer(loop_t *loop, void *arg)
-{
-    (void)loop;
-    fetcher_t *f = arg;
-    int running;
-    f->busy++;
-    curl_multi_socket_action(f->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    check_done(f);
-    if (--f->busy == 0 && f->dead)
-        fetcher_free(f);
-}
-
-/* curl says which events it wants on a socket; a non-NULL socketp marks a watched fd. */
-static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
-{
-    (void)easy;
-    fetcher_t *f = userp;
-    if (what == CURL_POLL_REMOVE) {
-        if (socketp) {
-            loop_fd_remove(f->loop, fd);
-            curl_multi_assign(f->multi, fd, NULL);
-        }
-        return 0;
-    }
-    unsigned ev =
-        ((what & CURL_POLL_IN) ? LOOP_READ : 0) | ((what & CURL_POLL_OUT) ? LOOP_WRITE : 0);
-    if (socketp == NULL) {
-        if (loop_fd_add(f->loop, fd, ev, on_socket_ready, f) < 0) {
-            log_error("event=fetch_watch_failed fd=%d", (int)fd);
-            return -1;
-        }
-        curl_multi_assign(f->multi, fd, f);
-    } else if (loop_fd_modify(f->loop, fd, ev) < 0) {
-        log_error("event=fetch_watch_failed fd=%d", (int)fd);
-        return -1;
-    }
-    return 0;
-}
-
-static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
-{
-    (void)multi;
-    fetcher_t *f = userp;
-    if (timeout_ms < 0)
-        loop_timer_stop(f->loop, &f->timer);
-    else
-        loop_timer_start(f->loop, &f->timer, (uint64_t)timeout_ms);
-    return 0;
+    fetch_release(x);
 }
 
 fetcher_t *fetcher_new(loop_t *loop, const char *ca_file, char *err, size_t errlen)
 {
-    static int curl_ready;
-    if (!curl_ready) {
-        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-            snprintf(err, errlen, "libcurl: curl_global_init failed");
-            return NULL;
-        }
-        curl_ready = 1;
-    }
+    curl_loop_t *cl = curl_loop_new(loop, err, errlen);
+    if (cl == NULL)
+        return NULL;
     fetcher_t *f = xcalloc(1, sizeof(*f));
     f->loop = loop;
-    f->multi = curl_multi_init();
-    if (f->multi == NULL) {
-        snprintf(err, errlen, "libcurl: curl_multi_init failed");
-        free(f);
-        return NULL;
-    }
+    f->cl = cl;
     f->ca_file = xstrdup(ca_file ? ca_file : "");
-    loop_timer_init(&f->timer, on_timer, f);
-    curl_multi_setopt(f->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
-    curl_multi_setopt(f->multi, CURLMOPT_SOCKETDATA, f);
-    curl_multi_setopt(f->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
-    curl_multi_setopt(f->multi, CURLMOPT_TIMERDATA, f);
     return f;
 }
 
+/* Safe from inside a fetch callback: that fetch no longer needs the fetcher. */
 void fetcher_destroy(fetcher_t **p)
 {
     fetcher_t *f = *p;
@@ -229,11 +126,9 @@ void fetcher_destroy(fetcher_t **p)
     *p = NULL;
     while (f->fetches)
         fetch_free(f->fetches);
-    if (f->busy) {
-        f->dead = 1;
-        return;
-    }
-    fetcher_free(f);
+    curl_loop_destroy(&f->cl); /* freed once a running done callback returns */
+    free(f->ca_file);
+    free(f);
 }
 
 static size_t on_bytes(char *p, size_t size, size_t nmemb, void *arg)
@@ -332,8 +227,7 @@ fetch_t *fetch_get(fetcher_t *f, const char *host, unsigned port, const char *pa
     bad |= curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_bytes) != CURLE_OK;
     bad |= curl_easy_setopt(e, CURLOPT_WRITEDATA, x) != CURLE_OK;
     bad |= curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf) != CURLE_OK;
-    bad |= curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)x) != CURLE_OK;
-    if (bad || curl_multi_add_handle(f->multi, e) != CURLM_OK) {
+    if (bad || curl_loop_add(f->cl, e, on_transfer_done, x) < 0) {
         curl_easy_cleanup(e);
         x->easy = NULL;
         snprintf(x->err, sizeof(x->err), "cannot set up the transfer");

@@ -1,13 +1,13 @@
 /*
  * ingress_scan: content scanning through an rspamd-compatible HTTP scanner.
  * The `scan` config group is parsed here (strictly: unknown keys refused);
- * each job POSTs a copy of the message with libcurl's multi interface, whose
- * sockets and timer are watched by the service's loop, so nothing blocks and
- * no thread runs. The reply is untrusted: capped in size, parsed with
- * jansson, every field checked, and any text from it reduced to printable
- * ASCII before it reaches an SMTP reply, a header line or a log. A host
- * name in the url is looked up by curl's own resolver, which never blocks
- * the loop; an IP literal needs no lookup at all.
+ * each job POSTs a copy of the message with libcurl, run by the service's
+ * loop through curl_loop (libshared/net), so nothing blocks and no thread
+ * runs. The reply is untrusted: capped in size, parsed with jansson, every
+ * field checked, and any text from it reduced to printable ASCII before it
+ * reaches an SMTP reply, a header line or a log. A host name in the url is
+ * looked up by curl's own resolver, which never blocks the loop; an IP
+ * literal needs no lookup at all.
  * It does not talk SMTP, and does not store or modify the message.
  */
 #include "ingress_scan.h"
@@ -15,6 +15,7 @@
 #include "core/buf.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "net/curl_loop.h"
 
 #include <assert.h>
 #include <curl/curl.h>
@@ -51,12 +52,9 @@
 
 struct scanner {
     loop_t *loop;
-    CURLM *multi;
-    loop_timer_t timer; /* curl's one timeout */
-    scan_conf_t conf;   /* a private copy */
-    scan_job_t *jobs;   /* live jobs */
-    int busy;           /* inside a socket or timer handler */
-    int dead;           /* destroyed from a done callback: freed when the handler ends */
+    curl_loop_t *cl;
+    scan_conf_t conf; /* a private copy */
+    scan_job_t *jobs; /* live jobs */
 };
 
 struct scan_job {
@@ -596,7 +594,7 @@ static void job_free(scan_job_t *job)
     job_unlink(job);
     loop_timer_stop(sc->loop, &job->later);
     if (job->easy) {
-        curl_multi_remove_handle(sc->multi, job->easy);
+        curl_loop_remove(sc->cl, job->easy);
         curl_easy_cleanup(job->easy);
         job->easy = NULL;
     }
@@ -638,118 +636,31 @@ static size_t on_reply_bytes(char *p, size_t size, size_t nmemb, void *arg)
     return n;
 }
 
-/* ---- curl inside the loop ---- */
-
-static void scanner_free(scanner_t *sc);
-
-static void scanner_check_done(scanner_t *sc)
-{
-    CURLMsg *m;
-    int left;
-    while (!sc->dead && (m = curl_multi_info_read(sc->multi, &left)) != NULL) {
-        if (m->msg != CURLMSG_DONE)
-            continue;
-        char *priv = NULL;
-        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, &priv);
-        if (priv == NULL)
-            continue;
-        scan_job_t *job = (scan_job_t *)priv;
-        verdict_from_transfer(job, m->data.result);
-        job_complete(job); /* may start or cancel other jobs */
-    }
-}
-
-static void on_socket_ready(loop_t *loop, int fd, unsigned events, void *arg)
-{
-    (void)loop;
-    scanner_t *sc = arg;
-    int flags = 0, running;
-    if (events & LOOP_READ)
-        flags |= CURL_CSELECT_IN;
-    if (events & LOOP_WRITE)
-        flags |= CURL_CSELECT_OUT;
-    if (events & LOOP_ERROR)
-        flags |= CURL_CSELECT_ERR;
-    sc->busy++;
-    curl_multi_socket_action(sc->multi, fd, flags, &running);
-    scanner_check_done(sc);
-    if (--sc->busy == 0 && sc->dead)
-        scanner_free(sc);
-}
-
-static void on_timer(loop_t *loop, void *arg)
-{
-    (void)loop;
-    scanner_t *sc = arg;
-    int running;
-    sc->busy++;
-    curl_multi_socket_action(sc->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    scanner_check_done(sc);
-    if (--sc->busy == 0 && sc->dead)
-        scanner_free(sc);
-}
-
-/* curl says which events it wants on a socket; a non-NULL socketp marks a watched fd. */
-static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+/* The transfer ended (the easy handle is out of curl, still the job's). */
+static void on_transfer_done(CURL *easy, CURLcode rc, void *arg)
 {
     (void)easy;
-    scanner_t *sc = userp;
-    if (what == CURL_POLL_REMOVE) {
-        if (socketp) {
-            loop_fd_remove(sc->loop, fd);
-            curl_multi_assign(sc->multi, fd, NULL);
-        }
-        return 0;
-    }
-    unsigned ev =
-        ((what & CURL_POLL_IN) ? LOOP_READ : 0) | ((what & CURL_POLL_OUT) ? LOOP_WRITE : 0);
-    if (socketp == NULL) {
-        if (loop_fd_add(sc->loop, fd, ev, on_socket_ready, sc) < 0) {
-            log_error("event=scan_watch_failed fd=%d", (int)fd);
-            return -1;
-        }
-        curl_multi_assign(sc->multi, fd, sc);
-    } else if (loop_fd_modify(sc->loop, fd, ev) < 0) {
-        log_error("event=scan_watch_failed fd=%d", (int)fd);
-        return -1;
-    }
-    return 0;
-}
-
-static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
-{
-    (void)multi;
-    scanner_t *sc = userp;
-    if (timeout_ms < 0)
-        loop_timer_stop(sc->loop, &sc->timer);
-    else
-        loop_timer_start(sc->loop, &sc->timer, (uint64_t)timeout_ms);
-    return 0;
+    scan_job_t *job = arg;
+    verdict_from_transfer(job, rc);
+    job_complete(job); /* may start or cancel other jobs, or destroy the scanner */
 }
 
 /* ---- the scanner ---- */
 
 scanner_t *scanner_new(loop_t *loop, const scan_conf_t *conf)
 {
-    static int curl_ready;
     if (conf == NULL || conf->url == NULL || conf->url[0] == '\0')
         return NULL;
-    if (!curl_ready) {
-        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-            log_error("event=scan_init_failed err=curl_global_init");
-            return NULL;
-        }
-        curl_ready = 1;
+    char err[128];
+    curl_loop_t *cl = curl_loop_new(loop, err, sizeof(err));
+    if (cl == NULL) {
+        char qerr[sizeof(err) * 4 + 3];
+        log_error("event=scan_init_failed err=%s", log_quote(qerr, sizeof(qerr), err, strlen(err)));
+        return NULL;
     }
     scanner_t *sc = xcalloc(1, sizeof(*sc));
     sc->loop = loop;
-    sc->multi = curl_multi_init();
-    if (sc->multi == NULL) {
-        free(sc);
-        log_error("event=scan_init_failed err=curl_multi_init");
-        return NULL;
-    }
-    loop_timer_init(&sc->timer, on_timer, sc);
+    sc->cl = cl;
     sc->conf = *conf;
     sc->conf.url = xstrdup(conf->url);
     sc->conf.tenants = conf->ntenants ? xcalloc(conf->ntenants, sizeof(*sc->conf.tenants)) : NULL;
@@ -757,10 +668,6 @@ scanner_t *scanner_new(loop_t *loop, const scan_conf_t *conf)
         sc->conf.tenants[i].tenant = xstrdup(conf->tenants[i].tenant);
         sc->conf.tenants[i].reject_score = conf->tenants[i].reject_score;
     }
-    curl_multi_setopt(sc->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
-    curl_multi_setopt(sc->multi, CURLMOPT_SOCKETDATA, sc);
-    curl_multi_setopt(sc->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
-    curl_multi_setopt(sc->multi, CURLMOPT_TIMERDATA, sc);
     char url[SCAN_URL_MAX * 4 + 3];
     log_info("event=scan_ready url=%s reject_score=%.2f tenants=%zu timeout_ms=%llu "
              "max_size=%llu on_failure=%s",
@@ -771,18 +678,10 @@ scanner_t *scanner_new(loop_t *loop, const scan_conf_t *conf)
     return sc;
 }
 
-static void scanner_free(scanner_t *sc)
-{
-    loop_timer_stop(sc->loop, &sc->timer);
-    curl_multi_cleanup(sc->multi); /* closes kept connections: their watches go */
-    loop_timer_stop(sc->loop, &sc->timer);
-    scan_conf_release(&sc->conf);
-    free(sc);
-}
-
 /*
  * Jobs still running are dropped without their done. Safe from inside a
- * done callback: the scanner is then freed once that handler returns.
+ * done callback: the job is gone by then, and curl_loop frees itself once
+ * that callback returns.
  */
 void scanner_destroy(scanner_t **p)
 {
@@ -792,11 +691,9 @@ void scanner_destroy(scanner_t **p)
     *p = NULL;
     while (sc->jobs)
         job_free(sc->jobs);
-    if (sc->busy) {
-        sc->dead = 1;
-        return;
-    }
-    scanner_free(sc);
+    curl_loop_destroy(&sc->cl); /* closes kept connections: their watches go */
+    scan_conf_release(&sc->conf);
+    free(sc);
 }
 
 /* Set up the transfer; -1 leaves the job to complete as a failure. */
@@ -843,12 +740,9 @@ static int job_transfer(scan_job_t *job, const scan_meta_t *meta)
     bad |= curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_reply_bytes) != CURLE_OK;
     bad |= curl_easy_setopt(e, CURLOPT_WRITEDATA, job) != CURLE_OK;
     bad |= curl_easy_setopt(e, CURLOPT_ERRORBUFFER, job->errbuf) != CURLE_OK;
-    bad |= curl_easy_setopt(e, CURLOPT_PRIVATE, job) != CURLE_OK;
     if (bad)
         return -1;
-    if (curl_multi_add_handle(sc->multi, e) != CURLM_OK)
-        return -1;
-    return 0;
+    return curl_loop_add(sc->cl, e, on_transfer_done, job);
 }
 
 scan_job_t *scan_start(scanner_t *sc, const char *data, size_t len, const scan_meta_t *meta,
