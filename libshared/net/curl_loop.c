@@ -37,7 +37,7 @@ static void xfer_drop(xfer_t *x)
 {
     curl_loop_t *cl = x->cl;
     curl_multi_remove_handle(cl->multi, x->easy);
-    curl_easy_setopt(x->easy, CURLOPT_PRIVATE, NULL);
+    curl_easy_setopt(x->easy, CURLOPT_PRIVATE, (char *)NULL);
     if (x->prev)
         x->prev->next = x->next;
     else
@@ -201,7 +201,7 @@ int curl_loop_add(curl_loop_t *cl, CURL *easy, curl_loop_done_fn done, void *arg
         goto fail;
     /* curl only asks for a timeout here; the transfer moves on the next loop turn */
     if (curl_multi_add_handle(cl->multi, easy) != CURLM_OK) {
-        curl_easy_setopt(easy, CURLOPT_PRIVATE, NULL);
+        curl_easy_setopt(easy, CURLOPT_PRIVATE, (char *)NULL);
         goto fail;
     }
     x->next = cl->xfers;
