@@ -10,7 +10,7 @@ sessions with --tls), waits until the sink has them all, and keeps the top
 entries of the report. With --tool callgrind the service is restarted under
 valgrind --tool=callgrind for the run instead (much slower; fewer messages).
 
-Writes bench/results/profile.txt (and profile.json).
+Writes bench/results/profile.txt and profile.json (--name changes the name).
 
 usage: bench/profile.py [--services ingress,queue,delivery,router,auth,events]
                         [--messages 20000] [--sessions 10] [--size 1024] [--tls]
@@ -126,6 +126,8 @@ def main():
     ap.add_argument("--tool", choices=("perf", "callgrind"), default="perf")
     ap.add_argument("--top", type=int, default=20)
     ap.add_argument("--no-strace", action="store_true")
+    ap.add_argument("--name", default="profile",
+                    help="results go to bench/results/NAME.txt and NAME.json")
     args = ap.parse_args()
     if args.tls and args.messages > 5000:
         args.messages = 3000
@@ -188,7 +190,7 @@ def main():
         sx.stop()
     result["setup"]["loadavg_end"] = procstat.loadavg()
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "profile.json"), "w") as f:
+    with open(os.path.join(HERE, "results", args.name + ".json"), "w") as f:
         json.dump(result, f, indent=2)
         f.write("\n")
     lines = ["profile: %d messages of %d bytes over %d %s sessions per service, %s; load "
@@ -212,7 +214,7 @@ def main():
                 lines.append("   %-16s %8s  %5.1f%%" % (row["syscall"], row["per_msg"],
                                                         row["percent_time"]))
     text = "\n".join(lines) + "\n"
-    with open(os.path.join(HERE, "results", "profile.txt"), "w") as f:
+    with open(os.path.join(HERE, "results", args.name + ".txt"), "w") as f:
         f.write(text)
     print(text)
 
