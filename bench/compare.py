@@ -40,7 +40,7 @@ figure reported is the median of the rounds):
 Prints a table and writes bench/results/latest.json (and the chart's data,
 bench/results/latest.dat). Leaves nothing running.
 
-usage: bench/compare.py [--rounds 3] [--scale 1.0] [--only plain,tls,idle,backlog]
+usage: bench/compare.py [--rounds 5] [--scale 1.0] [--only plain,tls,idle,backlog]
                         [--backlog 100000] [--idle 5000] [--idle-seconds 10]
 """
 import argparse
@@ -209,6 +209,19 @@ def s_time(cert, key, seconds):
             "client_cpu_ms_per_session": round(client_cpu * 1000.0 / max(1, n), 3)}
 
 
+def make_cert():
+    """A throwaway self-signed certificate (for the Postfix instances of the backlog case)."""
+    import tempfile
+    os.makedirs(TMP_BASE, exist_ok=True)
+    fd, cert = tempfile.mkstemp(prefix="cert-", suffix=".pem", dir=TMP_BASE)
+    os.close(fd)
+    key = cert.replace("cert-", "key-")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=localhost", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)
+    return cert, key
+
+
 def _connects(port):
     import socket
     s = socket.socket()
@@ -258,6 +271,52 @@ def postfix_idle(pf, n=100):
             "kib_rss_per_idle_session": round((rss - base_rss) / float(n), 1)}
 
 
+def postfix_backlog(cert, key, backlog, rounds, messages=3000, clients=10):
+    """bench/backlog.py's measure for Postfix: acceptance by a fresh Postfix and by one
+    holding `backlog` deferred messages, in turns. Both relay to a port where nothing
+    listens, so every message is deferred (connection refused) and waits in the
+    deferred queue; qmgr looks at it again only after queue_run_delay (300 s)."""
+    fresh = loaded = None
+    try:
+        fresh = Postfix(cert, key)
+        loaded = Postfix(cert, key)
+        dead = free_port()
+        for pf in (fresh, loaded):
+            pf.set_relayhost(dead)
+            smtpclient(pf.plain_port, clients, 300, 1024)  # warm-up
+        t0 = time.monotonic()
+        run_timed(["smtp-source", "-s", "8", "-m", str(backlog), "-l", "1024", "-d", "-f",
+                   SENDER, "-t", RCPT, "127.0.0.1:%d" % loaded.plain_port], timeout=3600)
+        preload = time.monotonic() - t0
+
+        def settled():
+            c = loaded.queue_counts()
+            return c["incoming"] + c["active"] == 0 and c["deferred"] >= backlog
+        procstat.wait_until(settled, 1800, 1.0)
+        settle = time.monotonic() - t0 - preload
+        held = loaded.queue_counts()
+        empty_rounds, backlog_rounds = [], []
+        for _ in range(rounds):
+            backlog_rounds.append(smtpclient(loaded.plain_port, clients, messages, 1024))
+            empty_rounds.append(smtpclient(fresh.plain_port, clients, messages, 1024))
+
+        def med(rs):
+            return {"messages_per_s": round(statistics.median(r["messages_per_s"] for r in rs), 1),
+                    "p50_ms": round(statistics.median(r["lat_p50_ms"] for r in rs), 2),
+                    "p99_ms": round(statistics.median(r["lat_p99_ms"] for r in rs), 2),
+                    "rounds_messages_per_s": [r["messages_per_s"] for r in rs]}
+        return {"backlog": backlog, "clients": clients, "messages_per_round": messages,
+                "rounds": rounds, "queue_with_backlog": held,
+                "preload": {"seconds": round(preload, 1),
+                            "messages_per_s": round(backlog / preload, 1),
+                            "all_deferred_after_s": round(settle, 1)},
+                "empty": med(empty_rounds), "with_backlog": med(backlog_rounds)}
+    finally:
+        for pf in (fresh, loaded):
+            if pf:
+                pf.stop()
+
+
 def run_script(args, timeout):
     log("running", " ".join(args))
     r = subprocess.run([sys.executable] + args, capture_output=True, text=True, timeout=timeout)
@@ -269,10 +328,12 @@ def run_script(args, timeout):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies every message count")
     ap.add_argument("--only", default="plain,tls,idle,backlog")
     ap.add_argument("--backlog", type=int, default=100000)
+    ap.add_argument("--no-postfix-backlog", action="store_true",
+                    help="measure the backlog on the relay only")
     ap.add_argument("--idle", type=int, default=5000)
     ap.add_argument("--idle-seconds", type=int, default=10,
                     help="how long bench/sessions.py keeps its sessions (RSS flatness)")
@@ -386,6 +447,16 @@ def main():
                 b = json.load(f)
             result["backlog"] = {k: b[k] for k in ("setup", "empty", "backlog",
                                                    "ratio_backlog_to_empty", "preload")}
+        if not args.no_postfix_backlog:
+            log("Postfix with a backlog of %d deferred messages" % args.backlog)
+            cert, key = make_cert()
+            try:
+                pb = postfix_backlog(cert, key, args.backlog, rounds=6)
+            finally:
+                os.unlink(cert)
+                os.unlink(key)
+            result["backlog"] = result["backlog"] or {}
+            result["backlog"]["postfix"] = pb
 
     load_samples.append(procstat.loadavg())
     result["setup"]["loadavg_rounds"] = load_samples
@@ -543,7 +614,7 @@ def render_table(res):
                              i["kib_pss_per_idle_session"], i["kib_rss_per_idle_session"],
                              i["sessions"]))
     b = res.get("backlog")
-    if b:
+    if b and b.get("empty"):
         lines.append("")
         lines.append("backlog (bench/backlog.py, %d clients, 1 KiB): empty queue %s msg/s p99 %s ms;"
                      " with %d deferred %s msg/s p99 %s ms; preload %s msg/s" % (
@@ -551,6 +622,13 @@ def render_table(res):
                          b["empty"]["p99_ms"], b["setup"]["backlog"],
                          b["backlog"]["messages_per_s"], b["backlog"]["p99_ms"],
                          b["preload"]["messages_per_s"]))
+    if b and b.get("postfix"):
+        p = b["postfix"]
+        lines.append("        Postfix (%d clients, 1 KiB, medians of %d rounds): empty queue %s msg/s "
+                     "p99 %s ms; with %d deferred %s msg/s p99 %s ms; preload %s msg/s" % (
+                         p["clients"], p["rounds"], p["empty"]["messages_per_s"],
+                         p["empty"]["p99_ms"], p["backlog"], p["with_backlog"]["messages_per_s"],
+                         p["with_backlog"]["p99_ms"], p["preload"]["messages_per_s"]))
     if res.get("targets"):
         lines.append("")
         lines.append("| target | measured | goal | met |")

@@ -204,12 +204,15 @@ class Postfix:
     def reapers(self):
         return (self.master,)
 
-    def queue_count(self):
-        n = 0
-        for sub in ("incoming", "active", "deferred", "maildrop"):
+    def queue_counts(self):
+        """Files in each of Postfix's queues (one file per message)."""
+        out = {}
+        for sub in ("maildrop", "incoming", "active", "deferred", "hold"):
+            n = 0
             for _, _, files in os.walk(os.path.join(self.dir, "queue", sub)):
                 n += len(files)
-        return n
+            out[sub] = n
+        return out
 
     def set_relayhost(self, port):
         subprocess.run(["postconf", "-c", self.etc, "-e", "relayhost = [127.0.0.1]:%d" % port],
