@@ -31,7 +31,7 @@ import procstat  # noqa: E402
 from targets import TMP_BASE, Sendarix  # noqa: E402
 
 CLIENT = os.environ.get("SENDARIX_BENCH_CLIENT", os.path.join(ROOT, "build", "bench", "smtpclient"))
-BIN = os.path.join(ROOT, "build", "bin")
+BIN = os.environ.get("SENDARIX_BIN", os.path.join(ROOT, "build", "bin"))
 
 
 def log(*a):

@@ -16,7 +16,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.path.join(ROOT, "build", "bin")
+# SENDARIX_BIN runs the tests against another build folder's binaries.
+BIN = os.environ.get("SENDARIX_BIN", os.path.join(ROOT, "build", "bin"))
 E2E_DIR = os.path.join(ROOT, "build", "e2e")
 # Relays' var folders live under a short path: their ipc:// socket names must
 # fit in a Unix socket address (107 bytes) wherever the repository is cloned.
