@@ -106,9 +106,12 @@ store_t *store_open(const char *dir, const store_opts_t *opts, char *err, size_t
         rc = mdb_env_set_maxdbs(st->env, opts && opts->max_dbs ? opts->max_dbs : STORE_MAX_DBS);
     if (rc == 0)
         rc = mdb_env_set_mapsize(st->env, st->map_size);
-    /* NOTLS: read transactions belong to our one thread, not to a TLS slot */
+    /* NOTLS: read transactions belong to our one thread, not to a TLS slot.
+     * NOSYNC rather than NOMETASYNC: the latter still fdatasyncs the data
+     * pages at every commit, the very cost a nosync store is meant to drop. */
+    unsigned flags = MDB_NOTLS | (opts && opts->nosync ? MDB_NOSYNC : 0);
     if (rc == 0)
-        rc = mdb_env_open(st->env, dir, MDB_NOTLS, 0640);
+        rc = mdb_env_open(st->env, dir, flags, 0640);
     if (rc != 0) {
         snprintf(err, errlen, "%s: cannot open store: %s", dir, mdb_strerror(rc));
         goto fail;
@@ -136,6 +139,11 @@ void store_close(store_t **p)
     free(st->dir);
     free(st);
     *p = NULL;
+}
+
+int store_sync(store_t *st)
+{
+    return map_rc(st, mdb_env_sync(st->env, 1));
 }
 
 int store_db(store_t *st, const char *name, unsigned *dbi)

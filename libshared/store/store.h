@@ -1,7 +1,9 @@
 /*
  * store: the one LMDB wrapper. Every service that keeps state opens its
  * environment here. Commits are synced to disk before they return (LMDB's
- * default; we never set MDB_NOSYNC), so "committed" means "on disk". When
+ * default), so "committed" means "on disk", unless the store is opened with
+ * `nosync` (the event log only): then a commit reaches the OS page cache and
+ * store_sync() puts it on disk. When
  * the map fills, store_write() grows it and runs the transaction again, up to
  * a configured ceiling; past it, or when the disk is full, callers get
  * STORE_FULL and must refuse new work instead of losing it.
@@ -26,6 +28,13 @@ typedef struct store_opts {
     size_t map_size;   /* initial map size, bytes */
     size_t map_max;    /* growth ceiling, bytes */
     unsigned max_dbs;  /* named databases */
+    /*
+     * 1: commits are not synced (MDB_NOSYNC); call store_sync() now and then.
+     * A process crash loses nothing (written pages are in the OS cache); a
+     * machine crash loses the commits since the last sync. Never for a store
+     * whose commits a reply depends on (queue, auth).
+     */
+    int nosync;
 } store_opts_t;
 
 #define STORE_DEFAULT_MAP  (64u << 20)
@@ -38,6 +47,9 @@ typedef struct store_val {
 
 store_t *store_open(const char *dir, const store_opts_t *opts, char *err, size_t errlen);
 void store_close(store_t **st);
+
+/* Put every commit on disk (a no-op cost on a synced store); a STORE_* code. */
+int store_sync(store_t *st);
 
 /* Open (creating) a named database; call at start, before other transactions. */
 int store_db(store_t *st, const char *name, unsigned *dbi);

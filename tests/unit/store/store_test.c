@@ -2,7 +2,8 @@
  * store_test: the LMDB wrapper: persistence across reopen, put/get/del,
  * scans by prefix and from a start key, store_write commit and abort, map
  * growth from a small map, STORE_FULL at the ceiling with nothing partial
- * committed, reserve and stats.
+ * committed, reserve and stats, and the unsynced (nosync) store: its commits
+ * survive the writer's crash and store_sync flushes them.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -16,6 +17,7 @@
 #include <dirent.h>
 #include <stdio.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "store/store.h"
@@ -297,6 +299,50 @@ static void test_write_commit_and_abort(void **state)
     store_close(&st);
 }
 
+static store_t *open_nosync(fx_t *f, unsigned *dbi)
+{
+    store_opts_t o = {.nosync = 1};
+    char err[256] = "";
+    store_t *st = store_open(f->dir, &o, err, sizeof(err));
+    if (st == NULL)
+        fail_msg("store_open: %s", err);
+    assert_int_equal(store_db(st, "main", dbi), STORE_OK);
+    return st;
+}
+
+static void test_nosync_and_sync(void **state)
+{
+    fx_t *f = *state;
+    unsigned dbi;
+    /* a writer that dies without a sync or a close, as a crash would */
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        store_t *st = open_nosync(f, &dbi);
+        batch_t b = {.dbi = dbi, .count = 20, .vlen = 100};
+        _exit(store_write(st, write_batch, &b) == STORE_OK ? 0 : 1);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+    /* its commits are all there (they were in the OS cache) */
+    store_t *st = open_nosync(f, &dbi);
+    batch_t b = {.dbi = dbi, .count = 20, .vlen = 100};
+    assert_int_equal(check_batch(st, &b), 20);
+    b.count = 30;
+    assert_int_equal(store_write(st, write_batch, &b), STORE_OK);
+    assert_int_equal(store_sync(st), STORE_OK);
+    assert_int_equal(check_batch(st, &b), 30);
+    store_close(&st);
+
+    /* a synced store may be flushed too: nothing to do */
+    st = open_store(f, 0, 0, &dbi);
+    assert_int_equal(check_batch(st, &b), 30);
+    assert_int_equal(store_sync(st), STORE_OK);
+    store_close(&st);
+}
+
 static void test_map_growth(void **state)
 {
     fx_t *f = *state;
@@ -437,6 +483,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_put_get_del_and_reopen, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scan, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_commit_and_abort, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nosync_and_sync, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_growth, setup, teardown),
         cmocka_unit_test_setup_teardown(test_full_at_ceiling, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reserve, setup, teardown),
