@@ -2,7 +2,8 @@
  * sendarix-events: the event collector. main, the `events` config table
  * and the wiring: the PULL socket every service pushes events to, the
  * ROUTER socket that answers searches, the HTTP server, the retention
- * sweep, the service metrics poller and the stats in ServicePong. The work
+ * sweep, the periodic sync of the event log (its commits are not synced),
+ * the service metrics poller and the stats in ServicePong. The work
  * itself is in events_*.c.
  */
 #include "core/clock.h"
@@ -13,6 +14,7 @@
 #include "events_metrics.h"
 #include "events_store.h"
 #include "ipc/service.h"
+#include "store/store.h"
 
 #include <stddef.h>
 #include <stdio.h>
@@ -26,6 +28,7 @@ typedef struct events_conf {
     char *http_address;
     long long http_port;
     uint64_t metrics_interval_ms;
+    uint64_t sync_interval_ms;
 } events_conf_t;
 
 static const conf_field_t events_table[] = {
@@ -40,6 +43,9 @@ static const conf_field_t events_table[] = {
     {"metrics_interval", CONF_DURATION, offsetof(events_conf_t, metrics_interval_ms),
      EVMETRICS_INTERVAL_DEFAULT, 200, 3600000, 0, NULL, NULL,
      "how often every service is pinged (and each queue asked for its stats) for /metrics"},
+    {"sync_interval", CONF_DURATION, offsetof(events_conf_t, sync_interval_ms), "1s", 10, 60000,
+     0, NULL, NULL,
+     "how often the event log is synced to disk: a machine crash loses at most this much"},
     {NULL},
 };
 
@@ -53,6 +59,7 @@ typedef struct events_app {
     events_http_t *http;
     evmetrics_t *metrics;
     loop_timer_t sweep;
+    loop_timer_t sync;
 } events_app_t;
 
 static void on_sweep(loop_t *loop, void *arg)
@@ -67,6 +74,15 @@ static void on_sweep(loop_t *loop, void *arg)
     else if (deleted)
         log_info("event=sweep deleted=%zu more=%d", deleted, rc);
     loop_timer_start(loop, &app->sweep, rc == 1 ? SWEEP_AGAIN_MS : app->conf.sweep_interval_ms);
+}
+
+static void on_sync(loop_t *loop, void *arg)
+{
+    events_app_t *app = arg;
+    int rc = evstore_sync(app->store);
+    if (rc != 0)
+        log_error("event=events_sync_failed err=\"%s\"", store_strerror(rc));
+    loop_timer_start(loop, &app->sync, app->conf.sync_interval_ms);
 }
 
 static void on_stats(PB(ServicePong) * pong, void *arg)
@@ -122,6 +138,7 @@ static int app_start(events_app_t *app)
     }
     bus_set_stats(svc->bus, on_stats, app);
     loop_timer_start(svc->loop, &app->sweep, 0);
+    loop_timer_start(svc->loop, &app->sync, app->conf.sync_interval_ms);
     log_info("event=events_ready stored=%llu retention_ms=%llu",
              (unsigned long long)evstore_count(app->store),
              (unsigned long long)app->conf.retention_ms);
@@ -131,12 +148,13 @@ static int app_start(events_app_t *app)
 static void app_stop(events_app_t *app)
 {
     loop_timer_stop(app->svc.loop, &app->sweep);
+    loop_timer_stop(app->svc.loop, &app->sync);
     events_http_destroy(&app->http);
     evmetrics_destroy(&app->metrics);
     bus_server_destroy(&app->server);
     bus_pull_destroy(&app->pull);
     evingest_destroy(&app->ingest); /* writes what is still queued */
-    evstore_close(&app->store);
+    evstore_close(&app->store); /* syncs */
     conf_release(events_table, &app->conf);
 }
 
@@ -146,6 +164,7 @@ int main(int argc, char **argv)
     if (service_init(&app.svc, "events", argc, argv) < 0)
         return 1;
     loop_timer_init(&app.sweep, on_sweep, &app);
+    loop_timer_init(&app.sync, on_sync, &app);
     int rc = 1;
     if (service_section(&app.svc, events_table, &app.conf) == 0 && app_start(&app) == 0)
         rc = service_run(&app.svc) == 0 ? 0 : 1;

@@ -3,7 +3,8 @@
  * sweep over store/store.h. Three named databases: "events" (time key ->
  * packed Event), "by_message" (message key -> time key) and "meta" (the
  * event count, kept in the same transactions as the events). Not a cache:
- * every search reads LMDB in a read transaction.
+ * every search reads LMDB in a read transaction. Commits are not synced
+ * (no 250 waits for an event): the service calls evstore_sync on a timer.
  */
 #include "events_store.h"
 #include "core/alloc.h"
@@ -26,6 +27,7 @@ struct evstore {
     unsigned db_by_message;
     unsigned db_meta;
     uint64_t count;
+    int unsynced; /* a commit since the last sync */
 };
 
 typedef struct batch_entry {
@@ -115,7 +117,8 @@ static int count_write(evstore_t *st, store_txn_t *txn, uint64_t count)
 evstore_t *evstore_open(const char *dir, char *err, size_t errlen)
 {
     evstore_t *st = xcalloc(1, sizeof(*st));
-    st->store = store_open(dir, NULL, err, errlen);
+    store_opts_t opts = {.nosync = 1};
+    st->store = store_open(dir, &opts, err, errlen);
     if (st->store == NULL)
         goto fail;
     if (store_db(st->store, DB_EVENTS, &st->db_events) != STORE_OK ||
@@ -135,9 +138,21 @@ void evstore_close(evstore_t **p)
     evstore_t *st = *p;
     if (st == NULL)
         return;
+    if (st->store)
+        evstore_sync(st); /* a clean stop leaves every event on disk */
     store_close(&st->store);
     free(st);
     *p = NULL;
+}
+
+int evstore_sync(evstore_t *st)
+{
+    if (!st->unsynced)
+        return 0;
+    int rc = store_sync(st->store);
+    if (rc == STORE_OK)
+        st->unsynced = 0;
+    return rc;
 }
 
 uint64_t evstore_count(const evstore_t *st)
@@ -306,6 +321,7 @@ int evstore_write(evstore_t *st, evstore_batch_t *b, size_t *stored, size_t *dup
     if (rc != STORE_OK)
         return rc;
     st->count += w.stored;
+    st->unsynced = 1;
     *stored = w.stored;
     *duplicates = w.dups;
     return 0;
@@ -544,6 +560,7 @@ int evstore_sweep(evstore_t *st, uint64_t before_ms, size_t max, size_t *deleted
     if (rc != STORE_OK)
         return rc < 0 ? rc : STORE_ERROR;
     st->count = st->count >= sw.n ? st->count - sw.n : 0;
+    st->unsynced |= sw.n > 0;
     *deleted = sw.n;
     return sw.more;
 }

@@ -7,6 +7,11 @@
  * filters, within a scan budget. Writes come in batches, one transaction
  * each; the retention sweep deletes old events and their index entries a
  * bounded batch at a time. It knows nothing of the bus or of HTTP.
+ *
+ * Commits are not synced to disk when they return (events are not covered
+ * by the "250 means on disk" rule): a crash of the process loses nothing,
+ * a crash of the machine loses what was written since the last
+ * evstore_sync(), which the service calls every sync_interval.
  */
 #ifndef SX_EVENTS_STORE_H
 #define SX_EVENTS_STORE_H
@@ -30,7 +35,10 @@ typedef struct evstore evstore_t;
 typedef struct evstore_batch evstore_batch_t;
 
 evstore_t *evstore_open(const char *dir, char *err, size_t errlen);
+/* Syncs, then closes. */
 void evstore_close(evstore_t **st);
+/* Put every write since the last sync on disk; 0 or a store status. */
+int evstore_sync(evstore_t *st);
 
 /* Events held now, and the bytes the store takes on disk. */
 uint64_t evstore_count(const evstore_t *st);
@@ -56,7 +64,7 @@ int evstore_batch_add(evstore_batch_t *b, const PB(Event) * ev, char *why, size_
 size_t evstore_batch_count(const evstore_batch_t *b);
 
 /*
- * Write every event of the batch in one synced transaction and empty the
+ * Write every event of the batch in one transaction and empty the
  * batch, whatever the outcome. An event whose key is already present (the
  * same event sent twice) is skipped. 0 with *stored and *duplicates set, or
  * a store status (STORE_FULL, STORE_ERROR) when nothing was written.
