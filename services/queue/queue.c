@@ -146,6 +146,7 @@ int main(int argc, char **argv)
         goto out;
     }
     snprintf(q.name, sizeof(q.name), "queue/%s", svc.instance);
+    queue_write_init(&q);
     queue_results_init(&q);
     queue_suppress_init(&q);
     if (queue_store_open(&q) < 0 || queue_index_init(&q) < 0 || queue_ops_load(&q) < 0 ||
@@ -181,6 +182,7 @@ out:
     for (size_t i = 0; i < q.npeers; i++)
         bus_client_destroy(&q.peers[i]);
     free(q.peers);
+    queue_write_fini(&q);
     queue_results_fini(&q);
     queue_sched_fini(&q);
     queue_accept_fini(&q);

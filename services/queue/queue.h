@@ -65,8 +65,10 @@ typedef struct queue {
     struct queue_commit *commits;      /* FIFO */
     struct queue_commit **commits_tail;
     size_t ncommits;
-    loop_timer_t commit_timer;
+    struct queue_commit *batch;        /* taken for this turn's write */
     loop_timer_t upload_sweep;
+
+    loop_timer_t write_timer;  /* the synced write of this loop turn (queue_write.c) */
 
     queue_sched_t *sched;
     queue_index_t *index;
@@ -123,6 +125,24 @@ void queue_on_chunk(queue_t *q, bus_msg_t *msg);
 void queue_on_commit(queue_t *q, bus_msg_t *msg);
 void queue_on_abort(queue_t *q, bus_msg_t *msg);
 void queue_on_show(queue_t *q, bus_msg_t *msg);
+
+/* ---- the one synced write of each loop turn (queue_write.c) ---- */
+void queue_write_init(queue_t *q);
+void queue_write_fini(queue_t *q);
+/* Have pending commits and results written at the end of this loop turn. */
+void queue_write_soon(queue_t *q);
+
+/*
+ * Each side's part of that write: take what is pending (the count to
+ * write), write it inside the transaction (replayed whole when the map
+ * grows), then act on the outcome once the commit returned.
+ */
+size_t queue_commits_take(queue_t *q);
+int queue_commits_write(queue_t *q, store_txn_t *txn);
+void queue_commits_done(queue_t *q, int rc);
+size_t queue_results_take(queue_t *q);
+int queue_results_write(queue_t *q, store_txn_t *txn);
+void queue_results_done(queue_t *q, int rc);
 
 /* ---- in-memory index of messages and destinations (queue_index.c) ---- */
 typedef struct queue_domain {

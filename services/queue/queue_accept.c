@@ -2,10 +2,11 @@
  * queue_accept: taking messages in. Chunks of a message whose DATA is still
  * arriving are held in memory (as the ZeroMQ frames they came in, no copy);
  * at commit the record and the body are written with every other commit of
- * the same loop turn in one LMDB transaction, synced to disk, and only then
- * is each ingress answered. This is the group commit: one fsync for a burst
- * of messages, and no message confirmed before its fsync returned.
- * Also answers QueueMessageShow. Scheduling is queue_sched.c's.
+ * the same loop turn, and that turn's results, in one LMDB transaction
+ * (queue_write.c), synced to disk, and only then is each ingress answered.
+ * This is the group commit: one fsync for a burst of messages, and no
+ * message confirmed before its fsync returned. Also answers
+ * QueueMessageShow. Scheduling is queue_sched.c's.
  */
 #include "queue.h"
 #include "core/alloc.h"
@@ -32,14 +33,13 @@ typedef struct queue_commit {
     bus_peer_t peer;
     uint64_t request_id;
     char id[ID_BUF_SIZE];
-    uint8_t *record;        /* packed QueueRecord */
-    size_t record_len;
+    sx_env_t *env;          /* the request: rec points into its envelope */
+    PB(QueueRecord) rec;    /* written, then indexed, never packed to be unpacked */
+    PB(QueueRecipientState) *states;
+    size_t record_len;      /* packed size of rec */
     zmq_msg_t *parts;       /* body pieces in order */
     uint32_t nparts;
     uint64_t body_size;
-    char *mail_from;
-    char *tenant;
-    size_t nrcpt;
     int refused;            /* no room: answered 452 without a write */
     struct queue_commit *next;
 } queue_commit_t;
@@ -181,9 +181,9 @@ static void commit_free(queue_commit_t *c)
     for (uint32_t i = 0; i < c->nparts; i++)
         zmq_msg_close(&c->parts[i]);
     free(c->parts);
-    free(c->record);
-    free(c->mail_from);
-    free(c->tenant);
+    free(c->rec.recipients);
+    free(c->states);
+    codec_free(&c->env);
     free(c);
 }
 
@@ -219,6 +219,62 @@ static int message_exists(queue_t *q, const char *id)
     return found;
 }
 
+/* The body in order: header lines decided at the end of data, the chunks
+ * (moved out of the upload, no copy), then the last piece with the commit. */
+static void commit_take_body(queue_t *q, queue_commit_t *c, bus_msg_t *msg, queue_upload_t *u,
+                             queue_upload_t **link)
+{
+    PB(QueueMessageCommit) *req = msg->env->queue_message_commit;
+    uint32_t have = u ? u->nchunks : 0;
+    c->parts = xcalloc(have + 2, sizeof(zmq_msg_t));
+    if (req->prepend.len > 0) {
+        zmq_msg_init_size(&c->parts[0], req->prepend.len);
+        memcpy(zmq_msg_data(&c->parts[0]), req->prepend.data, req->prepend.len);
+        c->body_size += req->prepend.len;
+        c->nparts = 1;
+    }
+    if (u) {
+        for (uint32_t i = 0; i < have; i++) {
+            zmq_msg_t *part = &c->parts[c->nparts++];
+            zmq_msg_init(part);
+            zmq_msg_move(part, &u->chunks[i]);
+            c->body_size += zmq_msg_size(part);
+        }
+        *link = u->next;
+        upload_free(q, u); /* its chunks were moved: only bookkeeping is freed */
+    }
+    bus_msg_take_payload(msg, &c->parts[c->nparts]);
+    c->body_size += zmq_msg_size(&c->parts[c->nparts]);
+    c->nparts++;
+}
+
+/* The record: the envelope as given, a state per recipient, all due now. */
+static void commit_build_record(queue_commit_t *c, PB(QueueEnvelope) * e)
+{
+    uint64_t now = clock_wall_ms();
+    e->size = c->body_size;
+    if (e->received_at_ms == 0)
+        e->received_at_ms = now;
+    PB(QueueRecord) rec = PB_INIT(QUEUE_RECORD);
+    rec.envelope = e;
+    rec.body_size = c->body_size;
+    rec.n_recipients = e->n_recipients;
+    rec.recipients = xcalloc(e->n_recipients, sizeof(*rec.recipients));
+    c->states = xcalloc(e->n_recipients, sizeof(*c->states));
+    for (size_t i = 0; i < e->n_recipients; i++) {
+        PB(QueueRecipientState) init = PB_INIT(QUEUE_RECIPIENT_STATE);
+        c->states[i] = init;
+        c->states[i].index = (uint32_t)i;
+        c->states[i].address = e->recipients[i]->address;
+        c->states[i].state = "queued";
+        c->states[i].next_attempt_ms = now;
+        e->recipients[i]->index = (uint32_t)i;
+        rec.recipients[i] = &c->states[i];
+    }
+    c->rec = rec;
+    c->record_len = PB_FN(queue_record, get_packed_size)(&c->rec);
+}
+
 void queue_on_commit(queue_t *q, bus_msg_t *msg)
 {
     PB(QueueMessageCommit) *req = msg->env->queue_message_commit;
@@ -251,83 +307,79 @@ void queue_on_commit(queue_t *q, bus_msg_t *msg)
     c->peer = msg->peer;
     c->request_id = rid;
     sx_strlcpy(c->id, e->message_id, sizeof(c->id));
-    c->parts = xcalloc(have + 2, sizeof(zmq_msg_t));
-    if (req->prepend.len > 0) {
-        /* header lines decided at the end of data go in front of everything */
-        zmq_msg_init_size(&c->parts[0], req->prepend.len);
-        memcpy(zmq_msg_data(&c->parts[0]), req->prepend.data, req->prepend.len);
-        c->body_size += req->prepend.len;
-        c->nparts = 1;
-    }
-    if (u) {
-        for (uint32_t i = 0; i < have; i++) {
-            zmq_msg_t *part = &c->parts[c->nparts++];
-            zmq_msg_init(part);
-            zmq_msg_move(part, &u->chunks[i]);
-            c->body_size += zmq_msg_size(part);
-        }
-        *link = u->next;
-        upload_free(q, u); /* its chunks were moved: only bookkeeping is freed */
-    }
-    bus_msg_take_payload(msg, &c->parts[c->nparts]);
-    c->body_size += zmq_msg_size(&c->parts[c->nparts]);
-    c->nparts++;
-
-    /* the record: the envelope as given, a state per recipient, all due now */
-    uint64_t now = clock_wall_ms();
-    e->size = c->body_size;
-    if (e->received_at_ms == 0)
-        e->received_at_ms = now;
-    PB(QueueRecord) rec = PB_INIT(QUEUE_RECORD);
-    rec.envelope = e;
-    rec.body_size = c->body_size;
-    rec.n_recipients = e->n_recipients;
-    rec.recipients = xcalloc(e->n_recipients, sizeof(*rec.recipients));
-    PB(QueueRecipientState) *states = xcalloc(e->n_recipients, sizeof(*states));
-    for (size_t i = 0; i < e->n_recipients; i++) {
-        PB(QueueRecipientState) init = PB_INIT(QUEUE_RECIPIENT_STATE);
-        states[i] = init;
-        states[i].index = (uint32_t)i;
-        states[i].address = e->recipients[i]->address;
-        states[i].state = "queued";
-        states[i].next_attempt_ms = now;
-        e->recipients[i]->index = (uint32_t)i;
-        rec.recipients[i] = &states[i];
-    }
-    c->record_len = PB_FN(queue_record, get_packed_size)(&rec);
-    c->record = xmalloc(c->record_len);
-    PB_FN(queue_record, pack)(&rec, c->record);
-    free(rec.recipients);
-    free(states);
-    c->mail_from = xstrdup(e->mail_from ? e->mail_from : "");
-    c->tenant = xstrdup(e->tenant ? e->tenant : "");
-    c->nrcpt = e->n_recipients;
+    commit_take_body(q, c, msg, u, link);
+    commit_build_record(c, e);
+    /* kept until the commit is done: the record points into the envelope */
+    c->env = bus_msg_take_env(msg);
 
     *q->commits_tail = c;
     q->commits_tail = &c->next;
     q->ncommits++;
-    if (!loop_timer_active(&q->commit_timer))
-        loop_timer_start(q->svc->loop, &q->commit_timer, 0);
+    queue_write_soon(q);
 }
 
-typedef struct commit_batch {
-    queue_t *q;
-    queue_commit_t *first;
-    size_t count;
-} commit_batch_t;
-
-static int commit_write(store_txn_t *txn, void *arg)
+/*
+ * How many commits of a batch, from its first, leave enough room for
+ * recording deliveries (a store filled to its last page could not free
+ * itself). One check for the whole batch; one per message only when it
+ * does not all fit.
+ */
+static size_t batch_fit(queue_t *q, const queue_commit_t *first)
 {
-    commit_batch_t *b = arg;
-    queue_t *q = b->q;
-    queue_commit_t *c = b->first;
-    for (size_t i = 0; i < b->count; i++, c = c->next) {
-        size_t idlen = strlen(c->id);
-        int rc = store_put(txn, q->db_msg, c->id, idlen, c->record, c->record_len);
+    size_t reserve = queue_store_reserve(q);
+    size_t total = 0, count = 0;
+    for (const queue_commit_t *c = first; c; c = c->next, count++)
+        total += c->record_len + c->body_size;
+    if (store_has_room(q->store, total, reserve))
+        return count;
+    size_t need = 0, fit = 0;
+    for (const queue_commit_t *c = first; c; c = c->next, fit++) {
+        need += c->record_len + c->body_size;
+        if (!store_has_room(q->store, need, reserve))
+            break;
+    }
+    return fit;
+}
+
+size_t queue_commits_take(queue_t *q)
+{
+    if (q->commits == NULL)
+        return 0;
+    size_t count = 0;
+    queue_commit_t *last = NULL;
+    for (queue_commit_t *c = q->commits; c && count < (size_t)q->conf.group_commit_max;
+         c = c->next) {
+        last = c;
+        count++;
+    }
+    q->batch = q->commits;
+    q->commits = last->next;
+    if (q->commits == NULL)
+        q->commits_tail = &q->commits;
+    q->ncommits -= count;
+    last->next = NULL;
+
+    /* refuse at once what does not fit: answered 452, never written */
+    size_t fit = batch_fit(q, q->batch);
+    if (fit < count) {
+        queue_commit_t *c = q->batch;
+        for (size_t i = 0; i < fit; i++)
+            c = c->next;
+        for (; c; c = c->next)
+            c->refused = 1;
+        log_warn("event=store_nearly_full refused=%zu of=%zu", count - fit, count);
+    }
+    return fit;
+}
+
+int queue_commits_write(queue_t *q, store_txn_t *txn)
+{
+    for (queue_commit_t *c = q->batch; c && !c->refused; c = c->next) {
+        int rc = queue_store_put(q, txn, &c->rec);
         if (rc != STORE_OK)
             return rc;
         void *dst;
-        rc = store_reserve(txn, q->db_body, c->id, idlen, c->body_size, &dst);
+        rc = store_reserve(txn, q->db_body, c->id, strlen(c->id), c->body_size, &dst);
         if (rc != STORE_OK)
             return rc;
         char *p = dst;
@@ -341,86 +393,44 @@ static int commit_write(store_txn_t *txn, void *arg)
     return 0;
 }
 
-static void commit_run(loop_t *loop, void *arg)
+/* A message now on disk: answer ingress, announce it, index and schedule it. */
+static void commit_stored(queue_t *q, queue_commit_t *c, uint64_t now)
 {
-    queue_t *q = arg;
-    if (q->commits == NULL)
+    const PB(QueueEnvelope) *e = c->rec.envelope;
+    const char *from = e->mail_from ? e->mail_from : "";
+    const char *tenant = e->tenant ? e->tenant : "";
+    q->accepted++;
+    reply_status(q, &c->peer, c->request_id, c->id, 250, "2.0.0", "queued");
+    log_info("event=queued msg=%s from=<%s> rcpts=%zu size=%llu tenant=%s", c->id, from,
+             c->rec.n_recipients, (unsigned long long)c->body_size, tenant[0] ? tenant : "-");
+    PB(Event) ev = PB_INIT(EVENT);
+    ev.type = "queued";
+    ev.message_id = c->id;
+    ev.sender = (char *)from;
+    ev.tenant = (char *)tenant;
+    service_event(q->svc, &ev);
+    queue_index_put(q, &c->rec);
+    queue_sched_add(q, c->id, now);
+}
+
+void queue_commits_done(queue_t *q, int rc)
+{
+    if (q->batch == NULL)
         return;
-    commit_batch_t b = {.q = q, .first = q->commits, .count = 0};
-    queue_commit_t *last = NULL;
-    for (queue_commit_t *c = q->commits; c && b.count < (size_t)q->conf.group_commit_max;
-         c = c->next) {
-        last = c;
-        b.count++;
-    }
-    /* detach the batch before writing: handlers may queue more meanwhile */
-    q->commits = last->next;
-    if (q->commits == NULL)
-        q->commits_tail = &q->commits;
-    q->ncommits -= b.count;
-    last->next = NULL;
-
-    /* refuse at once what would leave too little room for recording
-     * deliveries: a store filled to its last page could not free itself */
-    size_t reserve = queue_store_reserve(q);
-    size_t need = 0, fit = 0;
-    for (queue_commit_t *c = b.first; c; c = c->next) {
-        need += c->record_len + c->body_size;
-        if (!store_has_room(q->store, need, reserve))
-            break;
-        fit++;
-    }
-    if (fit < b.count) {
-        queue_commit_t *c = b.first;
-        for (size_t i = 0; i < fit; i++)
-            c = c->next;
-        while (c) {
-            c->refused = 1;
-            c = c->next;
-        }
-        log_warn("event=store_nearly_full refused=%zu of=%zu", b.count - fit, b.count);
-    }
-    b.count = fit;
-
-    uint64_t t0 = clock_mono_ms();
-    int rc = fit ? store_write(q->store, commit_write, &b) : STORE_OK;
-    uint64_t took = clock_mono_ms() - t0;
     q->commit_batches++;
     if (rc != STORE_OK)
         q->commit_failures++;
-    log_debug("event=group_commit messages=%zu ms=%llu result=%s", b.count,
-              (unsigned long long)took, store_strerror(rc));
-
     uint64_t now = clock_wall_ms();
-    queue_commit_t *c = b.first;
+    queue_commit_t *c = q->batch;
+    q->batch = NULL;
     while (c) {
         queue_commit_t *next = c->next;
-        if (c->refused) {
+        if (c->refused || rc == STORE_FULL) {
             log_error("event=commit_failed msg=%s reason=store_full", c->id);
             reply_status(q, &c->peer, c->request_id, c->id, 452, "4.3.1",
                          "insufficient system storage");
         } else if (rc == STORE_OK) {
-            q->accepted++;
-            reply_status(q, &c->peer, c->request_id, c->id, 250, "2.0.0", "queued");
-            log_info("event=queued msg=%s from=<%s> rcpts=%zu size=%llu tenant=%s", c->id,
-                     c->mail_from, c->nrcpt, (unsigned long long)c->body_size,
-                     c->tenant[0] ? c->tenant : "-");
-            PB(Event) ev = PB_INIT(EVENT);
-            ev.type = "queued";
-            ev.message_id = c->id;
-            ev.sender = c->mail_from;
-            ev.tenant = c->tenant;
-            service_event(q->svc, &ev);
-            PB(QueueRecord) *rec = PB_FN(queue_record, unpack)(NULL, c->record_len, c->record);
-            if (rec) {
-                queue_index_put(q, rec);
-                queue_record_free(&rec);
-            }
-            queue_sched_add(q, c->id, now);
-        } else if (rc == STORE_FULL) {
-            log_error("event=commit_failed msg=%s reason=store_full", c->id);
-            reply_status(q, &c->peer, c->request_id, c->id, 452, "4.3.1",
-                         "insufficient system storage");
+            commit_stored(q, c, now);
         } else {
             log_error("event=commit_failed msg=%s reason=store_error", c->id);
             reply_status(q, &c->peer, c->request_id, c->id, 451, "4.3.0",
@@ -430,7 +440,7 @@ static void commit_run(loop_t *loop, void *arg)
         c = next;
     }
     if (q->commits)
-        loop_timer_start(loop, &q->commit_timer, 0);
+        queue_write_soon(q);
 }
 
 /* ---- show ---- */
@@ -470,7 +480,6 @@ void queue_on_show(queue_t *q, bus_msg_t *msg)
 int queue_accept_init(queue_t *q)
 {
     q->commits_tail = &q->commits;
-    loop_timer_init(&q->commit_timer, commit_run, q);
     loop_timer_init(&q->upload_sweep, upload_sweep, q);
     loop_timer_start(q->svc->loop, &q->upload_sweep, UPLOAD_SWEEP_MS);
     return 0;
@@ -478,7 +487,6 @@ int queue_accept_init(queue_t *q)
 
 void queue_accept_fini(queue_t *q)
 {
-    loop_timer_stop(q->svc->loop, &q->commit_timer);
     loop_timer_stop(q->svc->loop, &q->upload_sweep);
     while (q->uploads) {
         queue_upload_t *u = q->uploads;
@@ -488,6 +496,11 @@ void queue_accept_fini(queue_t *q)
     while (q->commits) {
         queue_commit_t *c = q->commits;
         q->commits = c->next;
+        commit_free(c);
+    }
+    while (q->batch) {
+        queue_commit_t *c = q->batch;
+        q->batch = c->next;
         commit_free(c);
     }
     q->commits_tail = &q->commits;

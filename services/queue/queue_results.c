@@ -6,8 +6,9 @@
  * ones wait: the wait a greylisting reply asks for, or the backoff, until
  * max_age turns them into bounces; soft bounces of the same address that
  * persist become hard. A finished message loses its body at once. Results
- * of one loop turn share one transaction; nothing here touches memory the
- * transaction could roll back, so a map-full retry replays cleanly.
+ * of one loop turn share one transaction with that turn's new messages
+ * (queue_write.c); nothing here touches memory the transaction could roll
+ * back, so a map-full retry replays cleanly.
  */
 #include "queue.h"
 #include "core/alloc.h"
@@ -32,8 +33,9 @@ typedef enum {
 
 typedef struct results_state {
     result_t *head, **tail;
-    loop_timer_t timer;
-    uint64_t retry_ms;   /* after a failed write: wait before trying again */
+    result_t *taken;     /* detached for this turn's write */
+    loop_timer_t retry;  /* running while a failed write waits to be tried again */
+    uint64_t retry_ms;
 } results_state_t;
 
 static results_state_t *rs_of(queue_t *q)
@@ -62,8 +64,8 @@ void queue_results_push(queue_t *q, result_t *r)
     results_state_t *rs = rs_of(q);
     *rs->tail = r;
     rs->tail = &r->next;
-    if (!loop_timer_active(&rs->timer) && rs->retry_ms == 0)
-        loop_timer_start(q->svc->loop, &rs->timer, 0);
+    if (!loop_timer_active(&rs->retry))
+        queue_write_soon(q);
 }
 
 /* ---- applying one result to its record (inside the transaction) ---- */
@@ -260,11 +262,25 @@ static int apply_one(queue_t *q, store_txn_t *txn, result_t *r, uint64_t now)
     return rc == STORE_OK ? 0 : -1;
 }
 
-static int results_write(store_txn_t *txn, void *arg)
+size_t queue_results_take(queue_t *q)
 {
-    queue_t *q = arg;
+    results_state_t *rs = rs_of(q);
+    if (rs->head == NULL || loop_timer_active(&rs->retry))
+        return 0;
+    /* detached, so that results pushed before it is done stay for the next turn */
+    rs->taken = rs->head;
+    rs->head = NULL;
+    rs->tail = &rs->head;
+    size_t n = 0;
+    for (result_t *r = rs->taken; r; r = r->next)
+        n++;
+    return n;
+}
+
+int queue_results_write(queue_t *q, store_txn_t *txn)
+{
     uint64_t now = clock_wall_ms();
-    for (result_t *r = rs_of(q)->head; r; r = r->next) {
+    for (result_t *r = rs_of(q)->taken; r; r = r->next) {
         /* a retried transaction starts this result over */
         queue_record_free(&r->rec);
         queue_record_free(&r->dsn);
@@ -386,14 +402,31 @@ static void after_commit(queue_t *q, result_t *r, uint64_t now)
                             r->dest_failed ? r->dest_error : NULL, now);
 }
 
-static void results_run(loop_t *loop, void *arg)
+/* Put a list back in front of what was pushed since it was taken. */
+static void requeue_front(results_state_t *rs, result_t *list)
+{
+    result_t *last = list;
+    while (last->next)
+        last = last->next;
+    last->next = rs->head;
+    if (rs->head == NULL)
+        rs->tail = &last->next;
+    rs->head = list;
+}
+
+static void retry_due(loop_t *loop, void *arg)
 {
     (void)loop;
-    queue_t *q = arg;
+    queue_write_soon(arg);
+}
+
+void queue_results_done(queue_t *q, int rc)
+{
     results_state_t *rs = rs_of(q);
-    if (rs->head == NULL)
+    result_t *r = rs->taken;
+    rs->taken = NULL;
+    if (r == NULL)
         return;
-    int rc = store_write(q->store, results_write, q);
     if (rc != STORE_OK) {
         /* keep every result and write it later: trying the messages again
          * instead would deliver them twice */
@@ -401,14 +434,12 @@ static void results_run(loop_t *loop, void *arg)
                                     : 500;
         log_error("event=results_write_failed err=\"%s\" retry_in_ms=%llu", store_strerror(rc),
                   (unsigned long long)rs->retry_ms);
-        loop_timer_start(q->svc->loop, &rs->timer, rs->retry_ms);
+        requeue_front(rs, r);
+        loop_timer_start(q->svc->loop, &rs->retry, rs->retry_ms);
         return;
     }
     rs->retry_ms = 0;
     uint64_t now = clock_wall_ms();
-    result_t *r = rs->head;
-    rs->head = NULL;
-    rs->tail = &rs->head;
     while (r) {
         result_t *next = r->next;
         after_commit(q, r, now);
@@ -422,7 +453,7 @@ void queue_results_init(queue_t *q)
 {
     results_state_t *rs = xcalloc(1, sizeof(*rs));
     rs->tail = &rs->head;
-    loop_timer_init(&rs->timer, results_run, q);
+    loop_timer_init(&rs->retry, retry_due, q);
     q->results = rs;
 }
 
@@ -431,7 +462,9 @@ void queue_results_fini(queue_t *q)
     results_state_t *rs = rs_of(q);
     if (rs == NULL)
         return;
-    loop_timer_stop(q->svc->loop, &rs->timer);
+    loop_timer_stop(q->svc->loop, &rs->retry);
+    if (rs->taken)
+        requeue_front(rs, rs->taken);
     while (rs->head) {
         result_t *r = rs->head;
         rs->head = r->next;
