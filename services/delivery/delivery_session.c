@@ -10,7 +10,6 @@
 #include "core/log.h"
 #include "delivery_reason.h"
 #include "mail/base64.h"
-#include "mail/smtp_data.h"
 #include "net/conn.h"
 
 #include <errno.h>
@@ -85,8 +84,9 @@ struct session {
     size_t replies_got;
     int pipelined;
     int mail_ok;
-    buf_t body;          /* the stuffed body */
-    size_t body_sent;
+    size_t body_at;      /* the next body byte to send (stuffing is added on the way) */
+    buf_t held;          /* commands of a pipelined group not yet handed to the connection */
+    int holding;
 
     loop_timer_t step;   /* the current state's deadline */
     loop_timer_t pump;   /* more body when the connection has room */
@@ -158,6 +158,36 @@ static void enter_state(session_t *s, session_state_t st)
         loop_timer_stop(s->loop, &s->step);
 }
 
+/* ---- output ---- */
+
+/* Bytes for the server: to the connection, or held while a pipelined group is written. */
+static int out_write(session_t *s, const void *p, size_t n)
+{
+    if (s->conn == NULL)
+        return -1;
+    if (s->holding)
+        return buf_append(&s->held, p, n);
+    return conn_write(s->conn, p, n);
+}
+
+/*
+ * Hold the commands that follow until out_release(). Outside a connection
+ * callback every conn_write is sent at once, so without this a kept
+ * connection's RSET, MAIL and RCPTs would cost a send each.
+ */
+static void out_hold(session_t *s)
+{
+    s->holding = 1;
+}
+
+static void out_release(session_t *s)
+{
+    s->holding = 0;
+    if (buf_used(&s->held) > 0 && s->conn)
+        conn_write(s->conn, buf_head(&s->held), buf_used(&s->held));
+    buf_reset(&s->held);
+}
+
 /* One command line; secret: what the log shows instead of the line (credentials). */
 static void send_vline(session_t *s, const char *secret, const char *fmt, va_list ap)
 {
@@ -167,16 +197,15 @@ static void send_vline(session_t *s, const char *secret, const char *fmt, va_lis
         return;
     if ((size_t)n > sizeof(line) - 3)
         n = (int)sizeof(line) - 3;
-    char shown[64];
     if (secret)
-        snprintf(shown, sizeof(shown), "%s", secret);
+        log_debug("event=smtp_send %s host=%s cmd=\"%s\"", s->ids, s->p.host, secret);
     else
-        snprintf(shown, sizeof(shown), "%.*s", n < 40 ? n : 40, line);
-    log_debug("event=smtp_send %s host=%s cmd=\"%s\"", s->ids, s->p.host, shown);
+        log_debug("event=smtp_send %s host=%s cmd=\"%.*s\"", s->ids, s->p.host,
+                  n < 40 ? n : 40, line);
     memcpy(line + n, "\r\n", 2);
-    if (s->conn)
-        conn_write(s->conn, line, (size_t)n + 2);
-    OPENSSL_cleanse(line, sizeof(line));
+    out_write(s, line, (size_t)n + 2);
+    if (secret)
+        OPENSSL_cleanse(line, sizeof(line));
 }
 
 static void send_line(session_t *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -221,7 +250,6 @@ static void txn_done(session_t *s, int from_api)
 {
     session_txn_t *t = s->txn;
     s->txn = NULL;
-    buf_free(&s->body);
     loop_timer_stop(s->loop, &s->pump);
     if (s->state != ST_CLOSED) {
         if (s->dirty)
@@ -663,25 +691,70 @@ static void on_mail_reply(session_t *s)
     send_line(s, "DATA");
 }
 
+/*
+ * The dot of the next line that starts with "." in body [from, end), or end
+ * when there is none. Lines end with CRLF; the body's first byte starts one.
+ */
+static size_t next_dot_line(const char *body, size_t from, size_t end)
+{
+    if (from == 0 && end > 0 && body[0] == '.')
+        return 0;
+    size_t at = from >= 2 ? from - 2 : 0;
+    const char *crlf_dot = memmem(body + at, end - at, "\r\n.", 3);
+    return crlf_dot ? (size_t)(crlf_dot - body) + 2 : end;
+}
+
+/*
+ * Body bytes up to end, dot-stuffed on the way out (RFC 5321 4.5.2): the
+ * spans between line-starting dots go straight from the body, each such dot
+ * followed by one more, so the body is never copied whole.
+ */
+static int write_stuffed(session_t *s, size_t end)
+{
+    const char *body = s->txn->body;
+    while (s->body_at < end) {
+        size_t dot = next_dot_line(body, s->body_at, end);
+        size_t stop = dot < end ? dot + 1 : end;
+        if (out_write(s, body + s->body_at, stop - s->body_at) < 0)
+            return -1;
+        if (dot < end && out_write(s, ".", 1) < 0)
+            return -1;
+        s->body_at = stop;
+    }
+    return 0;
+}
+
+/* CRLF "." CRLF, without the CRLF when the body already ends with one (or is empty). */
+static int write_data_end(session_t *s)
+{
+    const char *body = s->txn->body;
+    size_t len = s->txn->body_len;
+    int ends_crlf = len >= 2 && body[len - 2] == '\r' && body[len - 1] == '\n';
+    if (len == 0 || ends_crlf)
+        return out_write(s, ".\r\n", 3);
+    return out_write(s, "\r\n.\r\n", 5);
+}
+
 static void pump_body(session_t *s)
 {
-    while (s->body_sent < buf_used(&s->body) && conn_out_pending(s->conn) < SESSION_BODY_HIGH) {
-        size_t n = buf_used(&s->body) - s->body_sent;
-        if (n > SESSION_BODY_CHUNK)
-            n = SESSION_BODY_CHUNK;
-        if (conn_write(s->conn, buf_head(&s->body) + s->body_sent, n) < 0) {
+    size_t len = s->txn->body_len;
+    while (s->body_at < len && conn_out_pending(s->conn) < SESSION_BODY_HIGH) {
+        size_t end = len - s->body_at > SESSION_BODY_CHUNK ? s->body_at + SESSION_BODY_CHUNK : len;
+        if (write_stuffed(s, end) < 0) {
             fail_lost(s, "cannot write to");
             return;
         }
-        s->body_sent += n;
         if (s->state != ST_BODY || s->conn == NULL)
             return; /* the write found the connection closed */
     }
-    if (s->body_sent < buf_used(&s->body)) {
+    if (s->body_at < len) {
         loop_timer_start(s->loop, &s->pump, SESSION_PUMP_MS);
         return;
     }
-    buf_free(&s->body);
+    if (write_data_end(s) < 0) {
+        fail_lost(s, "cannot write to");
+        return;
+    }
     enter_state(s, ST_DOT);
 }
 
@@ -780,12 +853,7 @@ static void handle_reply(session_t *s)
     case ST_DATA:
         if (s->last.code == 354) {
             enter_state(s, ST_BODY);
-            buf_init(&s->body, 0);
-            s->body_sent = 0;
-            if (data_stuff(s->txn->body, s->txn->body_len, &s->body) < 0) {
-                fail_lost(s, "cannot prepare the body for");
-                return;
-            }
+            s->body_at = 0;
             pump_body(s);
         } else {
             /* only a 4xx or 5xx refuses DATA; anything else is out of step and never
@@ -855,7 +923,7 @@ session_t *session_new(loop_t *loop, const session_params_t *p, const session_ha
     snprintf(s->ids, sizeof(s->ids), "%s", p->log_ids ? p->log_ids : "");
     s->p.log_ids = NULL;
     sock_addr_ip(&p->addr, s->ip, sizeof(s->ip));
-    buf_init(&s->body, 0);
+    buf_init(&s->held, 0);
     loop_timer_init(&s->step, on_step_timeout, s);
     loop_timer_init(&s->pump, on_pump, s);
     loop_timer_init(&s->defer, run_deferred, s);
@@ -883,7 +951,7 @@ static void session_free(session_t *s)
     loop_timer_stop(s->loop, &s->defer);
     conn_destroy(&s->conn);
     reply_clear(&s->reply);
-    buf_free(&s->body);
+    buf_free(&s->held);
     free(s);
 }
 
@@ -960,13 +1028,17 @@ void session_start(session_t *s, session_txn_t *txn)
     s->pipelined = s->caps.pipelining;
     if (s->txns++ > 0) {
         enter_state(s, ST_RSET);
+        out_hold(s);
         send_line(s, "RSET");
         if (s->pipelined)
             send_mail(s); /* RSET, MAIL and RCPT in one write (RFC 2920) */
+        out_release(s);
         return;
     }
     enter_state(s, ST_MAIL);
+    out_hold(s);
     send_mail(s);
+    out_release(s);
 }
 
 void session_set_handlers(session_t *s, const session_handlers_t *h, void *arg)

@@ -34,6 +34,7 @@
 #include "core/loop.h"
 #include "delivery_reason.h"
 #include "delivery_session.h"
+#include "mail/smtp_data.h"
 #include "net/conn.h"
 #include "net/sock.h"
 #include "net/tls.h"
@@ -345,6 +346,70 @@ static void test_pipelined_delivery(void **state)
                         "Subject: t\r\n\r\n..starts with a dot\r\n..\r\nend\r\n.\r\n");
     assert_int_equal(srv.next, 7); /* QUIT was sent */
     finish();
+}
+
+/* Deliver body over a plain pipelining server; the DATA bytes must be data_stuff's. */
+static void check_stuffed(const char *body)
+{
+    static const step_t script[] = {
+        {"EHLO", "250-mx\r\n250 PIPELINING"},
+        {"MAIL", "250 ok"},
+        {"RCPT", "250 ok"},
+        {"DATA", "354 go"},
+        {".", "250 2.0.0 ok"},
+        {"QUIT", "221 bye"},
+        {NULL, NULL},
+    };
+    const char *addrs[] = {"one@example.org"};
+    run("220 mx", script, POLICY_TLS_NONE, body, 1, addrs, 0, 4000);
+    assert_true(res.done);
+    assert_false(srv.mismatch);
+    buf_t want;
+    buf_init(&want, 0);
+    assert_int_equal(data_stuff(body, strlen(body), &want), 0);
+    assert_int_equal(buf_used(&srv.data), buf_used(&want) + 1); /* + the test's NUL */
+    assert_memory_equal(buf_head(&srv.data), buf_head(&want), buf_used(&want));
+    buf_free(&want);
+    finish();
+}
+
+/* Dots at the start, at the end, after bare LF (not a line start) and after CRLF. */
+static void test_body_stuffing_edges(void **state)
+{
+    (void)state;
+    static const char *const bodies[] = {
+        ".", "x", ".\r\n", "a\r\n.", "..x\r\n", "a\n.b\r\n", "a\r.b", "\r\n.\r\n",
+        "a\r\n.\r\n.\r\n..\r\nz", "no end of line", "ends with CR\r", "ends with LF\n",
+    };
+    for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++)
+        check_stuffed(bodies[i]);
+}
+
+/*
+ * A body of several chunks, larger than the connection may hold at once (so
+ * the rest goes from the pump timer), with line-starting dots right at and
+ * around each chunk boundary (and the CRLF before them split by it).
+ */
+static void test_body_stuffing_large(void **state)
+{
+    (void)state;
+    size_t len = 3 * SESSION_BODY_HIGH + 777;
+    char *body = malloc(len + 1);
+    assert_non_null(body);
+    for (size_t i = 0; i < len; i++)
+        body[i] = (char)('a' + i % 26);
+    for (size_t i = 70; i + 2 < len; i += 71)
+        memcpy(body + i, "\r\n", 2);
+    /* chunk boundary j gets its dot at j's offset - 2, - 1, 0 or + 1, and another 3 later */
+    size_t j = 0;
+    for (size_t k = SESSION_BODY_CHUNK; k + 8 < len; k += SESSION_BODY_CHUNK, j++) {
+        size_t dot = k - 2 + j % 4;
+        memcpy(body + dot - 2, "\r\n.", 3);
+        memcpy(body + dot + 1, "\r\n.", 3);
+    }
+    body[len] = '\0';
+    check_stuffed(body);
+    free(body);
 }
 
 static void test_helo_fallback_no_pipelining(void **state)
@@ -847,6 +912,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pipelined_delivery),
+        cmocka_unit_test(test_body_stuffing_edges),
+        cmocka_unit_test(test_body_stuffing_large),
         cmocka_unit_test(test_helo_fallback_no_pipelining),
         cmocka_unit_test(test_greeting_421),
         cmocka_unit_test(test_required_tls_not_offered),
