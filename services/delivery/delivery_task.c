@@ -605,7 +605,7 @@ static int take_kept(task_t *t)
         note_session(t, s);
         t->cur_attempt = attempt_begin(t, session_ip(s));
         t->tries++;
-        log_info("event=connection_reused %s host=%s ip=%s used=%u", t->ids, t->host,
+        log_debug("event=connection_reused %s host=%s ip=%s used=%u", t->ids, t->host,
                  session_ip(s), session_txn_count(s));
         session_start(s, &t->txn);
         return 1;
