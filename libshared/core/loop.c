@@ -2,11 +2,15 @@
  * loop: epoll + ZeroMQ + timer heap + signalfd.
  *
  * ZeroMQ sockets are not file descriptors; each exposes ZMQ_FD, which only
- * signals that the socket's state may have changed. So every turn, before
- * sleeping, we ask each ZeroMQ socket for ZMQ_EVENTS and dispatch those that
- * are readable; if any was, the turn does not sleep. There are only a handful
- * of ZeroMQ sockets per service, so this costs little, while the thousands of
- * client connections stay in epoll where a turn costs O(ready), not O(all).
+ * signals that the socket's state may have changed. A socket is "dirty" when
+ * its ZMQ_FD fired or something was sent on it (a send processes the
+ * socket's commands and may swallow the wake-up of a message that arrived
+ * meanwhile). Each turn, the handler of every dirty socket is called until
+ * its receive finds nothing (EAGAIN), and the loop sleeps only when no
+ * socket is dirty. A receive that finds a message is cheap; one that finds
+ * nothing (like asking ZMQ_EVENTS) costs a poll and a getpid inside the
+ * library, so the loop pays that once per dirty socket per turn, not once
+ * per socket per turn and per message.
  */
 #include "loop.h"
 #include "alloc.h"
@@ -46,6 +50,7 @@ typedef struct loop_zmq {
     int fd;
     loop_zmq_fn fn;
     void *arg;
+    int dirty; /* ZMQ_EVENTS must be read before the loop may sleep */
 } loop_zmq_t;
 
 typedef struct loop_sig {
@@ -199,8 +204,23 @@ int loop_zmq_add(loop_t *loop, void *socket, loop_zmq_fn fn, void *arg)
     ev.data.u64 = LOOP_TAG_ZMQ | (uint32_t)fd;
     if (epoll_ctl(loop->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
         return -1;
-    loop->zmq[loop->nzmq++] = (loop_zmq_t){.socket = socket, .fd = fd, .fn = fn, .arg = arg};
+    loop->zmq[loop->nzmq++] =
+        (loop_zmq_t){.socket = socket, .fd = fd, .fn = fn, .arg = arg, .dirty = 1};
     return 0;
+}
+
+void loop_zmq_touch(loop_t *loop, void *socket)
+{
+    for (size_t i = 0; i < loop->nzmq; i++)
+        if (loop->zmq[i].socket == socket)
+            loop->zmq[i].dirty = 1;
+}
+
+static void zmq_fd_fired(loop_t *loop, int fd)
+{
+    for (size_t i = 0; i < loop->nzmq; i++)
+        if (loop->zmq[i].fd == fd)
+            loop->zmq[i].dirty = 1;
 }
 
 void loop_zmq_remove(loop_t *loop, void *socket)
@@ -214,36 +234,38 @@ void loop_zmq_remove(loop_t *loop, void *socket)
     }
 }
 
-static int zmq_readable(void *socket)
+/*
+ * Drain the dirty ZeroMQ sockets. A socket stays dirty when its budget ran
+ * out with messages perhaps left; a handler's sends on it are covered by the
+ * receive that follows them, and its sends on other sockets mark those.
+ */
+static void zmq_dispatch(loop_t *loop)
 {
-    int events = 0;
-    size_t len = sizeof(events);
-    if (zmq_getsockopt(socket, ZMQ_EVENTS, &events, &len) < 0)
-        return 0;
-    return (events & ZMQ_POLLIN) != 0;
-}
-
-/* Dispatch every readable ZeroMQ socket; returns how many were readable. */
-static int zmq_dispatch(loop_t *loop)
-{
-    int ready = 0;
     for (size_t i = 0; i < loop->nzmq; i++) {
+        if (!loop->zmq[i].dirty)
+            continue;
         loop_zmq_t z = loop->zmq[i];
-        for (int n = 0; n < LOOP_ZMQ_BUDGET && zmq_readable(z.socket); n++) {
-            ready = 1;
-            z.fn(loop, z.socket, z.arg);
+        loop->zmq[i].dirty = 0;
+        for (int n = 0;; n++) {
+            if (n == LOOP_ZMQ_BUDGET) {
+                loop->zmq[i].dirty = 1;
+                break;
+            }
+            int got = z.fn(loop, z.socket, z.arg);
             /* the handler may have removed sockets: stop if this one moved */
             if (i >= loop->nzmq || loop->zmq[i].socket != z.socket)
                 break;
+            loop->zmq[i].dirty = 0;
+            if (!got)
+                break;
         }
     }
-    return ready;
 }
 
-static int zmq_any_readable(loop_t *loop)
+static int zmq_any_dirty(loop_t *loop)
 {
     for (size_t i = 0; i < loop->nzmq; i++)
-        if (zmq_readable(loop->zmq[i].socket))
+        if (loop->zmq[i].dirty)
             return 1;
     return 0;
 }
@@ -406,10 +428,13 @@ int loop_run(loop_t *loop)
     loop->running = 1;
     while (loop->running) {
         loop->now = clock_mono_ms();
-        int busy = zmq_dispatch(loop);
+        zmq_dispatch(loop);
         if (!loop->running)
             break;
-        int timeout = (busy || zmq_any_readable(loop)) ? 0 : timers_timeout(loop);
+        /* a handler of a later socket may have sent on an earlier one */
+        if (zmq_any_dirty(loop))
+            zmq_dispatch(loop);
+        int timeout = zmq_any_dirty(loop) ? 0 : timers_timeout(loop);
         int n = epoll_wait(loop->epfd, events, LOOP_MAX_EVENTS, timeout);
         if (n < 0) {
             if (errno == EINTR)
@@ -420,8 +445,10 @@ int loop_run(loop_t *loop)
         loop->now = clock_mono_ms();
         for (int i = 0; i < n && loop->running; i++) {
             uint64_t data = events[i].data.u64;
-            if (data & LOOP_TAG_ZMQ)
-                continue; /* handled by zmq_dispatch next turn */
+            if (data & LOOP_TAG_ZMQ) {
+                zmq_fd_fired(loop, (int)(uint32_t)data); /* dispatched next turn */
+                continue;
+            }
             if (data & LOOP_TAG_SIGNAL) {
                 signals_dispatch(loop);
                 continue;

@@ -21,7 +21,9 @@ typedef struct loop loop_t;
 #define LOOP_ERROR 4u /* hang-up or error, reported with READ */
 
 typedef void (*loop_fd_fn)(loop_t *loop, int fd, unsigned events, void *arg);
-typedef void (*loop_zmq_fn)(loop_t *loop, void *socket, void *arg);
+/* Receives at most one message (ZMQ_DONTWAIT): 1 when one was taken, even if
+ * it was malformed and dropped; 0 when there was nothing to read. */
+typedef int (*loop_zmq_fn)(loop_t *loop, void *socket, void *arg);
 typedef void (*loop_timer_fn)(loop_t *loop, void *arg);
 typedef void (*loop_signal_fn)(loop_t *loop, int signo, void *arg);
 
@@ -47,9 +49,12 @@ int loop_fd_add(loop_t *loop, int fd, unsigned events, loop_fd_fn fn, void *arg)
 int loop_fd_modify(loop_t *loop, int fd, unsigned events);
 void loop_fd_remove(loop_t *loop, int fd);
 
-/* Call fn whenever socket has a message to read. */
+/* Call fn until it finds nothing to read whenever socket may have messages. */
 int loop_zmq_add(loop_t *loop, void *socket, loop_zmq_fn fn, void *arg);
 void loop_zmq_remove(loop_t *loop, void *socket);
+/* Call after sending on a registered socket: a send may consume the wake-up
+ * of a message that arrived meanwhile, so the loop must look at it again. */
+void loop_zmq_touch(loop_t *loop, void *socket);
 
 void loop_timer_init(loop_timer_t *t, loop_timer_fn fn, void *arg);
 /* (Re)start a one-shot timer delay_ms from now; 0 runs it this turn, after I/O. */

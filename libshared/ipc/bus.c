@@ -170,11 +170,23 @@ static void free_encoded(void *data, void *hint)
     free(data);
 }
 
+static int send_frames(void *sock, const bus_peer_t *peer, sx_env_t *env, zmq_msg_t *payload);
+
 /*
  * Send [peer] envelope [payload]. Non-blocking: -1 with errno EAGAIN when
  * no peer can take it. The payload, when given, is moved (closed after).
  */
-static int send_message(void *sock, const bus_peer_t *peer, sx_env_t *env, zmq_msg_t *payload)
+static int send_message(bus_t *bus, void *sock, const bus_peer_t *peer, sx_env_t *env,
+                        zmq_msg_t *payload)
+{
+    int rc = send_frames(sock, peer, env, payload);
+    int e = errno;
+    loop_zmq_touch(bus->loop, sock);
+    errno = e;
+    return rc;
+}
+
+static int send_frames(void *sock, const bus_peer_t *peer, sx_env_t *env, zmq_msg_t *payload)
 {
     int has_payload = payload != NULL;
     if (peer) {
@@ -355,18 +367,20 @@ static void server_pong(bus_server_t *srv, bus_msg_t *msg)
     free(pong.stats);
 }
 
-static void server_readable(loop_t *loop, void *sock, void *arg)
+static int server_readable(loop_t *loop, void *sock, void *arg)
 {
     (void)loop;
     bus_server_t *srv = arg;
     bus_msg_t msg;
-    if (recv_message(sock, 1, &msg) <= 0)
-        return;
+    int rc = recv_message(sock, 1, &msg);
+    if (rc <= 0)
+        return rc != 0;
     if (msg.env->body_case == PB_BODY(SERVICE_PING))
         server_pong(srv, &msg);
     else
         srv->fn(srv, &msg, srv->arg);
     msg_release(&msg);
+    return 1;
 }
 
 bus_server_t *bus_server_new(bus_t *bus, const char *endpoint, bus_server_fn fn, void *arg)
@@ -409,7 +423,7 @@ int bus_server_send(bus_server_t *srv, const bus_peer_t *peer, uint64_t request_
                     zmq_msg_t *payload)
 {
     env_prepare(srv->bus, env, request_id);
-    if (send_message(srv->sock, peer, env, payload) < 0) {
+    if (send_message(srv->bus, srv->sock, peer, env, payload) < 0) {
         log_warn("event=bus_send_failed endpoint=%s body=%s err=\"%s\"", srv->endpoint,
                  codec_body_name(env), zmq_strerror(errno));
         return -1;
@@ -451,13 +465,14 @@ static void client_expired(uint64_t id, void *data, void *arg)
     fn(NULL, BUS_TIMEOUT, fn_arg);
 }
 
-static void client_readable(loop_t *loop, void *sock, void *arg)
+static int client_readable(loop_t *loop, void *sock, void *arg)
 {
     (void)loop;
     bus_client_t *cl = arg;
     bus_msg_t msg;
-    if (recv_message(sock, 0, &msg) <= 0)
-        return;
+    int rc = recv_message(sock, 0, &msg);
+    if (rc <= 0)
+        return rc != 0;
     cl->down_count = 0;
     cl->unavailable = 0;
     client_wait_t *w = pending_take(cl->pending, msg.env->request_id);
@@ -473,6 +488,7 @@ static void client_readable(loop_t *loop, void *sock, void *arg)
                   (unsigned long long)msg.env->request_id, codec_body_name(msg.env));
     }
     msg_release(&msg);
+    return 1;
 }
 
 bus_client_t *bus_client_new(bus_t *bus, const char *endpoint)
@@ -527,7 +543,7 @@ int bus_client_request(bus_client_t *cl, sx_env_t *env, zmq_msg_t *payload, uint
 {
     uint64_t id = cl->bus->next_request_id++;
     env_prepare(cl->bus, env, id);
-    if (send_message(cl->sock, NULL, env, payload) < 0) {
+    if (send_message(cl->bus, cl->sock, NULL, env, payload) < 0) {
         if (errno == EAGAIN)
             cl->unavailable = 1;
         log_debug("event=bus_unavailable endpoint=%s body=%s err=\"%s\"", cl->endpoint,
@@ -547,7 +563,7 @@ int bus_client_request(bus_client_t *cl, sx_env_t *env, zmq_msg_t *payload, uint
 int bus_client_send(bus_client_t *cl, uint64_t request_id, sx_env_t *env, zmq_msg_t *payload)
 {
     env_prepare(cl->bus, env, request_id);
-    if (send_message(cl->sock, NULL, env, payload) < 0) {
+    if (send_message(cl->bus, cl->sock, NULL, env, payload) < 0) {
         if (errno == EAGAIN)
             cl->unavailable = 1;
         return -1;
@@ -611,7 +627,7 @@ void bus_push_destroy(bus_push_t **p)
 int bus_push_send(bus_push_t *ps, sx_env_t *env)
 {
     env_prepare(ps->bus, env, 0);
-    if (send_message(ps->sock, NULL, env, NULL) < 0) {
+    if (send_message(ps->bus, ps->sock, NULL, env, NULL) < 0) {
         if (ps->dropped++ % 1000 == 0)
             log_warn("event=bus_push_dropped count=%llu err=\"%s\"",
                      (unsigned long long)ps->dropped, zmq_strerror(errno));
@@ -620,15 +636,17 @@ int bus_push_send(bus_push_t *ps, sx_env_t *env)
     return 0;
 }
 
-static void pull_readable(loop_t *loop, void *sock, void *arg)
+static int pull_readable(loop_t *loop, void *sock, void *arg)
 {
     (void)loop;
     bus_pull_t *pl = arg;
     bus_msg_t msg;
-    if (recv_message(sock, 0, &msg) <= 0)
-        return;
+    int rc = recv_message(sock, 0, &msg);
+    if (rc <= 0)
+        return rc != 0;
     pl->fn(pl, &msg, pl->arg);
     msg_release(&msg);
+    return 1;
 }
 
 bus_pull_t *bus_pull_new(bus_t *bus, const char *endpoint, bus_pull_fn fn, void *arg)

@@ -533,19 +533,22 @@ typedef struct zctx {
     int calls;
 } zctx_t;
 
-static void on_zmq(loop_t *loop, void *sock, void *arg)
+static int on_zmq(loop_t *loop, void *sock, void *arg)
 {
     zctx_t *z = arg;
     z->calls++;
     int v;
     int n = zmq_recv(sock, &v, sizeof(v), ZMQ_DONTWAIT);
+    if (n < 0)
+        return 0;
     if (n != (int)sizeof(v))
-        return;
+        return 1;
     if (v != z->last + 1)
         z->in_order = 0;
     z->last = v;
     if (++z->received == z->want)
         loop_stop(loop);
+    return 1;
 }
 
 typedef struct zsend {

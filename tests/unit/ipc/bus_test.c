@@ -489,14 +489,14 @@ typedef struct raw_ctx {
     loop_t *loop;
 } raw_ctx_t;
 
-static void on_raw_reply(loop_t *loop, void *sock, void *arg)
+static int on_raw_reply(loop_t *loop, void *sock, void *arg)
 {
     raw_ctx_t *r = arg;
     zmq_msg_t m;
     zmq_msg_init(&m);
     if (zmq_msg_recv(&m, sock, ZMQ_DONTWAIT) < 0) {
         zmq_msg_close(&m);
-        return;
+        return 0;
     }
     sx_env_t *env = NULL;
     char err[160];
@@ -508,6 +508,7 @@ static void on_raw_reply(loop_t *loop, void *sock, void *arg)
         loop_stop(loop);
     }
     zmq_msg_close(&m);
+    return 1;
 }
 
 static void test_server_drops_malformed(void **state)
