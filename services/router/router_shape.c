@@ -33,8 +33,14 @@ typedef struct builtin {
     double rate;
 } builtin_t;
 
+/*
+ * The default profile covers every domain no other profile names, on
+ * smart-host routes as on MX routes (shaping goes by recipient domain). A
+ * connection serves 100 messages: a smart host is usually one's own relay,
+ * and each new connection costs a connect, EHLO and often TLS and AUTH.
+ */
 static const builtin_t builtins[] = {
-    {SHAPE_DEFAULT_NAME, {NULL}, {NULL}, 20, 20, 0},
+    {SHAPE_DEFAULT_NAME, {NULL}, {NULL}, 20, 100, 0},
     {"gmail",
      {"gmail.com", "googlemail.com", NULL},
      {"*.google.com", "*.googlemail.com", NULL},

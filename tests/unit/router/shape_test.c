@@ -139,6 +139,9 @@ static void test_config_profiles(void **state)
     t = load("", err, sizeof(err));
     assert_non_null(t);
     assert_int_equal(provider_table_count(t), 5);
+    assert_int_equal(provider_default(t)->messages_per_connection, 100);
+    assert_int_equal(provider_find(t, "gmail")->messages_per_connection, 50);
+    assert_int_equal(provider_find(t, "outlook")->messages_per_connection, 20);
     provider_table_destroy(&t);
 
     static const struct {
