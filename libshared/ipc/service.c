@@ -1,5 +1,6 @@
 /*
- * service: common start-up, shared config sections and event publishing.
+ * service: common start-up, shared config sections and event publishing
+ * (batched per loop turn).
  */
 #include "service.h"
 #include "core/alloc.h"
@@ -16,6 +17,16 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+/* Copies of the events emitted this turn; a zero-delay timer sends them
+ * after the turn's I/O. */
+struct event_batch {
+    PB(Event) * v[SERVICE_EVENT_BATCH_MAX];
+    size_t n;
+    size_t bytes; /* packed */
+    loop_timer_t timer;
+};
+static void on_events_timer(loop_t *loop, void *arg);
 
 #define EP(field, doc)                                                                         \
     {#field, CONF_STRLIST, offsetof(endpoints_t, field), NULL, 0, 0, 0, NULL, NULL, doc}
@@ -143,12 +154,17 @@ int service_init(service_t *svc, const char *name, int argc, char **argv)
         /* events of one service go to one collector; instances share by index */
         size_t i = (service_index(svc) - 1) % svc->ep.events_ingest.n;
         svc->events = bus_push_new(svc->bus, svc->ep.events_ingest.v[i]);
+        svc->event_batch = xcalloc(1, sizeof(*svc->event_batch));
+        loop_timer_init(&svc->event_batch->timer, on_events_timer, svc);
     }
     return 0;
 }
 
 void service_fini(service_t *svc)
 {
+    service_events_flush(svc); /* events of the shutdown itself */
+    free(svc->event_batch);
+    svc->event_batch = NULL;
     bus_push_destroy(&svc->events);
     bus_destroy(&svc->bus);
     loop_destroy(&svc->loop);
@@ -197,9 +213,51 @@ const char *service_store_dir(service_t *svc, char *buf, size_t size)
     return buf;
 }
 
+/* A copy the batch owns: the caller's event points at its own memory. */
+static PB(Event) * event_copy(const PB(Event) * ev, size_t len)
+{
+    uint8_t *buf = xmalloc(len ? len : 1);
+    PB_FN(event, pack)(ev, buf);
+    PB(Event) *copy = PB_FN(event, unpack)(NULL, len, buf);
+    free(buf);
+    return copy;
+}
+
+void service_events_flush(service_t *svc)
+{
+    struct event_batch *b = svc->event_batch;
+    if (b == NULL)
+        return;
+    loop_timer_stop(svc->loop, &b->timer);
+    if (b->n == 0)
+        return;
+    PB(EventPublish) pub = PB_INIT(EVENT_PUBLISH);
+    if (b->n == 1) {
+        pub.event = b->v[0]; /* as before batching */
+    } else {
+        pub.events = b->v;
+        pub.n_events = b->n;
+    }
+    sx_env_t env = PB_INIT(ENVELOPE);
+    env.body_case = PB_BODY(EVENT_PUBLISH);
+    env.event_publish = &pub;
+    bus_push_send(svc->events, &env);
+    for (size_t i = 0; i < b->n; i++)
+        PB_FN(event, free_unpacked)(b->v[i], NULL);
+    b->n = 0;
+    b->bytes = 0;
+}
+
+static void on_events_timer(loop_t *loop, void *arg)
+{
+    (void)loop;
+    service_events_flush(arg);
+}
+
 void service_event(service_t *svc, PB(Event) * ev)
 {
-    if (svc->events == NULL)
+    struct event_batch *b = svc->event_batch;
+    if (svc->events == NULL || b == NULL)
         return;
     char id[ID_BUF_SIZE];
     id_new(id);
@@ -207,18 +265,27 @@ void service_event(service_t *svc, PB(Event) * ev)
     ev->at_ms = clock_wall_ms();
     ev->service = (char *)svc->name;
     ev->instance = svc->instance;
-    PB(EventPublish) pub = PB_INIT(EVENT_PUBLISH);
-    pub.event = ev;
-    sx_env_t env = PB_INIT(ENVELOPE);
-    env.body_case = PB_BODY(EVENT_PUBLISH);
-    env.event_publish = &pub;
-    bus_push_send(svc->events, &env);
+    size_t len = PB_FN(event, get_packed_size)(ev);
+    if (b->n > 0 && b->bytes + len > SERVICE_EVENT_BATCH_BYTES)
+        service_events_flush(svc);
+    PB(Event) *copy = event_copy(ev, len);
+    if (copy == NULL) {
+        log_error("event=event_copy_failed type=%s", ev->type ? ev->type : "");
+        return;
+    }
+    b->v[b->n++] = copy;
+    b->bytes += len;
+    if (b->n == SERVICE_EVENT_BATCH_MAX)
+        service_events_flush(svc);
+    else if (!loop_timer_active(&b->timer))
+        loop_timer_start(svc->loop, &b->timer, 0);
 }
 
 int service_run(service_t *svc)
 {
     log_info("event=started pid=%d config=%s", (int)getpid(), svc->config_path);
     int rc = loop_run(svc->loop);
+    service_events_flush(svc); /* the loop stopped before its end-of-turn send */
     log_info("event=stopped");
     return rc;
 }

@@ -43,6 +43,7 @@ typedef struct service {
     loop_t *loop;
     bus_t *bus;
     bus_push_t *events;    /* NULL when no events endpoint is configured */
+    struct event_batch *event_batch; /* events of this turn, not sent yet */
 } service_t;
 
 /*
@@ -63,8 +64,19 @@ const char *service_endpoint(const service_t *svc, const conf_strlist_t *list);
 /* state_dir/<name>-<instance>, created if missing. */
 const char *service_store_dir(service_t *svc, char *buf, size_t size);
 
-/* Send an event (fills id, time, service, instance). */
+/*
+ * Send an event (fills id, time, service, instance; ev is copied). Events
+ * of one loop turn leave in one EventPublish at the end of the turn, or
+ * sooner when SERVICE_EVENT_BATCH_MAX events or SERVICE_EVENT_BATCH_BYTES
+ * are waiting: one bus message and one wake-up of events per turn, not per
+ * event.
+ */
 void service_event(service_t *svc, PB(Event) * ev);
+/* Send the waiting events now; service_run and service_fini call it too. */
+void service_events_flush(service_t *svc);
+
+#define SERVICE_EVENT_BATCH_MAX   64
+#define SERVICE_EVENT_BATCH_BYTES (256u << 10) /* well under the 4 MiB frame cap */
 
 int service_run(service_t *svc);
 

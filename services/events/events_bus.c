@@ -15,13 +15,18 @@ void events_bus_on_publish(bus_pull_t *pl, bus_msg_t *msg, void *arg)
     evingest_t *in = arg;
     char sender[80];
     const char *s = msg->env->sender ? msg->env->sender : "";
-    if (msg->env->body_case != PB_BODY(EVENT_PUBLISH) || msg->env->event_publish == NULL ||
-        msg->env->event_publish->event == NULL) {
+    const PB(EventPublish) *pub =
+        msg->env->body_case == PB_BODY(EVENT_PUBLISH) ? msg->env->event_publish : NULL;
+    if (pub == NULL || (pub->event == NULL && pub->n_events == 0)) {
         log_warn("event=bus_unexpected socket=ingest body=%s from=%s", codec_body_name(msg->env),
                  log_quote(sender, sizeof(sender), s, strlen(s)));
         return;
     }
-    evingest_add(in, msg->env->event_publish->event);
+    /* a lone event, or a sender's batch of one loop turn */
+    if (pub->event)
+        evingest_add(in, pub->event);
+    for (size_t i = 0; i < pub->n_events; i++)
+        evingest_add(in, pub->events[i]);
 }
 
 int events_bus_query(const PB(EventSearch) * req, evstore_query_t *q, char *why, size_t whylen)

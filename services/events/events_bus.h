@@ -1,6 +1,7 @@
 /*
  * events_bus: the events service's requests on the bus. EventPublish
- * arrives on the PULL socket and goes to events_ingest; EventSearch
+ * (one event, or a sender's batch of one loop turn) arrives on the PULL
+ * socket and goes to events_ingest; EventSearch
  * arrives on the ROUTER socket and is answered from events_store with an
  * EventSearchReply, or an Error (400 bad query, 500 store failure).
  * ServicePing is answered by the bus itself. It neither stores nor

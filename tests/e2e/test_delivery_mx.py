@@ -259,7 +259,9 @@ class MxEnv:
             if self.events.poll(100):
                 env = Envelope()
                 env.ParseFromString(self.events.recv_multipart()[0])
-                out.append(env.event_publish.event)
+                # a lone event, or the events of one loop turn
+                pub = env.event_publish
+                out.extend(([pub.event] if pub.HasField("event") else []) + list(pub.events))
         return out
 
     # ---- destinations ----

@@ -3,7 +3,8 @@
  * PULL socket are stored within a loop turn; EventSearch on the ROUTER
  * socket is answered with the events in time order; bad searches and
  * requests events does not handle get an Error 400; a body that is not an
- * EventPublish on the ingest socket is dropped.
+ * EventPublish on the ingest socket is dropped. A sender's batch (the
+ * repeated `events`) is taken like separate events.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -236,6 +237,43 @@ static void test_publish_then_search(void **state)
     assert_string_equal(f->reply->event_search_reply->events[1]->id, "c1");
 }
 
+static int three_stored(fixture_t *f)
+{
+    return evstore_count(f->store) == 3;
+}
+
+static void test_batched_publish(void **state)
+{
+    fixture_t *f = *state;
+    PB(Event) ev[4];
+    PB(Event) *batch[3] = {&ev[1], &ev[2], &ev[3]};
+    const char *ids[4] = {"lone", "e1", "bad", "e2"};
+    for (int i = 0; i < 4; i++) {
+        PB(Event) e = PB_INIT(EVENT);
+        e.id = (char *)ids[i];
+        e.at_ms = i == 2 ? 0 : T0 + (uint64_t)i; /* "bad" has no time */
+        e.type = "queued";
+        e.message_id = "msg-batch";
+        ev[i] = e;
+    }
+    /* an EventPublish with neither form is dropped */
+    PB(EventPublish) pub = PB_INIT(EVENT_PUBLISH);
+    sx_env_t env = PB_INIT(ENVELOPE);
+    env.body_case = PB_BODY(EVENT_PUBLISH);
+    env.event_publish = &pub;
+    assert_int_equal(bus_push_send(f->push, &env), 0);
+    /* both forms in one message */
+    pub.event = &ev[0];
+    pub.events = batch;
+    pub.n_events = 3;
+    assert_int_equal(bus_push_send(f->push, &env), 0);
+    assert_true(run_until(f, three_stored));
+    evingest_stats_t s;
+    evingest_stats(f->ingest, &s);
+    assert_int_equal(s.received, 3);
+    assert_int_equal(s.rejected, 1);
+}
+
 static void test_bad_requests(void **state)
 {
     fixture_t *f = *state;
@@ -288,6 +326,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_publish_then_search, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batched_publish, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_requests, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
