@@ -37,6 +37,7 @@ struct conn {
     unsigned interest;
     int connecting;
     int read_paused;
+    int paused_hit; /* bytes came while paused: stop polling for input */
     int closing;   /* close once out is empty */
     int closed;    /* on_close already reported */
     int busy;      /* inside a callback */
@@ -48,6 +49,7 @@ struct conn {
     int read_wants_write;  /* SSL_read needs the socket writable */
     int write_wants_read;  /* SSL_write needs the socket readable */
     loop_timer_t kick;     /* runs buffered TLS input after a resume */
+    loop_timer_t flush;    /* sends what the owner wrote outside a callback */
 };
 
 static void conn_event(loop_t *loop, int fd, unsigned events, void *arg);
@@ -55,6 +57,7 @@ static void conn_flush(conn_t *c);
 static void conn_update(conn_t *c);
 
 static void conn_free(conn_t *c);
+static void conn_flush_later(loop_t *loop, void *arg);
 
 /*
  * The zero-delay timer: reports a close found while the owner was calling
@@ -91,6 +94,7 @@ conn_t *conn_new(loop_t *loop, int fd, int connecting, size_t in_limit, const co
     buf_init(&c->in, 0);
     buf_init(&c->out, CONN_OUT_LIMIT);
     loop_timer_init(&c->kick, conn_kick, c);
+    loop_timer_init(&c->flush, conn_flush_later, c);
     c->interest = connecting ? LOOP_WRITE : LOOP_READ;
     if (loop_fd_add(loop, fd, c->interest, conn_event, c) < 0) {
         close(fd);
@@ -104,6 +108,12 @@ conn_t *conn_new(loop_t *loop, int fd, int connecting, size_t in_limit, const co
 
 static void conn_free(conn_t *c)
 {
+    if (loop_timer_active(&c->flush) && !c->closed) {
+        /* a last word written just before the destroy (QUIT, 421): one try */
+        c->user_call++;
+        conn_flush(c);
+    }
+    loop_timer_stop(c->loop, &c->flush);
     loop_timer_stop(c->loop, &c->kick);
     loop_fd_remove(c->loop, c->fd);
     if (c->ssl) {
@@ -194,6 +204,20 @@ static int want_read(const conn_t *c)
 {
     return !c->read_paused && !c->closing && !c->closed &&
            (c->in_limit == 0 || buf_used(&c->in) < c->in_limit);
+}
+
+/*
+ * Whether epoll should report input. A paused connection stays armed until
+ * bytes actually arrive: a client waiting for its reply sends nothing, and
+ * disarming and re-arming around every wait for the bus cost two epoll_ctl
+ * calls per message.
+ */
+static int arm_read(const conn_t *c)
+{
+    if (c->read_paused)
+        return !c->paused_hit && !c->closing && !c->closed &&
+               (c->in_limit == 0 || buf_used(&c->in) < c->in_limit);
+    return want_read(c);
 }
 
 /* Read what is available. 1: got bytes; 0: nothing; -1: closed (reported). */
@@ -292,6 +316,21 @@ static void conn_flush(conn_t *c)
         buf_free(&c->out); /* an idle session keeps no big buffer */
 }
 
+/*
+ * Writes made outside a callback (say, replies sent when an answer comes
+ * from the bus) go out at the end of the loop turn, together: a reply and
+ * the replies to the pipelined commands it released leave in one send.
+ */
+static void conn_flush_later(loop_t *loop, void *arg)
+{
+    (void)loop;
+    conn_t *c = arg;
+    c->user_call++;
+    conn_flush(c);
+    c->user_call--;
+    conn_update(c);
+}
+
 int conn_write(conn_t *c, const void *p, size_t n)
 {
     if (c->closed)
@@ -300,12 +339,8 @@ int conn_write(conn_t *c, const void *p, size_t n)
         log_warn("event=conn_output_overflow fd=%d", c->fd);
         return -1;
     }
-    if (!c->busy) {
-        c->user_call++;
-        conn_flush(c);
-        c->user_call--;
-        conn_update(c);
-    }
+    if (!c->busy && !loop_timer_active(&c->flush))
+        loop_timer_start(c->loop, &c->flush, 0);
     return 0;
 }
 
@@ -441,7 +476,7 @@ static void conn_update(conn_t *c)
     } else if (c->tls == TLS_PENDING) {
         want = LOOP_WRITE; /* flush the announcement, then start the handshake */
     } else {
-        if (want_read(c) || c->write_wants_read)
+        if (arm_read(c) || c->write_wants_read)
             want |= LOOP_READ;
         if (buf_used(&c->out) > 0 || c->read_wants_write)
             want |= LOOP_WRITE;
@@ -504,6 +539,8 @@ static void conn_event(loop_t *loop, int fd, unsigned events, void *arg)
             int err = sock_connect_result(c->fd);
             report_close(c, err ? err : ECONNRESET);
             goto out;
+        } else if (readable && c->read_paused) {
+            c->paused_hit = 1; /* left in the socket until the owner resumes */
         }
     }
 
@@ -539,6 +576,8 @@ out:
 void conn_read_pause(conn_t *c, int paused)
 {
     c->read_paused = paused;
+    if (!paused)
+        c->paused_hit = 0;
     if (!c->busy)
         conn_update(c);
 }
