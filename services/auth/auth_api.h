@@ -41,6 +41,9 @@
 #define AUTH_SID_MAX            64
 #define AUTH_MECH_MAX           20
 #define AUTH_ENV_MAX            16
+/* How long ingress may skip the rate check of a credential and tenant that
+ * have no limit: a limit set meanwhile takes effect within this time. */
+#define AUTH_RATE_UNLIMITED_LEASE_MS 5000
 #define AUTH_ERR_TEXT_MAX       256
 
 #define AUTH_ENV_DEFAULT "production"

@@ -350,6 +350,14 @@ static int rate_limits(auth_api_t *api, const char *tenant, const char *user,
     return 0;
 }
 
+static int rate_unlimited(const auth_rate_limit_t *limits, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (limits[i].per_minute || limits[i].per_day)
+            return 0;
+    return 1;
+}
+
 int auth_api_rate_check(auth_api_t *api, const PB(AuthRateCheck) * req,
                         PB(AuthRateCheckReply) * *reply, auth_err_t *err)
 {
@@ -373,6 +381,8 @@ int auth_api_rate_check(auth_api_t *api, const PB(AuthRateCheck) * req,
     if (rc == 0) {
         r->ok = 1;
         r->status = status_new(250, "2.0.0", "Within the rate limits");
+        if (rate_unlimited(limits, n))
+            r->unlimited_for_ms = AUTH_RATE_UNLIMITED_LEASE_MS;
         log_debug("event=rate_check sid=%s user=%s tenant=%s result=ok", sid,
                   *user ? user_quoted(q, user) : "-", *tenant ? tenant : "-");
     } else {

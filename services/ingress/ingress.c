@@ -288,6 +288,7 @@ int main(int argc, char **argv)
 out:
     session_close_all(&ing);
     scanner_destroy(&ing.scanner);
+    auth_rate_leases_free(&ing);
     limits_fini(&ing);
     for (size_t i = 0; i < ing.nlisteners; i++) {
         loop_fd_remove(svc.loop, ing.listeners[i].fd);

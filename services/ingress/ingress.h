@@ -80,6 +80,7 @@ typedef struct ingress {
     struct ip_count **ip_counts; /* connections per client address */
     size_t ip_buckets;
     scanner_t *scanner;          /* NULL: no content scanning */
+    struct rate_lease *rate_leases; /* credentials auth said have no limit, for a while */
     /* counters for ServicePong */
     uint64_t connections, accepted, rejected, auth_ok, auth_failed, rate_limited, scanned_spam;
 } ingress_t;
@@ -211,7 +212,9 @@ int limits_junk(session_t *s);
 
 /* ---- MAIL's rate check (ingress_auth.c) ---- */
 /* Ask auth whether one more message may go; done runs later (or the
- * session waits). Returns -1 when auth cannot be asked: go on. */
+ * session waits). Returns -1 when there is nothing to wait for: auth cannot
+ * be asked, or it said lately that this credential and tenant have no limit. */
 int auth_rate_check(session_t *s, rate_done_fn done);
+void auth_rate_leases_free(ingress_t *ing);
 
 #endif

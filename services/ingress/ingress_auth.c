@@ -351,6 +351,58 @@ void auth_continue(session_t *s, char *line)
 
 /* ---- MAIL's rate check ---- */
 
+/*
+ * Auth tells when a credential and its tenant have no rate limit at all; for
+ * that long, MAIL skips the round trip to auth for them. A handful of
+ * entries: the table only saves work, a credential that finds no room in it
+ * is simply checked every time.
+ */
+#define RATE_LEASES 64
+
+typedef struct rate_lease {
+    char tenant[65];
+    char username[129];
+    uint64_t until_ms;
+} rate_lease_t;
+
+static rate_lease_t *lease_find(ingress_t *ing, const session_t *s)
+{
+    for (size_t i = 0; ing->rate_leases && i < RATE_LEASES; i++) {
+        rate_lease_t *l = &ing->rate_leases[i];
+        if (l->until_ms && strcmp(l->tenant, s->tenant) == 0 &&
+            strcmp(l->username, s->username) == 0)
+            return l;
+    }
+    return NULL;
+}
+
+static int lease_valid(ingress_t *ing, const session_t *s)
+{
+    rate_lease_t *l = lease_find(ing, s);
+    return l && l->until_ms > loop_now(ing->svc->loop);
+}
+
+static void lease_put(ingress_t *ing, const session_t *s, uint32_t for_ms)
+{
+    if (ing->rate_leases == NULL)
+        ing->rate_leases = xcalloc(RATE_LEASES, sizeof(*ing->rate_leases));
+    rate_lease_t *l = lease_find(ing, s);
+    for (size_t i = 0; l == NULL && i < RATE_LEASES; i++) {
+        rate_lease_t *c = &ing->rate_leases[i];
+        if (l == NULL || c->until_ms < l->until_ms)
+            l = c; /* the one that ends first (or a free one) */
+    }
+    sx_strlcpy(l->tenant, s->tenant, sizeof(l->tenant));
+    sx_strlcpy(l->username, s->username, sizeof(l->username));
+    l->until_ms = loop_now(ing->svc->loop) + for_ms;
+}
+
+void auth_rate_leases_free(ingress_t *ing)
+{
+    free(ing->rate_leases);
+    ing->rate_leases = NULL;
+}
+
 
 static void on_rate(bus_msg_t *reply, bus_status_t status, void *arg)
 {
@@ -365,6 +417,8 @@ static void on_rate(bus_msg_t *reply, bus_status_t status, void *arg)
         done(s, 1, NULL);
     } else {
         PB(AuthRateCheckReply) *r = reply->env->auth_rate_check_reply;
+        if (r->ok && r->unlimited_for_ms)
+            lease_put(s->ing, s, r->unlimited_for_ms < 60000 ? r->unlimited_for_ms : 60000);
         char line[600];
         if (!r->ok) {
             const char *text = r->status && r->status->text[0] ? r->status->text
@@ -378,7 +432,8 @@ static void on_rate(bus_msg_t *reply, bus_status_t status, void *arg)
 
 int auth_rate_check(session_t *s, rate_done_fn done)
 {
-    if ((s->tenant[0] == '\0' && s->username[0] == '\0') || s->ing->auth == NULL)
+    if ((s->tenant[0] == '\0' && s->username[0] == '\0') || s->ing->auth == NULL ||
+        lease_valid(s->ing, s))
         return -1;
     PB(AuthRateCheck) req = PB_INIT(AUTH_RATE_CHECK);
     req.tenant = s->tenant;

@@ -18,6 +18,8 @@ import hmac
 import json
 import os
 import re
+import smtplib
+import ssl
 import subprocess
 import time
 
@@ -255,6 +257,37 @@ def test_lockout_and_its_end(make_relay):
 
 
 # ---- rate limits ----
+
+def submit_mail_from(r, user, password, sender):
+    """MAIL over STARTTLS + AUTH on submission; its reply (code, text)."""
+    ctx = ssl.create_default_context(cafile=r.cert)
+    ctx.check_hostname = False
+    with smtplib.SMTP("127.0.0.1", r.submission, timeout=10) as s:
+        s.ehlo("client.example")
+        s.starttls(context=ctx)
+        s.ehlo("client.example")
+        s.login(user, password)
+        code, text = s.mail(sender)
+        return code, text.decode()
+
+
+def test_rate_limit_at_mail_applies_within_the_lease(make_relay):
+    """With no limit, auth lets ingress skip the check for a while; a limit
+    set then reaches MAIL (451 4.7.1) once that while is over."""
+    r = make_relay()
+    r.start()
+    setup_tenant(r)
+    body, rep = rate_check(r, "acme", "app")
+    assert rep.ok and rep.unlimited_for_ms == 5000
+    assert submit_mail_from(r, "app", "app-password-1", "app@mail.acme.test")[0] == 250
+    r.ctl("limit", "set", "--cred", "app", "--per-minute", "2")
+    body, rep = rate_check(r, "acme", "app")  # one of the two
+    assert rep.ok and rep.unlimited_for_ms == 0
+    time.sleep(5.5)  # ingress's lease from the first MAIL ends
+    assert submit_mail_from(r, "app", "app-password-1", "app@mail.acme.test")[0] == 250
+    code, text = submit_mail_from(r, "app", "app-password-1", "app@mail.acme.test")
+    assert code == 451 and text.startswith("4.7.1 Rate limit of 2 messages per minute"), text
+
 
 def test_rate_limits(make_relay):
     r = make_relay()
