@@ -434,7 +434,10 @@ static int send_to(dispatch_t *d, job_t *j, worker_t *w, const health_plan_t *pl
     }
     rt.source_ip = (char *)(source ? source : "");
     rt.provider = (char *)(j->provider ? j->provider->name : "");
-    rt.messages_per_connection = j->provider ? j->provider->messages_per_connection : 0;
+    /* a route without shaping keeps its connections as the default profile does */
+    const provider_t *reuse = j->provider ? j->provider
+                                          : provider_default(shape_providers(d->shape));
+    rt.messages_per_connection = reuse ? reuse->messages_per_connection : 0;
     PB(DeliveryTask) task = PB_INIT(DELIVERY_TASK);
     task.job = j->env->delivery_job;
     task.route = &rt;

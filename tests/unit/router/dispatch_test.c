@@ -784,6 +784,20 @@ static void test_mx_learnt_moves_provider(void **state)
     teardown(f);
 }
 
+static void test_unshaped_route_keeps_connections(void **state)
+{
+    (void)state;
+    fixture_t *f = setup_router(
+        "routes = ( { name = \"relay\"; endpoints = [ \"127.0.0.1:25\" ]; shaping = false; } );");
+    ready(f, "w", 10);
+    job_attempt(f, "q", 1, "a", "example.org", 1, 1);
+    assert_int_equal(f->rec.nsent, 1);
+    assert_string_equal(f->rec.sent[0].provider, "");
+    /* no profile matched, yet the connection is kept as the default profile says */
+    assert_int_equal(f->rec.sent[0].per_connection, 100);
+    teardown(f);
+}
+
 static const char *pool_conf =
     "routes = ( { name = \"out\"; endpoints = [ \"127.0.0.1:25\" ]; source_pool = \"main\"; },\n"
     "           { name = \"other\"; endpoints = [ \"127.0.0.1:26\" ]; match = { tenants = \"x\"; "
@@ -832,6 +846,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_failover_and_all_down),
         cmocka_unit_test(test_shaping_holds_and_pauses),
+        cmocka_unit_test(test_unshaped_route_keeps_connections),
         cmocka_unit_test(test_mx_learnt_moves_provider),
         cmocka_unit_test(test_sources_in_tasks),
         cmocka_unit_test(test_most_free_slots),
