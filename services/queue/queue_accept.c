@@ -418,7 +418,8 @@ void queue_commits_done(queue_t *q, int rc)
     if (q->batch == NULL)
         return;
     q->commit_batches++;
-    if (rc != STORE_OK)
+    /* refused ones are at the end: a batch with its first refused wrote nothing */
+    if (rc != STORE_OK && !q->batch->refused)
         q->commit_failures++;
     uint64_t now = clock_wall_ms();
     queue_commit_t *c = q->batch;
