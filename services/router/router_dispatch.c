@@ -4,10 +4,13 @@
  * itself when no route matches, the route or destination cannot take it
  * now (not attempted), capacity is exhausted, or the worker is lost.
  *
- * Held jobs wait in one FIFO in arrival order; each belongs to a lane (its
- * destination and source pool). A pass over the FIFO sends every job whose
- * lane has room while a worker has a free slot; a lane found without room
- * is skipped for the rest of the pass, so a pass costs one look per job.
+ * Held jobs wait in one FIFO in arrival order (for their deadlines) and in
+ * their lane's FIFO (a lane is a destination and source pool). A pass goes
+ * round the lanes that hold jobs, sending the first job of each lane that
+ * has room while a worker has a free slot; a lane that sent goes to the back
+ * of the round, and one found without room is skipped for the rest of the
+ * pass. So lanes share the workers in turn, and a pass costs one look per
+ * lane plus one per job sent, however many jobs wait.
  */
 #include "router_dispatch.h"
 #include "core/alloc.h"
@@ -39,6 +42,8 @@ typedef struct worker {
 typedef struct lane {
     char key[LANE_KEY_MAX];
     size_t n;              /* jobs held */
+    struct job *head, *tail;     /* its jobs in arrival order */
+    struct lane *prev, *next;    /* the round of lanes holding jobs */
     uint64_t blocked_pass; /* the pass that found it without room */
     int shaped;            /* its last look found it held by shaping (not by workers) */
     uint64_t wait_ms;      /* what that look said */
@@ -63,7 +68,8 @@ typedef struct job {
     health_plan_t plan;
     dest_t *dest;
     char source[SOURCE_IP_MAX];
-    struct job *prev, *next; /* FIFO links */
+    struct job *prev, *next;   /* FIFO links */
+    struct job *lprev, *lnext; /* links in its lane */
 } job_t;
 
 struct dispatch {
@@ -78,6 +84,7 @@ struct dispatch {
     job_t *head, *tail;
     size_t npending;
     rmap_t *lanes;
+    lane_t *round_head, *round_tail; /* lanes holding jobs, next to look at first */
     uint64_t pass;
     uint64_t next_task_id;
     uint64_t jobs_total;
@@ -350,6 +357,30 @@ static lane_t *lane_get(dispatch_t *d, const char *key, const source_pool_t *poo
     return l;
 }
 
+static void round_append(dispatch_t *d, lane_t *l)
+{
+    l->next = NULL;
+    l->prev = d->round_tail;
+    if (d->round_tail)
+        d->round_tail->next = l;
+    else
+        d->round_head = l;
+    d->round_tail = l;
+}
+
+static void round_unlink(dispatch_t *d, lane_t *l)
+{
+    if (l->prev)
+        l->prev->next = l->next;
+    else
+        d->round_head = l->next;
+    if (l->next)
+        l->next->prev = l->prev;
+    else
+        d->round_tail = l->prev;
+    l->prev = l->next = NULL;
+}
+
 static void fifo_push(dispatch_t *d, job_t *j)
 {
     j->next = NULL;
@@ -360,7 +391,16 @@ static void fifo_push(dispatch_t *d, job_t *j)
         d->head = j;
     d->tail = j;
     d->npending++;
-    j->lane->n++;
+    lane_t *l = j->lane;
+    j->lnext = NULL;
+    j->lprev = l->tail;
+    if (l->tail)
+        l->tail->lnext = j;
+    else
+        l->head = j;
+    l->tail = j;
+    if (l->n++ == 0)
+        round_append(d, l);
 }
 
 static void fifo_unlink(dispatch_t *d, job_t *j)
@@ -377,8 +417,21 @@ static void fifo_unlink(dispatch_t *d, job_t *j)
     d->npending--;
     lane_t *l = j->lane;
     j->lane = NULL;
-    if (l && --l->n == 0)
+    if (l == NULL)
+        return;
+    if (j->lprev)
+        j->lprev->lnext = j->lnext;
+    else
+        l->head = j->lnext;
+    if (j->lnext)
+        j->lnext->lprev = j->lprev;
+    else
+        l->tail = j->lprev;
+    j->lprev = j->lnext = NULL;
+    if (--l->n == 0) {
+        round_unlink(d, l);
         free(rmap_del(d->lanes, l->key));
+    }
 }
 
 /* ---- sending ---- */
@@ -530,19 +583,30 @@ static void pump(dispatch_t *d)
 {
     uint64_t now = dispatch_now(d);
     d->pass++;
-    job_t *j = d->head;
-    while (j) {
+    lane_t *l = d->round_head;
+    while (l) {
+        lane_t *next = l->next;
+        if (l->blocked_pass == d->pass) {
+            l = next;
+            continue;
+        }
         worker_t *w = worker_pick(d);
         if (w == NULL)
             return;
-        job_t *next = j->next;
-        if (j->lane->blocked_pass == d->pass) {
-            j = next;
+        int last = l->n == 1; /* its job gone, the lane is freed */
+        try_t t = try_send(d, l->head, w, now);
+        if (t == TRY_AGAIN)
+            continue; /* w is marked broken: try the next best */
+        if (t == TRY_BLOCKED || last) {
+            l = next;
             continue;
         }
-        if (try_send(d, j, w, now) == TRY_AGAIN)
-            continue; /* w is marked broken: try the next best */
-        j = next;
+        /* it sent (or answered) one: the others take their turn first */
+        if (next) {
+            round_unlink(d, l);
+            round_append(d, l);
+        }
+        l = next ? next : l;
     }
 }
 

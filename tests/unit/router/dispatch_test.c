@@ -469,6 +469,33 @@ static void test_pending_fifo_and_results(void **state)
     teardown(f);
 }
 
+/* Lanes share the workers in turn: a destination with many held jobs does
+ * not keep another one waiting behind all of them. */
+static void test_lanes_take_turns(void **state)
+{
+    (void)state;
+    fixture_t *f = setup_with(100);
+    job(f, "q", 1, "org1", "example.org", 1);
+    job(f, "q", 2, "org2", "example.org", 1);
+    job(f, "q", 3, "org3", "example.org", 1);
+    job(f, "q", 4, "net1", "example.net", 1);
+    ready(f, "w1", 2);
+    assert_int_equal(f->rec.nsent, 2);
+    assert_string_equal(f->rec.sent[0].message_id, "org1");
+    assert_string_equal(f->rec.sent[1].message_id, "net1");
+    /* freed slots go to what is left, oldest first */
+    result(f, "w1", f->rec.sent[1].task_id, 1);
+    assert_int_equal(f->rec.nsent, 3);
+    assert_string_equal(f->rec.sent[2].message_id, "org2");
+    result(f, "w1", f->rec.sent[0].task_id, 1);
+    assert_int_equal(f->rec.nsent, 4);
+    assert_string_equal(f->rec.sent[3].message_id, "org3");
+    dispatch_stats_t st;
+    dispatch_get_stats(f->d, &st);
+    assert_int_equal(st.pending, 0);
+    teardown(f);
+}
+
 static void test_capacity_bound(void **state)
 {
     (void)state;
@@ -851,6 +878,7 @@ int main(void)
         cmocka_unit_test(test_sources_in_tasks),
         cmocka_unit_test(test_most_free_slots),
         cmocka_unit_test(test_pending_fifo_and_results),
+        cmocka_unit_test(test_lanes_take_turns),
         cmocka_unit_test(test_capacity_bound),
         cmocka_unit_test(test_worker_lost),
         cmocka_unit_test(test_router_decides),
