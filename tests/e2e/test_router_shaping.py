@@ -45,6 +45,9 @@ class FakeMx:
         class Server(socketserver.ThreadingTCPServer):
             allow_reuse_address = True
             daemon_threads = True
+            # the default listen backlog (5) drops the SYNs of a burst of
+            # connections, and their retries can outlast the greeting timeout
+            request_queue_size = 128
 
         self.server = Server(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
