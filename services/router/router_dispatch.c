@@ -27,6 +27,8 @@
 
 #define INSTANCE_MAX 64
 #define LANE_KEY_MAX (SHAPE_KEY_MAX + SOURCE_NAME_MAX + 4)
+#define LANE_RETRY_MIN_MS 100 /* the shortest wait offered for a full lane */
+#define LANE_RETRY_NEW_MS 500 /* the wait offered by a full lane that has not sent yet */
 
 typedef struct worker {
     bus_peer_t peer;
@@ -47,6 +49,8 @@ typedef struct lane {
     uint64_t blocked_pass; /* the pass that found it without room */
     int shaped;            /* its last look found it held by shaping (not by workers) */
     uint64_t wait_ms;      /* what that look said */
+    uint64_t last_sent;    /* when it last sent a job (ms) */
+    double gap_ms;         /* the average time between its sends */
 } lane_t;
 
 /* A job held for a free slot, or in flight as a task. */
@@ -357,6 +361,32 @@ static lane_t *lane_get(dispatch_t *d, const char *key, const source_pool_t *poo
     return l;
 }
 
+static void lane_sent(lane_t *l, uint64_t now)
+{
+    if (l->last_sent) {
+        double gap = (double)(now - l->last_sent);
+        l->gap_ms = l->gap_ms > 0 ? 0.9 * l->gap_ms + 0.1 * gap : gap;
+    }
+    l->last_sent = now;
+}
+
+/*
+ * When to offer a job again to a full lane: when half of what it holds has
+ * gone, at the pace it has been sending (it drains as fast as its
+ * destination takes mail), so jobs come back while it still has work, not
+ * after the longest wait.
+ */
+static uint64_t lane_drain_ms(const dispatch_t *d, const lane_t *l)
+{
+    uint64_t most = d->lim.shape_max_wait_ms;
+    if (l->last_sent == 0 || l->gap_ms <= 0) /* no pace known yet */
+        return LANE_RETRY_NEW_MS < most ? LANE_RETRY_NEW_MS : most;
+    double ms = (double)l->n * l->gap_ms / 2;
+    if (ms < LANE_RETRY_MIN_MS)
+        return LANE_RETRY_MIN_MS;
+    return ms > (double)most ? most : (uint64_t)ms;
+}
+
 static void round_append(dispatch_t *d, lane_t *l)
 {
     l->next = NULL;
@@ -574,6 +604,7 @@ static try_t try_send(dispatch_t *d, job_t *j, worker_t *w, uint64_t now)
                     dispatch_wall(d));
     j->dest = dest;
     j->lane->shaped = 0;
+    lane_sent(j->lane, now);
     fifo_unlink(d, j);
     return TRY_SENT;
 }
@@ -656,7 +687,7 @@ void dispatch_job(dispatch_t *d, const bus_peer_t *queue, uint64_t request_id, s
     j->lane = lane_get(d, j->key, j->pool);
     /* a destination already holding its share: do not wait behind it */
     if (j->provider && j->lane->n > 0 && j->lane->n >= d->lim.shape_queue_max) {
-        answer_held(d, j, d->lim.shape_max_wait_ms, "4.4.5",
+        answer_held(d, j, lane_drain_ms(d, j->lane), "4.4.5",
                     "too many jobs held for this destination", 1);
         job_free(j);
         return;

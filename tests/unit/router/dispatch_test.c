@@ -811,6 +811,36 @@ static void test_mx_learnt_moves_provider(void **state)
     teardown(f);
 }
 
+/* A destination holding its share sends the next job back for as long as
+ * its lane takes to drain at the pace it has been sending, not the longest wait. */
+static void test_full_lane_offers_its_drain_time(void **state)
+{
+    (void)state;
+    fixture_t *f = setup_router(shaping_conf); /* gmail: two connections; lanes hold 3 */
+    ready(f, "w", 10);
+    job_attempt(f, "q", 1, "a", "gmail.com", 1, 1);
+    job_attempt(f, "q", 2, "b", "gmail.com", 1, 1);
+    job_attempt(f, "q", 3, "c", "gmail.com", 1, 1);
+    job_attempt(f, "q", 4, "d", "gmail.com", 1, 1);
+    job_attempt(f, "q", 5, "e", "gmail.com", 1, 1);
+    assert_int_equal(f->rec.nsent, 2);
+    f->rec.now += 100;
+    result_full(f, "w", f->rec.sent[0].task_id, 250, "2.0.0", "ok", "127.0.0.1", NULL);
+    f->rec.now += 200;
+    result_full(f, "w", f->rec.sent[1].task_id, 250, "2.0.0", "ok", "127.0.0.1", NULL);
+    assert_int_equal(f->rec.nsent, 4); /* c and d went, 200 ms apart; e waits */
+    job_attempt(f, "q", 6, "f", "gmail.com", 1, 1);
+    job_attempt(f, "q", 7, "g", "gmail.com", 1, 1);
+    size_t answers = f->rec.nanswers;
+    job_attempt(f, "q", 8, "h", "gmail.com", 1, 1); /* the lane holds 3: h is sent back */
+    assert_int_equal(f->rec.nanswers, answers + 1);
+    answer_t *a = &f->rec.answers[f->rec.nanswers - 1];
+    assert_int_equal(a->request_id, 8);
+    assert_int_equal(a->not_attempted, 1);
+    assert_int_equal(a->retry_after_ms, 300); /* half of three jobs, 200 ms apart */
+    teardown(f);
+}
+
 static void test_unshaped_route_keeps_connections(void **state)
 {
     (void)state;
@@ -874,6 +904,7 @@ int main(void)
         cmocka_unit_test(test_failover_and_all_down),
         cmocka_unit_test(test_shaping_holds_and_pauses),
         cmocka_unit_test(test_unshaped_route_keeps_connections),
+        cmocka_unit_test(test_full_lane_offers_its_drain_time),
         cmocka_unit_test(test_mx_learnt_moves_provider),
         cmocka_unit_test(test_sources_in_tasks),
         cmocka_unit_test(test_most_free_slots),
