@@ -699,9 +699,18 @@ static size_t next_dot_line(const char *body, size_t from, size_t end)
 {
     if (from == 0 && end > 0 && body[0] == '.')
         return 0;
-    size_t at = from >= 2 ? from - 2 : 0;
-    const char *crlf_dot = memmem(body + at, end - at, "\r\n.", 3);
-    return crlf_dot ? (size_t)(crlf_dot - body) + 2 : end;
+    /* memchr for the dot, then a look behind it: memmem with a short
+     * needle goes byte by byte, a fifth of delivery's time on 100 KiB */
+    for (size_t at = from; at < end;) {
+        const char *dot = memchr(body + at, '.', end - at);
+        if (dot == NULL)
+            return end;
+        size_t i = (size_t)(dot - body);
+        if (i >= 2 && body[i - 1] == '\n' && body[i - 2] == '\r')
+            return i;
+        at = i + 1;
+    }
+    return end;
 }
 
 /*

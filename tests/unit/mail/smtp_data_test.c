@@ -70,6 +70,9 @@ static const read_case_t reads[] = {
     {"body\r\n.\r\nQUIT\r\n", "body\r\n", 1, 9, 0, 0},
     {"x\r\n.\r\n.\r\n", "x\r\n", 1, 6, 0, 0},
     {"caf\xc3\xa9\r\n.\r\n", "caf\xc3\xa9\r\n", 1, -1, 0, 1},
+    /* long runs: an eight-bit byte past the first eight, and none at all */
+    {"0123456789abcdef\xe9xyz\r\n.\r\n", "0123456789abcdef\xe9xyz\r\n", 1, -1, 0, 1},
+    {"0123456789abcdefghijklmnop\r\n.\r\n", "0123456789abcdefghijklmnop\r\n", 1, -1, 0, 0},
     {"..\xff\r\n.\r\n", ".\xff\r\n", 1, -1, 0, 1},
     /* not an end: LF.LF, CR.CR, a bare LF before ".\r\n", ".\n" */
     {"a\n.\nb", "a\n.\nb", 0, -1, 1, 0},
