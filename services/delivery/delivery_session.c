@@ -85,8 +85,6 @@ struct session {
     int pipelined;
     int mail_ok;
     size_t body_at;      /* the next body byte to send (stuffing is added on the way) */
-    buf_t held;          /* commands of a pipelined group not yet handed to the connection */
-    int holding;
 
     loop_timer_t step;   /* the current state's deadline */
     loop_timer_t pump;   /* more body when the connection has room */
@@ -160,32 +158,14 @@ static void enter_state(session_t *s, session_state_t st)
 
 /* ---- output ---- */
 
-/* Bytes for the server: to the connection, or held while a pipelined group is written. */
+/* Bytes for the server. Writes made in one loop turn leave together (the
+ * connection sends them at the end of the turn), so a pipelined group of
+ * RSET, MAIL and RCPTs costs one send. */
 static int out_write(session_t *s, const void *p, size_t n)
 {
     if (s->conn == NULL)
         return -1;
-    if (s->holding)
-        return buf_append(&s->held, p, n);
     return conn_write(s->conn, p, n);
-}
-
-/*
- * Hold the commands that follow until out_release(). Outside a connection
- * callback every conn_write is sent at once, so without this a kept
- * connection's RSET, MAIL and RCPTs would cost a send each.
- */
-static void out_hold(session_t *s)
-{
-    s->holding = 1;
-}
-
-static void out_release(session_t *s)
-{
-    s->holding = 0;
-    if (buf_used(&s->held) > 0 && s->conn)
-        conn_write(s->conn, buf_head(&s->held), buf_used(&s->held));
-    buf_reset(&s->held);
 }
 
 /* One command line; secret: what the log shows instead of the line (credentials). */
@@ -932,7 +912,6 @@ session_t *session_new(loop_t *loop, const session_params_t *p, const session_ha
     snprintf(s->ids, sizeof(s->ids), "%s", p->log_ids ? p->log_ids : "");
     s->p.log_ids = NULL;
     sock_addr_ip(&p->addr, s->ip, sizeof(s->ip));
-    buf_init(&s->held, 0);
     loop_timer_init(&s->step, on_step_timeout, s);
     loop_timer_init(&s->pump, on_pump, s);
     loop_timer_init(&s->defer, run_deferred, s);
@@ -960,7 +939,6 @@ static void session_free(session_t *s)
     loop_timer_stop(s->loop, &s->defer);
     conn_destroy(&s->conn);
     reply_clear(&s->reply);
-    buf_free(&s->held);
     free(s);
 }
 
@@ -1037,17 +1015,13 @@ void session_start(session_t *s, session_txn_t *txn)
     s->pipelined = s->caps.pipelining;
     if (s->txns++ > 0) {
         enter_state(s, ST_RSET);
-        out_hold(s);
         send_line(s, "RSET");
         if (s->pipelined)
             send_mail(s); /* RSET, MAIL and RCPT in one write (RFC 2920) */
-        out_release(s);
         return;
     }
     enter_state(s, ST_MAIL);
-    out_hold(s);
     send_mail(s);
-    out_release(s);
 }
 
 void session_set_handlers(session_t *s, const session_handlers_t *h, void *arg)

@@ -181,6 +181,20 @@ class Bus:
         return m if body == "service_pong" else None
 
 
+def published_events(sock, n, timeout=10):
+    """Up to n events read from a PULL socket that services publish to: each
+    EventPublish holds a lone event or the events of one loop turn."""
+    out = []
+    deadline = time.time() + timeout
+    while len(out) < n and time.time() < deadline:
+        if sock.poll(100):
+            env = Envelope()
+            env.ParseFromString(sock.recv_multipart()[0])
+            pub = env.event_publish
+            out.extend(([pub.event] if pub.HasField("event") else []) + list(pub.events))
+    return out
+
+
 def pong_stats(pong):
     """A ServicePong's stats as a dict."""
     return {a.key: a.value for a in pong.stats}

@@ -10,7 +10,9 @@ import json
 import os
 import shutil
 import signal
+import smtplib
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -49,6 +51,19 @@ def free_port_block(count=5):
         if ok:
             return base
     raise RuntimeError("no free port block")
+
+
+def submission_login(r, user, password):
+    """An SMTP session on r's submission port after STARTTLS (the relay's own
+    certificate trusted) and AUTH as user; use it with "with"."""
+    ctx = ssl.create_default_context(cafile=r.cert)
+    ctx.check_hostname = False
+    s = smtplib.SMTP("127.0.0.1", r.submission, timeout=10)
+    s.ehlo("client.example")
+    s.starttls(context=ctx)
+    s.ehlo("client.example")
+    s.login(user, password)
+    return s
 
 
 def wait_for(predicate, timeout=15.0, interval=0.1, what="condition"):

@@ -18,14 +18,12 @@ import hmac
 import json
 import os
 import re
-import smtplib
-import ssl
 import subprocess
 import time
 
 import pytest
 
-from harness import BIN, wait_for
+from harness import BIN, submission_login, wait_for
 
 
 def have(binary):
@@ -260,13 +258,7 @@ def test_lockout_and_its_end(make_relay):
 
 def submit_mail_from(r, user, password, sender):
     """MAIL over STARTTLS + AUTH on submission; its reply (code, text)."""
-    ctx = ssl.create_default_context(cafile=r.cert)
-    ctx.check_hostname = False
-    with smtplib.SMTP("127.0.0.1", r.submission, timeout=10) as s:
-        s.ehlo("client.example")
-        s.starttls(context=ctx)
-        s.ehlo("client.example")
-        s.login(user, password)
+    with submission_login(r, user, password) as s:
         code, text = s.mail(sender)
         return code, text.decode()
 

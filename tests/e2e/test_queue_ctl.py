@@ -8,13 +8,11 @@ and, for a second tenant, through submission with STARTTLS and AUTH."""
 import calendar
 import json
 import re
-import smtplib
 import socket
-import ssl
 import subprocess
 import time
 
-from harness import wait_for
+from harness import submission_login, wait_for
 from test_queue import chain, events, queue_conf, route_to, send_legacy, wait_event
 
 
@@ -34,13 +32,7 @@ def metrics_every(interval):
 
 
 def send_submission(r, user, password, sender, rcpts):
-    ctx = ssl.create_default_context(cafile=r.cert)
-    ctx.check_hostname = False
-    with smtplib.SMTP("127.0.0.1", r.submission, timeout=10) as s:
-        s.ehlo("client.example")
-        s.starttls(context=ctx)
-        s.ehlo("client.example")
-        s.login(user, password)
+    with submission_login(r, user, password) as s:
         s.mail(sender)
         for rc in rcpts:
             code, text = s.rcpt(rc)

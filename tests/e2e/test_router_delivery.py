@@ -139,17 +139,8 @@ class Stack:
         return self.bus.send("delivery_job", j, payload=body)
 
     def collect_events(self, n, timeout=10):
-        from buslib import Envelope
-        out = []
-        deadline = time.time() + timeout
-        while len(out) < n and time.time() < deadline:
-            if self.events.poll(100):
-                env = Envelope()
-                env.ParseFromString(self.events.recv_multipart()[0])
-                # a lone event, or the events of one loop turn
-                pub = env.event_publish
-                out.extend(([pub.event] if pub.HasField("event") else []) + list(pub.events))
-        return out
+        from buslib import published_events
+        return published_events(self.events, n, timeout)
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ smtps:// with tls = "none".
 import base64
 import os
 import re
-import smtplib
 import socket
 import ssl
 import threading
@@ -28,7 +27,7 @@ import threading
 import pytest
 
 from dnsserver import DnsServer
-from harness import wait_for
+from harness import submission_login, wait_for
 from mtasts import TestCA
 
 HOST_IP = "127.0.0.8"
@@ -275,13 +274,7 @@ def start_relay(make_relay, edit, retry_base="60s"):
 
 def submit(r, message=MESSAGE, rcpt="someone@example.org"):
     """STARTTLS + AUTH on the submission port; the queue id."""
-    ctx = ssl.create_default_context(cafile=r.cert)
-    ctx.check_hostname = False
-    with smtplib.SMTP("127.0.0.1", r.submission, timeout=10) as s:
-        s.ehlo("client.example")
-        s.starttls(context=ctx)
-        s.ehlo("client.example")
-        s.login(USER, PASSWORD)
+    with submission_login(r, USER, PASSWORD) as s:
         s.mail("app@example.test")
         s.rcpt(rcpt)
         code, text = s.data(message)
