@@ -75,18 +75,31 @@ static int has_high_bit(const char *p, size_t n)
     return (any & 0x8080808080808080ull) != 0;
 }
 
+/*
+ * Output is the input less line-starting dots (and the final ".\r\n"), so
+ * bytes from run to i pass through as they are and are appended in one go
+ * when a dot is left out or the feed ends, not line by line.
+ */
 long data_reader_feed(data_reader_t *r, const char *p, size_t n, buf_t *out)
 {
     size_t i = 0;
+    size_t run = 0;       /* the first input byte not yet appended */
     size_t lf = SIZE_MAX; /* the next LF at or after i, once looked for */
+#define FLUSH_RUN()                                                                                \
+    do {                                                                                           \
+        if (i > run && emit(r, p + run, i - run, out) < 0)                                         \
+            return -1;                                                                             \
+        run = i;                                                                                   \
+    } while (0)
     while (i < n && !r->done) {
         unsigned char c = (unsigned char)p[i];
         switch (r->state) {
         case DR_LINE_START:
             r->line_len = 0;
             if (c == '.') {
+                FLUSH_RUN();
                 r->state = DR_DOT;
-                i++;
+                run = ++i; /* the dot is left out */
                 continue;
             }
             r->state = DR_IN_LINE;
@@ -94,16 +107,16 @@ long data_reader_feed(data_reader_t *r, const char *p, size_t n, buf_t *out)
         case DR_DOT:
             if (c == '\r') {
                 r->state = DR_DOT_CR;
-                i++;
+                run = ++i; /* held back: the end, or a bare CR */
                 continue;
             }
-            /* a stuffed dot: drop it, the line goes on */
+            /* a stuffed dot: dropped, the line goes on */
             r->state = DR_IN_LINE;
             continue;
         case DR_DOT_CR:
             if (c == '\n') {
                 r->done = 1;
-                i++;
+                run = ++i;
                 continue;
             }
             /* ".\r" then something else: a bare CR inside a line */
@@ -114,13 +127,11 @@ long data_reader_feed(data_reader_t *r, const char *p, size_t n, buf_t *out)
             r->state = DR_IN_LINE;
             continue;
         case DR_IN_LINE: {
-            /* copy the run up to the next CR or LF in one go */
+            /* the run up to the next CR or LF */
             size_t j = line_run(p, i, n, &lf);
             if (!r->eightbit && has_high_bit(p + i, j - i))
                 r->eightbit = 1;
             if (j > i) {
-                if (emit(r, p + i, j - i, out) < 0)
-                    return -1;
                 count_line(r, j - i);
                 i = j;
                 continue;
@@ -130,8 +141,6 @@ long data_reader_feed(data_reader_t *r, const char *p, size_t n, buf_t *out)
             } else {
                 /* bare LF: kept, flagged, and it does not start a line */
                 r->bare_cr_lf = 1;
-                if (emit(r, "\n", 1, out) < 0)
-                    return -1;
                 count_line(r, 1);
             }
             i++;
@@ -139,20 +148,19 @@ long data_reader_feed(data_reader_t *r, const char *p, size_t n, buf_t *out)
         }
         case DR_CR:
             if (c == '\n') {
-                if (emit(r, "\r\n", 2, out) < 0)
-                    return -1;
                 r->state = DR_LINE_START;
                 i++;
                 continue;
             }
+            /* the CR was bare (it is in the run already) */
             r->bare_cr_lf = 1;
-            if (emit(r, "\r", 1, out) < 0)
-                return -1;
             count_line(r, 1);
             r->state = DR_IN_LINE;
             continue;
         }
     }
+    FLUSH_RUN();
+#undef FLUSH_RUN
     return (long)i;
 }
 
