@@ -19,8 +19,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Copies of the events emitted this turn; a zero-delay timer sends them
- * after the turn's I/O. */
+/* Copies of the events emitted lately; a timer sends them
+ * SERVICE_EVENT_DELAY_MS after the first. */
 struct event_batch {
     PB(Event) * v[SERVICE_EVENT_BATCH_MAX];
     size_t n;
@@ -288,7 +288,7 @@ void service_event(service_t *svc, PB(Event) * ev)
     if (b->n == SERVICE_EVENT_BATCH_MAX)
         service_events_flush(svc);
     else if (!loop_timer_active(&b->timer))
-        loop_timer_start(svc->loop, &b->timer, 0);
+        loop_timer_start(svc->loop, &b->timer, SERVICE_EVENT_DELAY_MS);
 }
 
 int service_run(service_t *svc)

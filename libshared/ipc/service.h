@@ -66,15 +66,17 @@ const char *service_store_dir(service_t *svc, char *buf, size_t size);
 
 /*
  * Send an event (fills id, time, service, instance; ev is copied). Events
- * of one loop turn leave in one EventPublish at the end of the turn, or
- * sooner when SERVICE_EVENT_BATCH_MAX events or SERVICE_EVENT_BATCH_BYTES
- * are waiting: one bus message and one wake-up of events per turn, not per
- * event.
+ * leave together in one EventPublish SERVICE_EVENT_DELAY_MS after the first
+ * of them, or sooner when SERVICE_EVENT_BATCH_MAX events or
+ * SERVICE_EVENT_BATCH_BYTES are waiting: one bus message and one wake-up of
+ * events for all of a message's steps in this service, not one per event
+ * or per loop turn. A crash of the service loses at most that window.
  */
 void service_event(service_t *svc, PB(Event) * ev);
 /* Send the waiting events now; service_run and service_fini call it too. */
 void service_events_flush(service_t *svc);
 
+#define SERVICE_EVENT_DELAY_MS    10
 #define SERVICE_EVENT_BATCH_MAX   64
 #define SERVICE_EVENT_BATCH_BYTES (256u << 10) /* well under the 4 MiB frame cap */
 

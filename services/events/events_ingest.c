@@ -92,7 +92,7 @@ int evingest_add(evingest_t *in, const PB(Event) * ev)
     if (evstore_batch_count(in->batch) >= EVINGEST_BATCH_MAX)
         evingest_flush(in);
     else if (!loop_timer_active(&in->flush_timer))
-        loop_timer_start(in->loop, &in->flush_timer, 0);
+        loop_timer_start(in->loop, &in->flush_timer, EVINGEST_DELAY_MS);
     return 0;
 }
 

@@ -1,8 +1,9 @@
 /*
  * events_ingest: the intake of published events. It checks each event,
- * counts it by type, and gathers the events of one loop turn into a batch
- * that a zero-delay loop timer writes in one transaction, so an event is
- * on disk within the turn it arrived in. It does not read the bus itself:
+ * counts it by type, and gathers events into a batch that a loop timer
+ * writes in one transaction EVINGEST_DELAY_MS after the first of them (or
+ * at once past EVINGEST_BATCH_MAX): at a few messages a second that is one
+ * write for several messages' events instead of one per arriving batch. It does not read the bus itself:
  * the service's PULL handler hands it each event.
  */
 #ifndef SX_EVENTS_INGEST_H
@@ -13,6 +14,7 @@
 
 #include <stdint.h>
 
+#define EVINGEST_DELAY_MS  20   /* how long an event may wait for others */
 #define EVINGEST_BATCH_MAX 2000 /* events in one transaction; more are written at once */
 #define EVINGEST_TYPES_MAX 64   /* distinct type counters; later types count as "other" */
 
