@@ -86,12 +86,12 @@ static void stop_loop(loop_t *loop, void *arg)
     loop_stop(loop);
 }
 
-/* One loop turn: the intake's zero-delay timer writes the batch. */
+/* Run the loop until the intake's timer has written the batch. */
 static void run_turn(fixture_t *f)
 {
     loop_timer_t t;
     loop_timer_init(&t, stop_loop, NULL);
-    loop_timer_start(f->loop, &t, 0);
+    loop_timer_start(f->loop, &t, EVINGEST_DELAY_MS + 5);
     loop_run(f->loop);
     loop_timer_stop(f->loop, &t);
 }
