@@ -1,12 +1,18 @@
 /*
  * log: key=value lines on stderr (the service supervisor or scripts/run
- * redirects stderr to var/log/<svc>.log). One write(2) per line, so lines
- * from several processes sharing a file never interleave.
+ * redirects stderr to var/log/<svc>.log). Whole lines per write(2), never
+ * more than PIPE_BUF bytes, so lines from several processes sharing a file
+ * or a pipe never interleave. The loop's thread holds its debug and info
+ * lines until the loop is about to wait (about three lines per message and
+ * service were as many system calls).
  */
 #include "log.h"
 #include "alloc.h"
 
+#include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -19,6 +25,12 @@
 static char log_svc[32] = "sendarix";
 static char log_inst[64] = "";
 static log_level_t log_min = LOG_INFO;
+
+/* lines held by the loop's thread (log_hold_lines) */
+static char held[PIPE_BUF];
+static size_t held_len;
+static int holding;
+static pthread_t holder;
 
 static const char *const level_names[] = {"debug", "info", "warn", "error", "fatal"};
 
@@ -80,8 +92,43 @@ void log_write(log_level_t level, const char *fmt, ...)
     if (len > sizeof(line) - 2)
         len = sizeof(line) - 2; /* truncated: still one line */
     line[len++] = '\n';
+    if (holding && pthread_equal(pthread_self(), holder)) {
+        if (held_len + len > sizeof(held))
+            log_flush();
+        if (len <= sizeof(held)) {
+            memcpy(held + held_len, line, len);
+            held_len += len;
+            if (level >= LOG_WARN)
+                log_flush();
+            return;
+        }
+    }
     ssize_t w = write(STDERR_FILENO, line, len);
     (void)w;
+}
+
+static void flush_at_exit(void)
+{
+    if (holding && pthread_equal(pthread_self(), holder))
+        log_flush();
+}
+
+void log_hold_lines(void)
+{
+    if (holding)
+        return;
+    holder = pthread_self();
+    holding = 1;
+    atexit(flush_at_exit);
+}
+
+void log_flush(void)
+{
+    if (held_len == 0)
+        return;
+    ssize_t w = write(STDERR_FILENO, held, held_len);
+    (void)w;
+    held_len = 0;
 }
 
 const char *log_quote(char *dst, size_t size, const char *src, size_t len)

@@ -18,6 +18,17 @@ const char *log_instance(void);
 
 void log_write(log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/*
+ * Hold the calling thread's debug and info lines and write them together,
+ * up to PIPE_BUF bytes per write(2), so a batch is never interleaved with
+ * another writer's lines. A warning or an error writes what is held and
+ * itself at once. The event loop calls log_flush() before it waits, so a
+ * line is out before its process sleeps; a crash loses at most one loop
+ * turn's lines. Other threads' lines are written at once, as without it.
+ */
+void log_hold_lines(void);
+void log_flush(void);
+
 #define log_debug(...) log_write(LOG_DEBUG, __VA_ARGS__)
 #define log_info(...)  log_write(LOG_INFO, __VA_ARGS__)
 #define log_warn(...)  log_write(LOG_WARN, __VA_ARGS__)

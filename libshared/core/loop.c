@@ -426,6 +426,7 @@ int loop_run(loop_t *loop)
 {
     struct epoll_event events[LOOP_MAX_EVENTS];
     loop->running = 1;
+    log_hold_lines();
     while (loop->running) {
         loop->now = clock_mono_ms();
         zmq_dispatch(loop);
@@ -435,6 +436,7 @@ int loop_run(loop_t *loop)
         if (zmq_any_dirty(loop))
             zmq_dispatch(loop);
         int timeout = zmq_any_dirty(loop) ? 0 : timers_timeout(loop);
+        log_flush(); /* the turn's lines, before sleeping */
         int n = epoll_wait(loop->epfd, events, LOOP_MAX_EVENTS, timeout);
         if (n < 0) {
             if (errno == EINTR)
@@ -472,5 +474,6 @@ int loop_run(loop_t *loop)
         }
         timers_run(loop);
     }
+    log_flush();
     return 0;
 }

@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -205,6 +206,72 @@ static void test_write_lines(void **state)
     assert_null(memchr(out, '\n', n - 1));
 }
 
+/* Lines held by the loop's thread: out on a warning, on a flush, or when
+ * they would pass PIPE_BUF, in order and never split. */
+static int held_rd = -1;
+static size_t held_seen;
+
+static size_t drain(char *out, size_t size)
+{
+    ssize_t r;
+    while (held_seen < size - 1 && (r = read(held_rd, out + held_seen, size - 1 - held_seen)) > 0)
+        held_seen += (size_t)r;
+    out[held_seen] = '\0';
+    return held_seen;
+}
+
+static char held_out[1 << 16];
+
+static void write_held(void)
+{
+    log_init("router", "1");
+    log_set_level(LOG_INFO);
+    log_hold_lines();
+    log_info("event=one");
+    log_info("event=two");
+    assert_int_equal(drain(held_out, sizeof(held_out)), 0); /* held */
+    log_warn("event=three");
+    drain(held_out, sizeof(held_out));
+    char *a = strstr(held_out, "event=one\n");
+    char *b = strstr(held_out, "event=two\n");
+    char *c = strstr(held_out, "event=three\n");
+    assert_true(a && b && c && a < b && b < c);
+    size_t before = held_seen;
+    for (int i = 0; i < 100; i++)
+        log_info("event=many i=%03d pad=%080d", i, 0);
+    /* more than PIPE_BUF was logged: some went out, less than PIPE_BUF waits */
+    size_t now = drain(held_out, sizeof(held_out));
+    assert_true(now > before);
+    log_flush();
+    drain(held_out, sizeof(held_out));
+    const char *prev = held_out + before;
+    for (int i = 0; i < 100; i++) {
+        char want[32];
+        snprintf(want, sizeof(want), "event=many i=%03d ", i);
+        const char *at = strstr(prev, want);
+        assert_non_null(at);
+        prev = at;
+    }
+    assert_int_equal(held_out[held_seen - 1], '\n');
+}
+
+static void test_held_lines(void **state)
+{
+    (void)state;
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    fcntl(p[0], F_SETFL, O_NONBLOCK);
+    fcntl(p[1], F_SETPIPE_SZ, 1 << 16);
+    held_rd = p[0];
+    int saved = dup(STDERR_FILENO);
+    dup2(p[1], STDERR_FILENO);
+    write_held();
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    close(p[1]);
+    close(p[0]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -213,6 +280,7 @@ int main(void)
         cmocka_unit_test(test_quote_fits_exactly),
         cmocka_unit_test(test_level_parse),
         cmocka_unit_test(test_write_lines),
+        cmocka_unit_test(test_held_lines), /* last: the lines stay held after it */
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
