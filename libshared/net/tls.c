@@ -58,6 +58,10 @@ SSL_CTX *tls_server_ctx(const char *cert_file, const char *key_file, char *err, 
     }
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
     SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"sendarix", 8);
+    /* send the chain as the file has it; without this OpenSSL tries to
+     * build one at every handshake (a certificate verification each time)
+     * when the file holds the leaf alone */
+    SSL_CTX_set_mode(ctx, SSL_MODE_NO_AUTO_CHAIN);
     return ctx;
 fail:
     SSL_CTX_free(ctx);
