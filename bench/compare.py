@@ -516,9 +516,9 @@ def check_targets(res):
         add("ingress RSS growth while held (KiB)", growth, "flat", growth <= 1024)
     if res.get("tls"):
         st = res["tls"]["openssl_s_time"]["sessions_per_s"]
-        best = max(c["results"]["sendarix"]["sessions_per_s"] for c in res["tls"]["cases"])
-        r = ratio(best, st)
-        add("TLS+AUTH sessions/s vs openssl s_time", r, ">= 0.7", r and r >= 0.7)
+        for c in res["tls"]["cases"]:
+            r = ratio(c["results"]["sendarix"]["sessions_per_s"], st)
+            add("%s sessions/s vs openssl s_time" % c["case"], r, ">= 0.7", r and r >= 0.7)
     return out
 
 
