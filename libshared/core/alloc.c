@@ -2,6 +2,7 @@
  * alloc: abort-on-failure allocation wrappers and a bounded string copy.
  */
 #include "alloc.h"
+#include "log.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +10,7 @@
 
 static void alloc_fail(size_t n)
 {
+    log_flush(); /* the lines held before it come first */
     fprintf(stderr, "level=fatal event=out_of_memory bytes=%zu\n", n);
     abort();
 }
