@@ -478,7 +478,12 @@ static void conn_update(conn_t *c)
     } else {
         if (arm_read(c) || c->write_wants_read)
             want |= LOOP_READ;
-        if (buf_used(&c->out) > 0 || c->read_wants_write)
+        /* output the flush timer sends this turn needs no EPOLLOUT (arming
+         * it for that cost two epoll_ctl calls per reply); the timer arms it
+         * if the socket does not take everything */
+        if ((buf_used(&c->out) > 0 &&
+             (!loop_timer_active(&c->flush) || (c->interest & LOOP_WRITE))) ||
+            c->read_wants_write)
             want |= LOOP_WRITE;
     }
     if (want != c->interest) {
