@@ -3,8 +3,9 @@
  * counts it by type, and gathers events into a batch that a loop timer
  * writes in one transaction EVINGEST_DELAY_MS after the first of them (or
  * at once past EVINGEST_BATCH_MAX): at a few messages a second that is one
- * write for several messages' events instead of one per arriving batch. It does not read the bus itself:
- * the service's PULL handler hands it each event.
+ * write for several messages' events instead of one per arriving batch.
+ * It does not read the bus itself: the service's PULL handler hands it
+ * each event.
  */
 #ifndef SX_EVENTS_INGEST_H
 #define SX_EVENTS_INGEST_H
