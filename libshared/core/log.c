@@ -32,6 +32,12 @@ static size_t held_len;
 static int holding;
 static pthread_t holder;
 
+/* Whether lines written now are held (the calling thread is the holder). */
+static int held_here(void)
+{
+    return holding && pthread_equal(pthread_self(), holder);
+}
+
 static const char *const level_names[] = {"debug", "info", "warn", "error", "fatal"};
 
 void log_init(const char *service, const char *instance)
@@ -92,7 +98,7 @@ void log_write(log_level_t level, const char *fmt, ...)
     if (len > sizeof(line) - 2)
         len = sizeof(line) - 2; /* truncated: still one line */
     line[len++] = '\n';
-    if (holding && pthread_equal(pthread_self(), holder)) {
+    if (held_here()) {
         if (held_len + len > sizeof(held))
             log_flush();
         if (len <= sizeof(held)) {
@@ -109,7 +115,7 @@ void log_write(log_level_t level, const char *fmt, ...)
 
 static void flush_at_exit(void)
 {
-    if (holding && pthread_equal(pthread_self(), holder))
+    if (held_here())
         log_flush();
 }
 

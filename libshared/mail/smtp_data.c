@@ -85,19 +85,14 @@ long data_reader_feed(data_reader_t *r, const char *p, size_t n, buf_t *out)
     size_t i = 0;
     size_t run = 0;       /* the first input byte not yet appended */
     size_t lf = SIZE_MAX; /* the next LF at or after i, once looked for */
-#define FLUSH_RUN()                                                                                \
-    do {                                                                                           \
-        if (i > run && emit(r, p + run, i - run, out) < 0)                                         \
-            return -1;                                                                             \
-        run = i;                                                                                   \
-    } while (0)
     while (i < n && !r->done) {
         unsigned char c = (unsigned char)p[i];
         switch (r->state) {
         case DR_LINE_START:
             r->line_len = 0;
             if (c == '.') {
-                FLUSH_RUN();
+                if (i > run && emit(r, p + run, i - run, out) < 0)
+                    return -1;
                 r->state = DR_DOT;
                 run = ++i; /* the dot is left out */
                 continue;
@@ -159,8 +154,8 @@ long data_reader_feed(data_reader_t *r, const char *p, size_t n, buf_t *out)
             continue;
         }
     }
-    FLUSH_RUN();
-#undef FLUSH_RUN
+    if (i > run && emit(r, p + run, i - run, out) < 0)
+        return -1;
     return (long)i;
 }
 
