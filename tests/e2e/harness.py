@@ -157,9 +157,28 @@ class Relay:
         if os.environ.get("SENDARIX_KEEP_VAR") != "1":
             shutil.rmtree(self.var, ignore_errors=True)
 
+    def _settled(self, key, timeout=1.0):
+        """Wait until the service's loop sleeps in epoll_wait: services hold a
+        turn's log lines and write them just before the loop waits, so a
+        line of the turn that produced what the test saw is then in the file."""
+        proc = self.procs.get(key)
+        if proc is None or proc.poll() is not None:
+            return
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                with open("/proc/%d/syscall" % proc.pid) as f:
+                    nr = f.read().split()[0]
+            except (OSError, IndexError):
+                return
+            if nr in ("232", "281"):  # epoll_wait, epoll_pwait (x86-64)
+                return
+            time.sleep(0.002)
+
     def log(self, key):
         if "-" not in key:
             key += "-1"
+        self._settled(key)
         try:
             with open(os.path.join(self.var, "log", key + ".log"), errors="replace") as f:
                 return f.read()
