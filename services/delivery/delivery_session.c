@@ -38,13 +38,14 @@ typedef enum {
     ST_DATA,
     ST_BODY,
     ST_DOT,
+    ST_DISCARD, /* DATA went pipelined for nobody and got 354: the lone dot's reply */
     ST_QUIT,
     ST_CLOSED,
 } session_state_t;
 
 static const char *const state_names[] = {
     "connecting", "greeting", "ehlo", "helo", "starttls", "tls", "auth", "auth_login", "auth_user",
-    "ready",      "rset",     "mail", "data", "body",     "dot", "quit", "closed",
+    "ready",      "rset",     "mail", "data", "body",     "dot", "discard", "quit", "closed",
 };
 
 /* What the session waits for in each state, for timeout and loss messages. */
@@ -54,7 +55,7 @@ static const char *const state_steps[] = {
     "AUTH reply",   "AUTH LOGIN reply", "AUTH username reply",
     "next command", "RSET reply",       "MAIL/RCPT reply",
     "DATA reply",   "body transfer",    "end of data reply",
-    "QUIT reply",   "nothing",
+    "end of data reply", "QUIT reply",  "nothing",
 };
 
 struct session {
@@ -133,6 +134,7 @@ static uint64_t state_deadline(const session_t *s, session_state_t st)
         return s->p.greeting_timeout_ms ? s->p.greeting_timeout_ms : s->p.command_timeout_ms;
     case ST_BODY:
     case ST_DOT:
+    case ST_DISCARD:
         return s->p.data_timeout_ms;
     case ST_QUIT:
         return SESSION_QUIT_MS;
@@ -662,13 +664,35 @@ static void on_mail_reply(session_t *s)
         }
         return;
     }
-    if (!s->mail_ok || rcpts_accepted(s) == 0) {
+    int nobody = !s->mail_ok || rcpts_accepted(s) == 0;
+    if (nobody)
         s->dirty = 1;
+    if (s->pipelined) {
+        enter_state(s, ST_DATA); /* DATA went with the group: its reply is next */
+        return;
+    }
+    if (nobody) {
         txn_done(s, 0);
         return;
     }
     enter_state(s, ST_DATA);
     send_line(s, "DATA");
+}
+
+/*
+ * The reply to a DATA that went pipelined although nobody was accepted. A
+ * refusal is what it should get; a server that says 354 anyway gets a lone
+ * dot, which ends its transaction empty (RFC 2920 3.1).
+ */
+static void on_data_for_nobody(session_t *s)
+{
+    if (s->last.code != 354) {
+        txn_done(s, 0);
+        return;
+    }
+    enter_state(s, ST_DISCARD);
+    if (out_write(s, ".\r\n", 3) < 0)
+        fail_lost(s, "cannot write to");
 }
 
 /*
@@ -840,7 +864,9 @@ static void handle_reply(session_t *s)
         on_mail_reply(s);
         return;
     case ST_DATA:
-        if (s->last.code == 354) {
+        if (!s->mail_ok || rcpts_accepted(s) == 0) {
+            on_data_for_nobody(s);
+        } else if (s->last.code == 354) {
             enter_state(s, ST_BODY);
             s->body_at = 0;
             pump_body(s);
@@ -859,6 +885,9 @@ static void handle_reply(session_t *s)
     case ST_BODY:
     case ST_DOT:
         on_final_reply(s);
+        return;
+    case ST_DISCARD:
+        txn_done(s, 0); /* dirty: the next transaction starts with RSET */
         return;
     case ST_QUIT: {
         session_t *self = s;
@@ -983,7 +1012,8 @@ void session_quit(session_t **p)
     send_line(s, "QUIT");
 }
 
-/* MAIL, and every RCPT too when the server takes them pipelined. */
+/* MAIL, and when the server takes them pipelined every RCPT and DATA too:
+ * DATA may close a group (RFC 2920 3.1), which saves a round trip. */
 static void send_mail(session_t *s)
 {
     session_txn_t *txn = s->txn;
@@ -991,9 +1021,11 @@ static void send_mail(session_t *s)
     caps_mail_params(&s->caps, txn->body_len, txn->eightbit, txn->smtputf8, params,
                      sizeof(params));
     send_line(s, "MAIL FROM:<%s>%s", txn->mail_from ? txn->mail_from : "", params);
-    if (s->pipelined)
+    if (s->pipelined) {
         for (size_t i = 0; i < txn->nrcpt; i++)
             send_rcpt(s, i);
+        send_line(s, "DATA");
+    }
 }
 
 void session_start(session_t *s, session_txn_t *txn)

@@ -1,10 +1,12 @@
 /*
  * session_test: the SMTP client state machine against a scripted server in
- * the same loop (on 127.0.0.1): MAIL and RCPTs leave in one write when
- * PIPELINING is offered and one at a time when not; HELO follows a 5xx to
- * EHLO; a 421 greeting fails the session before any transaction; required
- * TLS without STARTTLS never sends MAIL; no accepted recipient means no
- * DATA; the body arrives dot-stuffed; a silent server times out with 4.4.2;
+ * the same loop (on 127.0.0.1): MAIL, RCPTs and DATA leave in one write
+ * when PIPELINING is offered and one at a time when not; HELO follows a 5xx
+ * to EHLO; a 421 greeting fails the session before any transaction;
+ * required TLS without STARTTLS never sends MAIL; no accepted recipient
+ * means no DATA without pipelining and no body with it (a pipelined DATA
+ * answered 354 anyway gets a lone dot, and the next transaction starts with
+ * RSET); the body arrives dot-stuffed; a silent server times out with 4.4.2;
  * SMTPUTF8 mail to a server without it bounces without MAIL; a 2xx to DATA
  * is never taken for delivery; a kept session's next transaction starts
  * with RSET (pipelined with MAIL and RCPT when offered, alone when not); a
@@ -59,6 +61,7 @@ typedef struct server {
     buf_t seen;     /* every line received, CRLF kept */
     buf_t data;     /* the raw DATA bytes */
     int mail_chunk_had_rcpt;
+    int mail_chunk_had_data;
     int rset_chunk_had_mail;
     int mismatch;
     char peer[SOCK_ADDR_MAX];
@@ -95,15 +98,23 @@ static void srv_on_data(conn_t *c, void *arg)
     size_t chunk_len = buf_used(in);
     if (memmem(chunk, chunk_len, "MAIL FROM", 9) && memmem(chunk, chunk_len, "RCPT TO", 7))
         srv.mail_chunk_had_rcpt = 1;
+    if (memmem(chunk, chunk_len, "MAIL FROM", 9) && memmem(chunk, chunk_len, "\r\nDATA\r\n", 8))
+        srv.mail_chunk_had_data = 1;
     if (memmem(chunk, chunk_len, "RSET", 4) && memmem(chunk, chunk_len, "MAIL FROM", 9) &&
         memmem(chunk, chunk_len, "RCPT TO", 7))
         srv.rset_chunk_had_mail = 1;
     for (;;) {
         if (srv.in_data) {
-            const char *end = memmem(buf_head(in), buf_used(in), "\r\n.\r\n", 5);
-            if (end == NULL)
-                return;
-            size_t n = (size_t)(end - buf_head(in)) + 5;
+            /* a body is consumed whole, so the buffer starts where it does */
+            size_t n;
+            if (buf_used(in) >= 3 && memcmp(buf_head(in), ".\r\n", 3) == 0) {
+                n = 3; /* empty */
+            } else {
+                const char *end = memmem(buf_head(in), buf_used(in), "\r\n.\r\n", 5);
+                if (end == NULL)
+                    return;
+                n = (size_t)(end - buf_head(in)) + 5;
+            }
             buf_append(&srv.data, buf_head(in), n);
             buf_consume(in, n);
             srv.in_data = 0;
@@ -335,7 +346,8 @@ static void test_pipelined_delivery(void **state)
     assert_true(res.done);
     assert_false(res.failed);
     assert_false(srv.mismatch);
-    assert_true(srv.mail_chunk_had_rcpt); /* MAIL and RCPTs in one write */
+    assert_true(srv.mail_chunk_had_rcpt); /* MAIL, RCPTs and DATA in one write */
+    assert_true(srv.mail_chunk_had_data);
     assert_int_equal(rcpts[0].outcome, OUTCOME_DELIVERED);
     assert_int_equal(rcpts[0].reply.code, 250);
     assert_string_equal(rcpts[0].reply.text, "queued as X");
@@ -473,7 +485,7 @@ static void test_no_recipient_no_data(void **state)
 {
     (void)state;
     static const step_t script[] = {
-        {"EHLO", "250-mx\r\n250 PIPELINING"},
+        {"EHLO", "250 mx"},
         {"MAIL", "250 ok"},
         {"RCPT", "550 5.1.1 no"},
         {"QUIT", "221 bye"},
@@ -488,6 +500,67 @@ static void test_no_recipient_no_data(void **state)
     finish();
 }
 
+/* Pipelined, DATA goes with the RCPT that fails; its refusal is expected and
+ * the recipient's outcome stays the RCPT reply. */
+static void test_no_recipient_pipelined_data_refused(void **state)
+{
+    (void)state;
+    static const step_t script[] = {
+        {"EHLO", "250-mx\r\n250 PIPELINING"},
+        {"MAIL", "250 ok"},
+        {"RCPT", "550 5.1.1 no"},
+        {"DATA", "554 5.5.1 no valid recipients"},
+        {"QUIT", "221 bye"},
+        {NULL, NULL},
+    };
+    const char *addrs[] = {"one@example.org"};
+    run("220 mx", script, POLICY_TLS_NONE, "x\r\n", 1, addrs, 0, 2000);
+    assert_true(res.done);
+    assert_false(res.failed);
+    assert_false(srv.mismatch);
+    assert_int_equal(rcpts[0].outcome, OUTCOME_BOUNCED);
+    assert_int_equal(rcpts[0].reply.code, 550);
+    assert_string_equal(rcpts[0].reply.enhanced, "5.1.1");
+    assert_string_equal(buf_head(&srv.data), ""); /* no body went */
+    assert_int_equal(srv.next, 5);                 /* QUIT was sent */
+    finish();
+}
+
+/* A server that answers the pipelined DATA with 354 although it refused
+ * every RCPT gets a lone dot, not the body; the kept session's next
+ * transaction starts with RSET and delivers. */
+static void test_no_recipient_pipelined_data_354(void **state)
+{
+    (void)state;
+    static const step_t script[] = {
+        {"EHLO", "250-mx\r\n250 PIPELINING"},
+        {"MAIL", "250 ok"},
+        {"RCPT", "550 5.1.1 no"},
+        {"DATA", "354 go"},
+        {".", "554 5.5.1 empty"},
+        {"RSET", "250 ok"},
+        {"MAIL", "250 ok"},
+        {"RCPT", "250 ok"},
+        {"DATA", "354 go"},
+        {".", "250 2.0.0 second"},
+        {"QUIT", "221 bye"},
+        {NULL, NULL},
+    };
+    const char *addrs[] = {"one@example.org"};
+    second_txn = 1;
+    run("220 mx", script, POLICY_TLS_NONE, "x\r\n", 1, addrs, 0, 2000);
+    assert_true(res.done);
+    assert_false(res.failed);
+    assert_false(srv.mismatch);
+    assert_int_equal(first_rcpts[0].outcome, OUTCOME_BOUNCED);
+    assert_int_equal(first_rcpts[0].reply.code, 550); /* not the dot's 554 */
+    assert_int_equal(rcpts[0].outcome, OUTCOME_DELIVERED);
+    assert_string_equal(rcpts[0].reply.text, "second");
+    assert_string_equal(buf_head(&srv.data), ".\r\nx\r\n.\r\n"); /* the lone dot, then the body */
+    assert_int_equal(srv.next, 11);
+    finish();
+}
+
 static void test_mail_refused(void **state)
 {
     (void)state;
@@ -496,6 +569,7 @@ static void test_mail_refused(void **state)
         {"MAIL", "553 5.7.1 sender refused"},
         {"RCPT", "503 5.5.1 need MAIL"},
         {"RCPT", "503 5.5.1 need MAIL"},
+        {"DATA", "503 5.5.1 need MAIL"},
         {"QUIT", "221 bye"},
         {NULL, NULL},
     };
@@ -507,7 +581,8 @@ static void test_mail_refused(void **state)
         assert_int_equal(rcpts[i].outcome, OUTCOME_BOUNCED);
         assert_int_equal(rcpts[i].reply.code, 553);
     }
-    assert_null(strstr(buf_head(&srv.seen), "DATA"));
+    assert_false(srv.mismatch);
+    assert_string_equal(buf_head(&srv.data), ""); /* no body went */
     finish();
 }
 
@@ -593,7 +668,7 @@ static void test_second_transaction_rset_pipelined(void **state)
     assert_true(res.done);
     assert_false(res.failed);
     assert_false(srv.mismatch);
-    assert_true(srv.rset_chunk_had_mail); /* RSET, MAIL and RCPT in one write */
+    assert_true(srv.rset_chunk_had_mail); /* RSET, MAIL, RCPT and DATA in one write */
     assert_string_equal(first_rcpts[0].reply.text, "first");
     assert_int_equal(rcpts[0].outcome, OUTCOME_DELIVERED);
     assert_string_equal(rcpts[0].reply.text, "second");
@@ -639,6 +714,7 @@ static void test_kept_session_stale(void **state)
         {"RSET", "421 4.4.2 idle too long"},
         {"MAIL", NULL},
         {"RCPT", NULL},
+        {"DATA", NULL},
         {NULL, NULL},
     };
     const char *addrs[] = {"one@example.org"};
@@ -650,7 +726,7 @@ static void test_kept_session_stale(void **state)
     assert_int_equal(rcpts[0].state, RCPT_PENDING);
     const char *second = strstr(buf_head(&srv.seen), "RSET");
     assert_non_null(second);
-    assert_null(strstr(second, "DATA")); /* no DATA after the refused RSET */
+    assert_string_equal(buf_head(&srv.data), "x\r\n.\r\n"); /* no second body */
     finish();
 }
 
@@ -918,6 +994,8 @@ int main(void)
         cmocka_unit_test(test_greeting_421),
         cmocka_unit_test(test_required_tls_not_offered),
         cmocka_unit_test(test_no_recipient_no_data),
+        cmocka_unit_test(test_no_recipient_pipelined_data_refused),
+        cmocka_unit_test(test_no_recipient_pipelined_data_354),
         cmocka_unit_test(test_mail_refused),
         cmocka_unit_test(test_timeout_waiting_for_data_reply),
         cmocka_unit_test(test_smtputf8_not_offered),
