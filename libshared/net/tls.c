@@ -58,6 +58,9 @@ SSL_CTX *tls_server_ctx(const char *cert_file, const char *key_file, char *err, 
     }
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
     SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"sendarix", 8);
+    /* one TLS 1.3 ticket, not OpenSSL's two (meant for browsers that open
+     * connections in parallel): a mail client resumes one session at a time */
+    SSL_CTX_set_num_tickets(ctx, 1);
     /* send the chain as the file has it; without this OpenSSL tries to
      * build one at every handshake (a certificate verification each time)
      * when the file holds the leaf alone */

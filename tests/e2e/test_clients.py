@@ -320,6 +320,25 @@ def test_openssl_implicit_tls_dialog(relay, version):
     assert split_trace(stored(relay, queued_id(text))) == MESSAGE
 
 
+@pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
+def test_openssl_session_resumed(relay, version, tmp_path):
+    # the second connection resumes the first one's session (a TLS 1.3
+    # ticket, a TLS 1.2 session id): no full handshake for a client that keeps it
+    sess = str(tmp_path / "session.pem")
+    target = ["-starttls", "smtp", "-connect", "127.0.0.1:%d" % relay.submission, version]
+    texts = []
+    for keep in (["-sess_out", sess], ["-sess_in", sess]):
+        cmd = ["openssl", "s_client", "-ign_eof", "-CAfile", relay.cert] + target + keep
+        out = subprocess.run(cmd, input=b"EHLO client.example\r\nQUIT\r\n",
+                             capture_output=True, timeout=20)
+        text = out.stdout.decode(errors="replace") + out.stderr.decode(errors="replace")
+        assert out.returncode == 0 and "221 2.0.0" in text, text
+        texts.append(text)
+    want = {"-tls1_2": "TLSv1.2", "-tls1_3": "TLSv1.3"}[version]
+    assert re.search(r"^New, %s," % want, texts[0], re.M), texts[0]
+    assert re.search(r"^Reused, %s," % want, texts[1], re.M), texts[1]
+
+
 @pytest.mark.parametrize("port", ["submission", "smtps"])
 def test_openssl_tls11_refused(relay, port):
     # SECLEVEL=0 lets this client offer TLS 1.1 at all; the refusal must be the server's
