@@ -9,7 +9,7 @@
  * RSET); the body arrives dot-stuffed; a silent server times out with 4.4.2;
  * SMTPUTF8 mail to a server without it bounces without MAIL; a 2xx to DATA
  * is never taken for delivery; a kept session's next transaction starts
- * with RSET (pipelined with MAIL and RCPT when offered, alone when not); a
+ * with RSET (pipelined with MAIL, RCPT and DATA when offered, alone when not); a
  * kept session whose server refuses RSET fails as stale with nothing
  * decided; a session connects from the source address it is given.
  * Implicit TLS: the handshake comes before the greeting (verified for
