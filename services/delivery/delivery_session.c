@@ -622,12 +622,15 @@ static void send_rcpt(session_t *s, size_t i)
     send_line(s, "RCPT TO:<%s>", s->txn->rcpts[i].address);
 }
 
-static size_t rcpts_accepted(const session_t *s)
+/* MAIL was refused or no RCPT accepted: there is nobody to send a body to. */
+static int nobody_accepted(const session_t *s)
 {
-    size_t n = 0;
+    if (!s->mail_ok)
+        return 1;
     for (size_t i = 0; i < s->txn->nrcpt; i++)
-        n += s->txn->rcpts[i].state == RCPT_ACCEPTED;
-    return n;
+        if (s->txn->rcpts[i].state == RCPT_ACCEPTED)
+            return 0;
+    return 1;
 }
 
 static void on_mail_reply(session_t *s)
@@ -664,7 +667,7 @@ static void on_mail_reply(session_t *s)
         }
         return;
     }
-    int nobody = !s->mail_ok || rcpts_accepted(s) == 0;
+    int nobody = nobody_accepted(s);
     if (nobody)
         s->dirty = 1;
     if (s->pipelined) {
@@ -864,7 +867,7 @@ static void handle_reply(session_t *s)
         on_mail_reply(s);
         return;
     case ST_DATA:
-        if (!s->mail_ok || rcpts_accepted(s) == 0) {
+        if (nobody_accepted(s)) {
             on_data_for_nobody(s);
         } else if (s->last.code == 354) {
             enter_state(s, ST_BODY);
