@@ -18,7 +18,11 @@
 /* Packed bytes of env (version set to CODEC_VERSION); caller frees. */
 uint8_t *codec_encode(sx_env_t *env, size_t *len);
 
-/* 0 and *out on success; -1 with a reason in err. */
+/*
+ * 0 and *out on success; -1 with a reason in err. The envelope and all it
+ * points to are one allocation as far as the caller is concerned: free it
+ * whole with codec_free, never a part of it, and never with protobuf-c.
+ */
 int codec_decode(const void *data, size_t len, sx_env_t **out, char *err, size_t errlen);
 void codec_free(sx_env_t **env);
 

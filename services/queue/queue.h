@@ -238,6 +238,7 @@ typedef struct result {
     result_kind_t kind;
     job_ctx_t *job;
     PB(DeliveryResult) * res;  /* REMOTE: NULL when no result came (timeout) */
+    sx_env_t *res_env;         /* the envelope res is part of */
     const char *fail_text;
     int counts_inflight;       /* releases an in-flight job when applied */
     /* filled by the write */

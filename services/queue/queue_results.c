@@ -47,8 +47,7 @@ void queue_result_free(result_t *r)
 {
     if (r == NULL)
         return;
-    if (r->res)
-        PB_FN(delivery_result, free_unpacked)(r->res, NULL);
+    codec_free(&r->res_env); /* and r->res with it */
     queue_record_free(&r->rec);
     queue_record_free(&r->dsn);
     for (size_t i = 0; i < r->nsupp; i++)

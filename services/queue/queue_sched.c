@@ -459,12 +459,9 @@ static void on_job_result(bus_msg_t *reply, bus_status_t status, void *arg)
     r->job = ctx;
     r->counts_inflight = 1;
     if (status == BUS_OK && reply->env->body_case == PB_BODY(DELIVERY_RESULT)) {
-        /* keep the decoded result: the envelope would be freed after this callback */
-        sx_env_t *env = bus_msg_take_env(reply);
-        r->res = env->delivery_result;
-        env->delivery_result = NULL;
-        env->body_case = PB_BODY(_NOT_SET);
-        codec_free(&env);
+        /* keep the decoded result, and so its envelope (one allocation) */
+        r->res_env = bus_msg_take_env(reply);
+        r->res = r->res_env->delivery_result;
     } else if (status == BUS_OK && reply->env->body_case == PB_BODY(ERROR) &&
                reply->env->error->status) {
         r->fail_text = "router refused the job";

@@ -1,6 +1,7 @@
 /*
  * codec_test: the bus envelope on the wire: round trips with several body
- * kinds, and refusal (with a reason, without a crash or a leak) of empty,
+ * kinds, an envelope that decodes to far more than its frame (the arena
+ * grows), and refusal (with a reason, without a crash or a leak) of empty,
  * truncated, oversized, wrong-version, bodiless and random frames.
  */
 #include <setjmp.h>
@@ -165,6 +166,58 @@ static void test_round_trip_error_and_result(void **state)
                      SENDARIX__V1__DELIVERY_RECIPIENT_RESULT__OUTCOME__BOUNCED);
     assert_int_equal(out->delivery_result->recipients[0]->reply->code, 451);
     codec_free(&out);
+}
+
+/*
+ * Empty sub-messages pack to two bytes each but unpack to a whole struct and
+ * a pointer: the decoded envelope outgrows its first block many times over
+ * and must come back intact, every recipient distinct, and free cleanly.
+ */
+static void test_decoded_larger_than_frame(void **state)
+{
+    (void)state;
+    enum { N = 20000 };
+    PB(DeliveryRecipientResult) *rr = calloc(N, sizeof(*rr));
+    PB(DeliveryRecipientResult) **rrp = calloc(N, sizeof(*rrp));
+    assert_non_null(rr);
+    assert_non_null(rrp);
+    for (size_t i = 0; i < N; i++) {
+        PB(DeliveryRecipientResult) one = PB_INIT(DELIVERY_RECIPIENT_RESULT);
+        rr[i] = one;
+        rrp[i] = &rr[i];
+    }
+    rr[N - 1].index = 7; /* the last one carries a value, so order is checked */
+    PB(DeliveryResult) res = PB_INIT(DELIVERY_RESULT);
+    res.job_id = "job-many";
+    res.n_recipients = N;
+    res.recipients = rrp;
+    sx_env_t env = PB_INIT(ENVELOPE);
+    env.request_id = 9;
+    env.sender = "delivery/1";
+    env.body_case = PB_BODY(DELIVERY_RESULT);
+    env.delivery_result = &res;
+    size_t len = 0;
+    uint8_t *bytes = codec_encode(&env, &len);
+    assert_true(len < (size_t)N * 4); /* a few bytes per recipient on the wire */
+
+    sx_env_t *out = NULL;
+    char err[160] = "";
+    if (codec_decode(bytes, len, &out, err, sizeof(err)) != 0)
+        fail_msg("decode failed: %s", err);
+    free(bytes);
+    assert_string_equal(out->delivery_result->job_id, "job-many");
+    assert_int_equal(out->delivery_result->n_recipients, N);
+    for (size_t i = 0; i + 1 < N; i++) {
+        assert_non_null(out->delivery_result->recipients[i]);
+        assert_int_equal(out->delivery_result->recipients[i]->index, 0);
+        assert_ptr_not_equal(out->delivery_result->recipients[i],
+                             out->delivery_result->recipients[i + 1]);
+    }
+    assert_int_equal(out->delivery_result->recipients[N - 1]->index, 7);
+    codec_free(&out);
+    assert_null(out);
+    free(rrp);
+    free(rr);
 }
 
 /* ---- refusals ---- */
@@ -410,6 +463,7 @@ int main(void)
         cmocka_unit_test(test_round_trip_login),
         cmocka_unit_test(test_round_trip_commit),
         cmocka_unit_test(test_round_trip_error_and_result),
+        cmocka_unit_test(test_decoded_larger_than_frame),
         cmocka_unit_test(test_empty_and_no_body),
         cmocka_unit_test(test_wrong_version),
         cmocka_unit_test(test_unknown_fields_ignored),
