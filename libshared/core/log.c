@@ -72,22 +72,59 @@ const char *log_instance(void)
     return log_inst;
 }
 
+static char *put_str(char *p, const char *s)
+{
+    size_t n = strlen(s);
+    memcpy(p, s, n);
+    return p + n;
+}
+
+/*
+ * "ts=<UTC time to the millisecond>Z level=<level> svc=<service> " into
+ * line (at least 128 bytes); its length. The part up to the second is
+ * formatted once a second per thread: a busy service writes thousands of
+ * lines a second, and a formatted date was as costly as the rest of the
+ * prefix and the line's own fields together.
+ */
+static size_t log_prefix(char *line, log_level_t level)
+{
+    static __thread time_t stamp_sec = (time_t)-1;
+    static __thread char stamp[48]; /* "ts=2026-11-28T13:27:58" */
+    static __thread size_t stamp_len;
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    if (tv.tv_sec != stamp_sec) {
+        struct tm tm;
+        gmtime_r(&tv.tv_sec, &tm);
+        int n = snprintf(stamp, sizeof(stamp), "ts=%04d-%02d-%02dT%02d:%02d:%02d",
+                         tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                         tm.tm_sec);
+        stamp_len = n > 0 && (size_t)n < sizeof(stamp) ? (size_t)n : 0;
+        stamp_sec = tv.tv_sec;
+    }
+    unsigned ms = (unsigned)(tv.tv_usec / 1000);
+    char *p = line;
+    memcpy(p, stamp, stamp_len);
+    p += stamp_len;
+    *p++ = '.';
+    *p++ = (char)('0' + ms / 100);
+    *p++ = (char)('0' + ms / 10 % 10);
+    *p++ = (char)('0' + ms % 10);
+    p = put_str(p, "Z level=");
+    p = put_str(p, level_names[level]);
+    p = put_str(p, " svc=");
+    p = put_str(p, log_svc); /* at most 31 bytes */
+    *p++ = ' ';
+    return (size_t)(p - line);
+}
+
 void log_write(log_level_t level, const char *fmt, ...)
 {
     if (level < log_min)
         return;
 
     char line[LOG_LINE_MAX];
-    struct timeval tv;
-    struct tm tm;
-    gettimeofday(&tv, NULL);
-    gmtime_r(&tv.tv_sec, &tm);
-
-    int n = snprintf(line, sizeof(line), "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s svc=%s ",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, (long)(tv.tv_usec / 1000), level_names[level], log_svc);
-    if (n < 0)
-        return;
+    int n = (int)log_prefix(line, level);
     va_list ap;
     va_start(ap, fmt);
     int m = vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);

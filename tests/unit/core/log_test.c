@@ -1,7 +1,7 @@
 /*
  * log_test: log_quote (plain values, spaces, quotes, backslashes, control
  * and high bytes, truncation that never cuts an escape and never overruns),
- * level names, and the shape of a written line.
+ * level names, and the shape of a written line (its UTC time included).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -13,7 +13,9 @@
 
 #include <cmocka.h>
 
+#include <ctype.h>
 #include <fcntl.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/log.h"
@@ -200,6 +202,17 @@ static void test_write_lines(void **state)
     assert_non_null(l1);
     assert_true(strncmp(out, "ts=", 3) == 0);
     assert_non_null(strstr(out, "level=warn svc=queue event=warned\n"));
+    /* the time is UTC to the millisecond, and now: the second part is kept
+     * from one line to the next, so it must move with the clock */
+    struct tm tm;
+    memset(&tm, 0, sizeof(tm));
+    const char *rest = strptime(out + 3, "%Y-%m-%dT%H:%M:%S", &tm);
+    assert_non_null(rest);
+    assert_true(rest[0] == '.' && isdigit((unsigned char)rest[1]) &&
+                isdigit((unsigned char)rest[2]) && isdigit((unsigned char)rest[3]));
+    assert_memory_equal(rest + 4, "Z level=", 8);
+    time_t stamped = timegm(&tm), now = time(NULL);
+    assert_true(stamped <= now && now - stamped <= 2);
     assert_string_equal(log_service(), "queue");
     assert_string_equal(log_instance(), "2");
 
@@ -208,6 +221,35 @@ static void test_write_lines(void **state)
     assert_true(n > 1000 && n <= 4096);
     assert_int_equal(out[n - 1], '\n');
     assert_null(memchr(out, '\n', n - 1));
+}
+
+static void write_two_seconds_apart(void)
+{
+    log_info("event=first");
+    struct timespec pause = {1, 100 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+    log_info("event=second");
+}
+
+/* The second of a line's time is formatted once and kept: a line written a
+ * second later must not carry the kept one. */
+static void test_time_moves(void **state)
+{
+    (void)state;
+    static char out[4096];
+    capture(write_two_seconds_apart, out, sizeof(out));
+    char *second = strstr(out, "\nts=");
+    assert_non_null(second);
+    struct tm a, b;
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    const char *ra = strptime(out + 3, "%Y-%m-%dT%H:%M:%S.", &a);
+    const char *rb = strptime(second + 4, "%Y-%m-%dT%H:%M:%S.", &b);
+    assert_non_null(ra);
+    assert_non_null(rb);
+    long ms_a = (long)timegm(&a) * 1000 + strtol(ra, NULL, 10);
+    long ms_b = (long)timegm(&b) * 1000 + strtol(rb, NULL, 10);
+    assert_true(ms_b - ms_a >= 1050 && ms_b - ms_a < 3000);
 }
 
 /* Lines held by the loop's thread: out on a warning, on a flush, or when
@@ -273,6 +315,7 @@ int main(void)
         cmocka_unit_test(test_quote_fits_exactly),
         cmocka_unit_test(test_level_parse),
         cmocka_unit_test(test_write_lines),
+        cmocka_unit_test(test_time_moves),
         cmocka_unit_test(test_held_lines), /* last: the lines stay held after it */
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
