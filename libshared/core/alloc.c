@@ -63,6 +63,8 @@ void *xmemdup(const void *p, size_t n)
 
 size_t sx_strlcpy(char *dst, const char *src, size_t size)
 {
+    if (src == NULL)
+        src = ""; /* an absent value copies as empty, never as a crash */
     size_t len = strlen(src);
     if (size) {
         size_t n = len < size - 1 ? len : size - 1;

@@ -184,7 +184,7 @@ static int field_error(conf_ctx_t *cx, const config_setting_t *s, const conf_fie
     if (s)
         setting_where(cx->cf, s, where, sizeof(where));
     else
-        snprintf(where, sizeof(where), "%s", cx->cf->path);
+        sx_strlcpy(where, cx->cf->path, sizeof(where));
     snprintf(cx->err, cx->errlen, "%s: %s.%s: %s", where, cx->section, f->name, reason);
     return -1;
 }

@@ -125,7 +125,7 @@ int bus_endpoint_prepare(const char *endpoint)
     if (strncmp(endpoint, "ipc://", 6) != 0 || endpoint[6] == '@')
         return 0;
     char path[512];
-    snprintf(path, sizeof(path), "%s", endpoint + 6);
+    sx_strlcpy(path, endpoint + 6, sizeof(path));
     char *slash = strrchr(path, '/');
     if (slash == NULL)
         return 0;
@@ -347,7 +347,7 @@ static void server_pong(bus_server_t *srv, bus_msg_t *msg)
     bus_t *bus = srv->bus;
     PB(ServicePong) pong = PB_INIT(SERVICE_PONG);
     char service[32];
-    snprintf(service, sizeof(service), "%s", log_service());
+    sx_strlcpy(service, log_service(), sizeof(service));
     pong.service = service;
     pong.instance = (char *)log_instance();
     pong.version = SENDARIX_VERSION;

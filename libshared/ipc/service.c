@@ -210,7 +210,7 @@ const char *service_store_dir(service_t *svc, char *buf, size_t size)
 {
     /* mkdir -p state_dir; the store itself makes the last level */
     char path[512];
-    snprintf(path, sizeof(path), "%s", svc->relay.state_dir);
+    sx_strlcpy(path, svc->relay.state_dir, sizeof(path));
     for (char *p = path + 1; *p; p++) {
         if (*p == '/') {
             *p = '\0';

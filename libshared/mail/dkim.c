@@ -55,7 +55,7 @@ const char *const dkim_signed_fields[] = {
 static void set_err(char *err, size_t errlen, const char *text)
 {
     if (err && errlen)
-        snprintf(err, errlen, "%s", text);
+        sx_strlcpy(err, text, errlen);
 }
 
 static int is_wsp(char c)
@@ -171,7 +171,7 @@ dkim_key_t *dkim_key_from_pem(const char *selector, dkim_alg_t alg, const char *
         return NULL;
     }
     dkim_key_t *k = xcalloc(1, sizeof(*k));
-    snprintf(k->selector, sizeof(k->selector), "%s", selector);
+    sx_strlcpy(k->selector, selector, sizeof(k->selector));
     k->alg = alg;
     k->pkey = pkey;
     return k;
@@ -945,7 +945,7 @@ static void copy_tag(const tag_t *t, char *out, size_t size)
 
 static int verify_fail(dkim_result_t *r, const char *why)
 {
-    snprintf(r->why, sizeof(r->why), "%s", why);
+    sx_strlcpy(r->why, why, sizeof(r->why));
     r->ok = 0;
     return 0;
 }

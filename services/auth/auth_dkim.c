@@ -67,7 +67,7 @@ static void excerpt(char *out, size_t size, const char *s)
 {
     size_t n = strlen(s);
     if (n + 1 <= size) {
-        snprintf(out, size, "%s", s);
+        sx_strlcpy(out, s, size);
         return;
     }
     snprintf(out, size, "%.*s...", (int)(size - 4), s);

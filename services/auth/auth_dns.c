@@ -226,11 +226,11 @@ static void on_answer(void *arg, int status, int timeouts, unsigned char *abuf, 
         if (rc == ARES_SUCCESS)
             collect(q, txt);
         else if (rc != ARES_ENODATA)
-            snprintf(q->err, sizeof(q->err), "%s", ares_strerror(rc));
+            sx_strlcpy(q->err, ares_strerror(rc), sizeof(q->err));
         if (txt)
             ares_free_data(txt);
     } else if (status != ARES_ENODATA) {
-        snprintf(q->err, sizeof(q->err), "%s", ares_strerror(status));
+        sx_strlcpy(q->err, ares_strerror(status), sizeof(q->err));
     }
     q->answered = 1;
     loop_timer_start(q->d->loop, &q->deliver, 0);

@@ -490,7 +490,7 @@ static auth_jwt_status_t verify(const auth_jwt_issuers_t *l, const char *tok, si
     const json_t *iss = claims ? json_object_get(claims, "iss") : NULL;
     const jwt_issuer_t *is = json_is_string(iss) ? find_issuer(l, json_string_value(iss)) : NULL;
     if (is)
-        snprintf(out->issuer, sizeof(out->issuer), "%s", is->issuer);
+        sx_strlcpy(out->issuer, is->issuer, sizeof(out->issuer));
     if (header == NULL || claims == NULL || siglen < 0 || !json_is_string(alg))
         st = AUTH_JWT_MALFORMED;
     else if (strcasecmp(json_string_value(alg), "none") == 0)

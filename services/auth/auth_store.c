@@ -549,7 +549,7 @@ static int domain_add_fn(store_txn_t *txn, void *arg)
     if (klen < 0)
         return STORE_ERROR;
     memset(&rec, 0, sizeof(rec));
-    snprintf(rec.tenant, sizeof(rec.tenant), "%s", a->tenant);
+    sx_strlcpy(rec.tenant, a->tenant, sizeof(rec.tenant));
     rec.created_at_ms = a->now_ms;
     rec.verified = a->verified;
     rc = put_domain(txn, a->as, a->domain, &rec);

@@ -8,6 +8,7 @@
  */
 #include "ctl.h"
 #include "ctl_json.h"
+#include "core/alloc.h"
 #include "core/isotime.h"
 
 #include <stdlib.h>
@@ -107,7 +108,7 @@ static int get_password(ctl_t *ctl, const ctl_args_t *args, char *buf, size_t si
         return ctl_fail(ctl, "empty password refused");
     if (strlen(given) > CTL_PASSWORD_MAX)
         return ctl_fail(ctl, "password longer than %d bytes", CTL_PASSWORD_MAX);
-    snprintf(buf, size, "%s", given);
+    sx_strlcpy(buf, given, size);
     return CTL_OK;
 }
 

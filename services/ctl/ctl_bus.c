@@ -217,12 +217,12 @@ int ctl_call_one(ctl_t *ctl, const char *what, const char *endpoint, sx_env_t *r
         return ctl_fail(ctl, "%s %s", what, ctl_call_problem(ctl, &call, why, sizeof(why)));
     const char *err = ctl_reply_error(call.reply, NULL);
     if (err) {
-        snprintf(why, sizeof(why), "%s", err);
+        sx_strlcpy(why, err, sizeof(why));
         ctl_calls_free(&call, 1);
         return ctl_fail(ctl, "%s", why);
     }
     if ((int)call.reply->body_case != expect_case) {
-        snprintf(why, sizeof(why), "%s", codec_body_name(call.reply));
+        sx_strlcpy(why, codec_body_name(call.reply), sizeof(why));
         ctl_calls_free(&call, 1);
         return ctl_fail(ctl, "%s sent an unexpected reply (%s)", what, why);
     }
@@ -263,7 +263,7 @@ const char *ctl_call_check(const ctl_t *ctl, const ctl_call_t *call, int expect_
         return ctl_call_problem(ctl, call, buf, size);
     const char *err = ctl_reply_error(call->reply, code);
     if (err) {
-        snprintf(buf, size, "%s", err);
+        sx_strlcpy(buf, err, size);
         return buf;
     }
     if ((int)call->reply->body_case != expect_case) {

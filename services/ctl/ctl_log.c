@@ -116,7 +116,7 @@ int ctl_cmd_log_search(ctl_t *ctl, const ctl_args_t *args)
             snprintf(problem, sizeof(problem), "events %s",
                      ctl_call_problem(ctl, c, why, sizeof(why)));
         else if (err)
-            snprintf(problem, sizeof(problem), "%s", err);
+            sx_strlcpy(problem, err, sizeof(problem));
         else if (c->reply->body_case != PB_BODY(EVENT_SEARCH_REPLY) ||
                  c->reply->event_search_reply == NULL)
             snprintf(problem, sizeof(problem), "events sent an unexpected reply (%s)",

@@ -153,7 +153,7 @@ static const char *call_problem(const ctl_t *ctl, const ctl_call_t *c, int expec
         return ctl_call_problem(ctl, c, buf, size);
     const char *err = ctl_reply_error(c->reply, code);
     if (err) {
-        snprintf(buf, size, "%s", err);
+        sx_strlcpy(buf, err, size);
         return buf;
     }
     if ((int)c->reply->body_case != expect) {
@@ -272,7 +272,7 @@ static int pool_drain(ctl_t *ctl, const ctl_args_t *args, int drain)
                          sizeof(why))) {
             /* an instance without that endpoint is no failure if another has it */
             if (code == 404 && missing[0] == '\0')
-                snprintf(missing, sizeof(missing), "%s", why);
+                sx_strlcpy(missing, why, sizeof(missing));
             else if (code != 404 && problem[0] == '\0')
                 snprintf(problem, sizeof(problem), "router instance %zu: %s", i + 1, why);
             continue;

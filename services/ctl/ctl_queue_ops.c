@@ -596,7 +596,7 @@ static int suspend_run(ctl_t *ctl, const ctl_args_t *args, int suspend)
     ctl_fanout_run(ctl, &fo, &ctl->ep.queue, &req);
 
     char problem[CTL_TEXT_MAX] = "", name[DOMAIN_MAX + 1];
-    snprintf(name, sizeof(name), "%s", domain);
+    sx_strlcpy(name, domain, sizeof(name));
     uint64_t until = 0;
     json_t *instances = json_array();
     for (size_t i = 0; i < fo.n; i++) {
@@ -612,7 +612,7 @@ static int suspend_run(ctl_t *ctl, const ctl_args_t *args, int suspend)
             continue;
         }
         if (r->domain && r->domain[0])
-            snprintf(name, sizeof(name), "%s", r->domain); /* as queue keeps it: lower case */
+            sx_strlcpy(name, r->domain, sizeof(name)); /* as queue keeps it: lower case */
         if (r->until_ms > until)
             until = r->until_ms;
         instance_label(i, inst, sizeof(inst));

@@ -2,6 +2,7 @@
  * delivery_caps: EHLO capabilities, TLS/AUTH/MAIL decisions, reply outcomes.
  */
 #include "delivery_caps.h"
+#include "core/alloc.h"
 
 #include <ctype.h>
 #include <stdarg.h>
@@ -162,7 +163,7 @@ void dlv_reply_from_smtp(dlv_reply_t *out, const smtp_reply_t *r)
     out->local = 0;
     out->reason = NULL;
     if (r->enhanced[0])
-        snprintf(out->enhanced, sizeof(out->enhanced), "%s", r->enhanced);
+        sx_strlcpy(out->enhanced, r->enhanced, sizeof(out->enhanced));
     else if (r->code / 100 >= 2 && r->code / 100 <= 5 && r->code / 100 != 3)
         snprintf(out->enhanced, sizeof(out->enhanced), "%u.0.0", r->code / 100);
     else
@@ -178,7 +179,7 @@ void dlv_reply_set(dlv_reply_t *out, unsigned code, const char *enhanced, const 
     out->code = code;
     out->local = 1;
     out->reason = NULL;
-    snprintf(out->enhanced, sizeof(out->enhanced), "%s", enhanced);
+    sx_strlcpy(out->enhanced, enhanced, sizeof(out->enhanced));
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(out->text, sizeof(out->text), fmt, ap);

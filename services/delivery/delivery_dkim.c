@@ -105,7 +105,7 @@ static void on_from_addr(const char *addr, void *arg)
 {
     first_addr_t *f = arg;
     if (!f->seen)
-        snprintf(f->addr, sizeof(f->addr), "%s", addr);
+        sx_strlcpy(f->addr, addr, sizeof(f->addr));
     f->seen = 1;
 }
 
@@ -192,7 +192,7 @@ static void entry_fail(entry_t *e, const char *why)
     entry_clear_data(e);
     e->state = ENTRY_FAILED;
     e->expires_ms = clock_mono_ms() + DKIM_FAIL_TTL_MS;
-    snprintf(e->why, sizeof(e->why), "%s", why);
+    sx_strlcpy(e->why, why, sizeof(e->why));
     log_warn("event=dkim_auth_%s %s=%s reason=%s unsigned_for_ms=%u",
              e->kind == ENTRY_TENANT ? "domains_failed" : "keys_failed",
              e->kind == ENTRY_TENANT ? "tenant" : "domain", e->name, why, DKIM_FAIL_TTL_MS);
@@ -339,7 +339,7 @@ static entry_t *entry_get(dkim_signer_t *s, entry_kind_t kind, const char *name)
         e = xcalloc(1, sizeof(*e));
         e->s = s;
         e->kind = kind;
-        snprintf(e->name, sizeof(e->name), "%s", name);
+        sx_strlcpy(e->name, name, sizeof(e->name));
         loop_timer_init(&e->retry, on_retry, e);
         b = bucket_of(kind, name);
         e->next = s->buckets[b];
@@ -498,10 +498,10 @@ dkim_prep_t *dkim_prepare(dkim_signer_t *s, loop_t *loop, const PB(DeliveryJob) 
     p->loop = loop;
     p->txn = txn;
     p->kick = kick;
-    snprintf(p->ids, sizeof(p->ids), "%s", log_ids ? log_ids : "");
+    sx_strlcpy(p->ids, log_ids ? log_ids : "", sizeof(p->ids));
     const char *tenant = job->tenant ? job->tenant : "";
     if (strlen(tenant) <= NAME_MAX_LEN)
-        snprintf(p->tenant, sizeof(p->tenant), "%s", tenant);
+        sx_strlcpy(p->tenant, tenant, sizeof(p->tenant));
     domain_of(job->mail_from, p->env_domain, sizeof(p->env_domain));
     from_domain(txn->body, txn->body_len, p->from_domain, sizeof(p->from_domain));
     if (p->tenant[0] == '\0')

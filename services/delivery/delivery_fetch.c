@@ -90,7 +90,7 @@ static void on_transfer_done(CURL *easy, CURLcode rc, void *arg)
         snprintf(x->err, sizeof(x->err), "more than %zu bytes", x->max_bytes);
         r.err = x->err;
     } else {
-        snprintf(x->err, sizeof(x->err), "%s", x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
+        sx_strlcpy(x->err, x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc), sizeof(x->err));
         r.err = x->err;
     }
     buf_append(&x->body, "", 1); /* NUL for the caller; not counted */

@@ -140,7 +140,7 @@ static void on_fetched(const fetch_result_t *r, void *arg)
         if (sts_policy_parse(r->body, r->len, &p, perr, sizeof(perr)) < 0) {
             snprintf(why, sizeof(why), "bad policy: %s", perr);
         } else {
-            snprintf(p.id, sizeof(p.id), "%s", d->id);
+            sx_strlcpy(p.id, d->id, sizeof(p.id));
             sts_cache_put(d->m->cache, d->domain, &p, clock_mono_ms());
             log_info("event=mta_sts_policy domain=%s id=%s mode=%s mx=%zu max_age=%llu", d->domain,
                      p.id, sts_mode_name(p.mode), p.nmx, (unsigned long long)p.max_age);
@@ -220,7 +220,7 @@ policy_wait_t *policy_lookup(policy_mgr_t *m, const char *domain, int allow_priv
         mx_host_t h;
         if (mx_host_set(&h, domain, 0) < 0)
             h.name[0] = '\0';
-        snprintf(d->domain, sizeof(d->domain), "%s", h.name);
+        sx_strlcpy(d->domain, h.name, sizeof(d->domain));
         snprintf(d->host, sizeof(d->host), "mta-sts.%s", h.name);
         d->allow_private = allow_private;
         d->next = m->running;

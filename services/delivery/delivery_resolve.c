@@ -275,7 +275,7 @@ static void answer(resolver_query_t *q)
 
 static void set_err(resolver_query_t *q, int status)
 {
-    snprintf(q->err, sizeof(q->err), "%s", ares_strerror(status));
+    sx_strlcpy(q->err, ares_strerror(status), sizeof(q->err));
 }
 
 static resolver_query_t *query_new(resolver_t *r, query_kind_t kind, void *arg)

@@ -392,8 +392,8 @@ static void on_tls(conn_t *c, int ok, const char *why, void *arg)
     enter(s);
     if (ok) {
         s->is_tls = 1;
-        snprintf(s->tls_version, sizeof(s->tls_version), "%s", conn_tls_version(c));
-        snprintf(s->tls_cipher, sizeof(s->tls_cipher), "%s", conn_tls_cipher(c));
+        sx_strlcpy(s->tls_version, conn_tls_version(c), sizeof(s->tls_version));
+        sx_strlcpy(s->tls_cipher, conn_tls_cipher(c), sizeof(s->tls_cipher));
         s->tls_verified = conn_tls_verified(c);
         log_info("event=tls_up %s host=%s ip=%s version=%s cipher=%s verified=%d implicit=%d",
                  s->ids, s->p.host, s->ip, s->tls_version, s->tls_cipher, s->tls_verified,
@@ -941,7 +941,7 @@ session_t *session_new(loop_t *loop, const session_params_t *p, const session_ha
     s->p.auth_password = xstrdup(p->auth_password ? p->auth_password : "");
     s->h = *h;
     s->arg = arg;
-    snprintf(s->ids, sizeof(s->ids), "%s", p->log_ids ? p->log_ids : "");
+    sx_strlcpy(s->ids, p->log_ids ? p->log_ids : "", sizeof(s->ids));
     s->p.log_ids = NULL;
     sock_addr_ip(&p->addr, s->ip, sizeof(s->ip));
     loop_timer_init(&s->step, on_step_timeout, s);
@@ -1067,7 +1067,7 @@ void session_set_handlers(session_t *s, const session_handlers_t *h, void *arg)
 
 void session_set_log_ids(session_t *s, const char *ids)
 {
-    snprintf(s->ids, sizeof(s->ids), "%s", ids ? ids : "");
+    sx_strlcpy(s->ids, ids ? ids : "", sizeof(s->ids));
 }
 
 int session_is_ready(const session_t *s)

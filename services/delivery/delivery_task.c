@@ -271,8 +271,8 @@ static int attempt_begin(task_t *t, const char *ip)
     }
     task_attempt_t *a = &t->attempts[t->nattempts];
     memset(a, 0, sizeof(*a));
-    snprintf(a->endpoint, sizeof(a->endpoint), "%s", t->label);
-    snprintf(a->ip, sizeof(a->ip), "%s", ip ? ip : "");
+    sx_strlcpy(a->endpoint, t->label, sizeof(a->endpoint));
+    sx_strlcpy(a->ip, ip ? ip : "", sizeof(a->ip));
     a->started_ms = clock_mono_ms();
     return (int)t->nattempts++;
 }
@@ -374,8 +374,8 @@ static void finish(task_t *t)
     policy_cancel(&t->sts_wait);
     if (t->final_endpoint[0] == '\0' && t->target_tried) {
         /* nobody took the message: the last target tried gave the answer */
-        snprintf(t->final_endpoint, sizeof(t->final_endpoint), "%s", t->label);
-        snprintf(t->final_mx, sizeof(t->final_mx), "%s", t->mx_host);
+        sx_strlcpy(t->final_endpoint, t->label, sizeof(t->final_endpoint));
+        sx_strlcpy(t->final_mx, t->mx_host, sizeof(t->final_mx));
         t->final_tls_name = t->tls_name ? t->tls_name : "";
     }
     size_t n = t->job->n_recipients;
@@ -490,10 +490,10 @@ static void finish_all(task_t *t, unsigned code, const char *enh, const char *re
 
 static void note_session(task_t *t, session_t *s)
 {
-    snprintf(t->remote_host, sizeof(t->remote_host), "%s", session_host(s));
-    snprintf(t->remote_ip, sizeof(t->remote_ip), "%s", session_ip(s));
-    snprintf(t->tls_version, sizeof(t->tls_version), "%s", session_tls_version(s));
-    snprintf(t->tls_cipher, sizeof(t->tls_cipher), "%s", session_tls_cipher(s));
+    sx_strlcpy(t->remote_host, session_host(s), sizeof(t->remote_host));
+    sx_strlcpy(t->remote_ip, session_ip(s), sizeof(t->remote_ip));
+    sx_strlcpy(t->tls_version, session_tls_version(s), sizeof(t->tls_version));
+    sx_strlcpy(t->tls_cipher, session_tls_cipher(s), sizeof(t->tls_cipher));
 }
 
 /* ---- kept connections ---- */
@@ -541,9 +541,9 @@ static void on_txn_done(session_t *s, void *arg)
     note_session(t, s);
     attempt_end(t, t->cur_attempt, session_last_reply(s), 1);
     t->cur_attempt = -1;
-    snprintf(t->final_endpoint, sizeof(t->final_endpoint), "%s", t->label);
-    snprintf(t->final_mx, sizeof(t->final_mx), "%s", t->mx_host);
-    snprintf(t->source_ip, sizeof(t->source_ip), "%s", session_local_ip(s));
+    sx_strlcpy(t->final_endpoint, t->label, sizeof(t->final_endpoint));
+    sx_strlcpy(t->final_mx, t->mx_host, sizeof(t->final_mx));
+    sx_strlcpy(t->source_ip, session_local_ip(s), sizeof(t->source_ip));
     t->tls_verified = session_tls_verified(s);
     t->final_tls_name = t->tls_name;
     release_session(t);
@@ -622,7 +622,7 @@ static void start_session(task_t *t, const sock_addr_t *addr, int no_starttls)
         p.src = t->src;
         p.has_src = 1;
     }
-    snprintf(p.host, sizeof(p.host), "%s", t->host);
+    sx_strlcpy(p.host, t->host, sizeof(p.host));
     p.helo = t->helo;
     p.tls = t->tls;
     p.implicit_tls = t->implicit_tls;
@@ -657,8 +657,8 @@ static void start_session(task_t *t, const sock_addr_t *addr, int no_starttls)
         attempt_end(t, t->cur_attempt, &r, 0);
         t->cur_attempt = -1;
         failed(t, &r);
-        snprintf(t->remote_host, sizeof(t->remote_host), "%s", t->host);
-        snprintf(t->remote_ip, sizeof(t->remote_ip), "%s", ip);
+        sx_strlcpy(t->remote_host, t->host, sizeof(t->remote_host));
+        sx_strlcpy(t->remote_ip, ip, sizeof(t->remote_ip));
         next_address(t);
     }
 }
@@ -717,7 +717,7 @@ static void on_resolved(dns_status_t st, const sock_addr_t *addrs, size_t n, con
         r.reason = REASON_DNS;
         attempt_end(t, attempt_begin(t, ""), &r, 0);
         failed(t, &r);
-        snprintf(t->remote_host, sizeof(t->remote_host), "%s", t->host);
+        sx_strlcpy(t->remote_host, t->host, sizeof(t->remote_host));
         t->remote_ip[0] = '\0';
         log_info("event=resolve_failed %s host=%s status=%s err=\"%s\"", t->ids, t->host,
                  dns_status_name(st), err);
@@ -754,10 +754,10 @@ static void next_endpoint(task_t *t)
             t->last.reason = REASON_CONFIG;
             continue;
         }
-        snprintf(t->host, sizeof(t->host), "%s", e->host);
+        sx_strlcpy(t->host, e->host, sizeof(t->host));
         t->port = e->port;
         if (e->name && *e->name && !has_control(e->name))
-            snprintf(t->label, sizeof(t->label), "%s", e->name);
+            sx_strlcpy(t->label, e->name, sizeof(t->label));
         else
             snprintf(t->label, sizeof(t->label), strchr(e->host, ':') ? "[%s]:%u" : "%s:%u",
                      e->host, e->port);
@@ -821,9 +821,9 @@ static const char *mx_tls(task_t *t, const mx_host_t *h, tls_policy_t *tls)
 
 static void set_mx_target(task_t *t, const mx_host_t *h)
 {
-    snprintf(t->host, sizeof(t->host), "%s", h->name);
-    snprintf(t->label, sizeof(t->label), "%s", h->name);
-    snprintf(t->mx_host, sizeof(t->mx_host), "%s", h->name);
+    sx_strlcpy(t->host, h->name, sizeof(t->host));
+    sx_strlcpy(t->label, h->name, sizeof(t->label));
+    sx_strlcpy(t->mx_host, h->name, sizeof(t->mx_host));
     t->port = t->ctx->mx_port;
     t->implicit_tls = 0; /* MX hosts take STARTTLS on port 25 */
     t->naddrs = t->ai = 0;
@@ -920,7 +920,7 @@ static void on_mx(dns_status_t st, const mx_host_t *mx, size_t n, const char *er
     t->mx_query = NULL;
     t->mx_done = 1;
     t->mx_status = st;
-    snprintf(t->mx_err, sizeof(t->mx_err), "%s", err ? err : "");
+    sx_strlcpy(t->mx_err, err ? err : "", sizeof(t->mx_err));
     switch (st) {
     case DNS_NXDOMAIN:
         finish_all(t, 550, "5.1.2", REASON_DNS, "domain %s does not exist", t->domain);
@@ -955,7 +955,7 @@ static void on_sts(const sts_policy_t *p, const char *source, void *arg)
     task_t *t = arg;
     t->sts_wait = NULL;
     t->sts_done = 1;
-    snprintf(t->sts_source, sizeof(t->sts_source), "%s", source ? source : "");
+    sx_strlcpy(t->sts_source, source ? source : "", sizeof(t->sts_source));
     if (p && p->mode != STS_MODE_NONE)
         sts_policy_copy(&t->sts, p);
     mx_plan(t);
@@ -978,7 +978,7 @@ static void mx_begin(task_t *t)
         finish_all(t, 451, "4.4.4", REASON_CONFIG, "cannot look up the domain %s", d);
         return;
     }
-    snprintf(t->domain, sizeof(t->domain), "%s", h.name);
+    sx_strlcpy(t->domain, h.name, sizeof(t->domain));
     t->mx_query = resolver_mx(t->ctx->resolver, t->domain, on_mx, t);
     if (t->ctx->policy)
         t->sts_wait = policy_lookup(t->ctx->policy, t->domain, t->route->allow_private, on_sts, t);

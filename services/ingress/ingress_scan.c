@@ -102,7 +102,7 @@ static int perr(char *err, size_t errlen, const config_setting_t *s, const char 
     if (s)
         snprintf(err, errlen, "%s (line %u)", reason, config_setting_source_line(s));
     else
-        snprintf(err, errlen, "%s", reason);
+        sx_strlcpy(err, reason, errlen);
     return -1;
 }
 
@@ -414,14 +414,14 @@ static void verdict_unscanned(scan_job_t *job, const char *why, int failure)
     v->score = 0;
     v->threshold = job->threshold;
     job->failed = failure;
-    snprintf(job->failure, sizeof(job->failure), "%s", why);
+    sx_strlcpy(job->failure, why, sizeof(job->failure));
     if (failure && job->sc->conf.tempfail_on_failure) {
         v->action = SCAN_TEMPFAIL;
-        snprintf(v->reason, sizeof(v->reason), "%s", SCAN_TEMPFAIL_REASON);
+        sx_strlcpy(v->reason, SCAN_TEMPFAIL_REASON, sizeof(v->reason));
         job->headers[0] = '\0';
     } else {
         v->action = SCAN_ACCEPT;
-        snprintf(v->reason, sizeof(v->reason), "%s", why);
+        sx_strlcpy(v->reason, why, sizeof(v->reason));
         snprintf(job->headers, sizeof(job->headers), "X-Sendarix-Scan: unscanned (%s)\r\n", why);
     }
     v->headers = job->headers;
@@ -761,9 +761,9 @@ scan_job_t *scan_start(scanner_t *sc, const char *data, size_t len, const scan_m
     job->started_ms = clock_mono_ms();
     loop_timer_init(&job->later, job_later, job);
     if (meta->message_id)
-        snprintf(job->msgid, sizeof(job->msgid), "%s", meta->message_id);
+        sx_strlcpy(job->msgid, meta->message_id, sizeof(job->msgid));
     if (meta->tenant)
-        snprintf(job->tenant, sizeof(job->tenant), "%s", meta->tenant);
+        sx_strlcpy(job->tenant, meta->tenant, sizeof(job->tenant));
     job->threshold = threshold_for(sc, meta->tenant);
     job->verdict.headers = job->headers;
     job->next = sc->jobs;

@@ -451,7 +451,7 @@ static void conf_fail(const service_t *svc, const char *list, int index, const c
     if (m || s)
         conf_where(m ? m : s, where, sizeof(where));
     else
-        snprintf(where, sizeof(where), "%s", conf_path(svc->conf));
+        sx_strlcpy(where, conf_path(svc->conf), sizeof(where));
     fprintf(stderr, "sendarix-router: %s: router.%s[%d].%s: %s\n", where, list, index + 1, key,
             reason);
 }

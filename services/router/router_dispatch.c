@@ -355,7 +355,7 @@ static lane_t *lane_get(dispatch_t *d, const char *key, const source_pool_t *poo
     lane_t *l = rmap_get(d->lanes, k);
     if (l == NULL) {
         l = xcalloc(1, sizeof(*l));
-        snprintf(l->key, sizeof(l->key), "%s", k);
+        sx_strlcpy(l->key, k, sizeof(l->key));
         rmap_put(d->lanes, l->key, l);
     }
     return l;
@@ -540,7 +540,7 @@ static int send_to(dispatch_t *d, job_t *j, worker_t *w, const health_plan_t *pl
     j->worker = w;
     j->since = now;
     j->plan = *plan;
-    snprintf(j->source, sizeof(j->source), "%s", source ? source : "");
+    sx_strlcpy(j->source, source ? source : "", sizeof(j->source));
     w->inflight++;
     w->tasks_total++;
     pending_add(d->tasks, id, j, 0);
@@ -725,7 +725,7 @@ void dispatch_worker_ready(dispatch_t *d, const bus_peer_t *peer, const char *in
         w->peer = *peer;
         d->workers = xrealloc(d->workers, (d->nworkers + 1) * sizeof(*d->workers));
         d->workers[d->nworkers++] = w;
-        snprintf(w->instance, sizeof(w->instance), "%s", instance && *instance ? instance : "?");
+        sx_strlcpy(w->instance, instance && *instance ? instance : "?", sizeof(w->instance));
         for (char *p = w->instance; *p; p++)
             if (*p <= ' ' || *p >= 0x7f || *p == '=' || *p == '"')
                 *p = '_';

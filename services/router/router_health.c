@@ -172,7 +172,7 @@ static void mark_failed(health_t *h, const route_t *r, size_t i, int probed, con
 {
     ep_state_t *e = ep_of(h, r, i);
     e->failures++;
-    snprintf(e->last_error, sizeof(e->last_error), "%s", why);
+    sx_strlcpy(e->last_error, why, sizeof(e->last_error));
     char q[HEALTH_ERROR_MAX + 16];
     log_quote(q, sizeof(q), e->last_error, strlen(e->last_error));
     if (!e->down) {

@@ -80,7 +80,7 @@ provider_table_t *provider_table_builtin(void)
     provider_table_t *t = xcalloc(1, sizeof(*t));
     for (size_t i = 0; i < sizeof(builtins) / sizeof(builtins[0]); i++) {
         provider_t *p = &t->v[t->n++];
-        snprintf(p->name, sizeof(p->name), "%s", builtins[i].name);
+        sx_strlcpy(p->name, builtins[i].name, sizeof(p->name));
         for (size_t k = 0; builtins[i].domains[k]; k++)
             strs_add(&p->domains, &p->ndomains, builtins[i].domains[k]);
         for (size_t k = 0; builtins[i].mx[k]; k++)
@@ -275,7 +275,7 @@ static int parse_provider(char *err, size_t errlen, int index, const config_sett
         const provider_t *def = provider_default(t);
         p = &t->v[t->n++];
         memset(p, 0, sizeof(*p));
-        snprintf(p->name, sizeof(p->name), "%s", name);
+        sx_strlcpy(p->name, name, sizeof(p->name));
         for (char *c = p->name; *c; c++)
             *c = (char)tolower((unsigned char)*c);
         p->connections = def->connections;
@@ -433,8 +433,8 @@ static dest_t *dest_make(shape_t *s, const provider_t *p, const char *key, const
 {
     dest_t *d = xcalloc(1, sizeof(*d));
     d->owner = s;
-    snprintf(d->key, sizeof(d->key), "%s", key);
-    snprintf(d->source, sizeof(d->source), "%s", source ? source : "");
+    sx_strlcpy(d->key, key, sizeof(d->key));
+    sx_strlcpy(d->source, source ? source : "", sizeof(d->source));
     d->p = p;
     d->rate = p->rate_per_minute;
     d->tokens = capacity(d->rate);
@@ -488,7 +488,7 @@ const provider_table_t *shape_providers(const shape_t *s)
 const char *shape_mx_of(shape_t *s, const char *domain, uint64_t now)
 {
     char key[ADDR_DOMAIN_MAX + 2];
-    snprintf(key, sizeof(key), "%s", domain);
+    sx_strlcpy(key, domain, sizeof(key));
     for (char *c = key; *c; c++)
         *c = (char)tolower((unsigned char)*c);
     mx_entry_t *e = rmap_get(s->mx, key);
@@ -509,14 +509,14 @@ const provider_t *shape_classify(shape_t *s, const char *domain, uint64_t now, c
         p = provider_by_mx(s->providers, shape_mx_of(s, domain, now));
     if (p == NULL || strcmp(p->name, SHAPE_DEFAULT_NAME) == 0) {
         p = provider_default(s->providers);
-        snprintf(key, keylen, "%s", domain);
+        sx_strlcpy(key, domain, keylen);
         for (char *c = key; *c; c++)
             *c = (char)tolower((unsigned char)*c);
         size_t n = strlen(key);
         if (n > 0 && key[n - 1] == '.')
             key[n - 1] = '\0';
     } else {
-        snprintf(key, keylen, "%s", p->name);
+        sx_strlcpy(key, p->name, keylen);
     }
     return p;
 }
@@ -551,7 +551,7 @@ void shape_learn_mx(shape_t *s, const char *domain, const char *mx_host, uint64_
         s->lim.mx_cache_max == 0)
         return;
     char key[ADDR_DOMAIN_MAX + 2];
-    snprintf(key, sizeof(key), "%s", domain);
+    sx_strlcpy(key, domain, sizeof(key));
     for (char *c = key; *c; c++)
         *c = (char)tolower((unsigned char)*c);
     mx_entry_t *e = rmap_get(s->mx, key);
@@ -561,14 +561,14 @@ void shape_learn_mx(shape_t *s, const char *domain, const char *mx_host, uint64_
             rmap_each(s->mx, mx_expired, &o);
             if (o.expired == 0 && o.key) {
                 char victim[ADDR_DOMAIN_MAX + 2];
-                snprintf(victim, sizeof(victim), "%s", o.key);
+                sx_strlcpy(victim, o.key, sizeof(victim));
                 free(rmap_del(s->mx, victim));
             }
         }
         e = xcalloc(1, sizeof(*e));
         rmap_put(s->mx, key, e);
     }
-    snprintf(e->host, sizeof(e->host), "%s", mx_host);
+    sx_strlcpy(e->host, mx_host, sizeof(e->host));
     for (char *c = e->host; *c; c++)
         *c = (char)tolower((unsigned char)*c);
     e->expires = now + s->lim.mx_cache_ttl_ms;
@@ -606,7 +606,7 @@ dest_t *shape_dest(shape_t *s, const provider_t *p, const char *key, const char 
     if (source && *source)
         snprintf(full, sizeof(full), "%s/%s", key, source);
     else
-        snprintf(full, sizeof(full), "%s", key);
+        sx_strlcpy(full, key, sizeof(full));
     dest_t *d = rmap_get(s->dests, full);
     if (d) {
         d->p = p; /* a learnt MX host may move a domain to another profile */

@@ -136,7 +136,7 @@ static int parse_address(char *err, size_t errlen, int index, const config_setti
             config_setting_get_member(g, "address") ? config_setting_get_member(g, "address") : g,
             key, "needs a numeric IPv4 or IPv6 address");
     char norm[SOCK_ADDR_MAX];
-    snprintf(a->ip, sizeof(a->ip), "%s", sock_addr_ip(&sa, norm, sizeof(norm)));
+    sx_strlcpy(a->ip, sock_addr_ip(&sa, norm, sizeof(norm)), sizeof(a->ip));
     a->weight = 10;
     a->warmup = 0;
     a->warmup_start = -1;
@@ -228,7 +228,7 @@ int pool_table_parse(const config_setting_t *s, void *field, char *err, size_t e
             goto fail;
         }
         source_pool_t *p = &t->v[t->n++];
-        snprintf(p->name, sizeof(p->name), "%s", name);
+        sx_strlcpy(p->name, name, sizeof(p->name));
         const config_setting_t *as = config_setting_get_member(g, "addresses");
         if (as == NULL || config_setting_type(as) != CONFIG_TYPE_LIST ||
             config_setting_length(as) == 0) {

@@ -83,7 +83,7 @@ static void conf_fail(const service_t *svc, const char *key, const char *fmt, ..
     if (s)
         conf_where(s, where, sizeof(where));
     else
-        snprintf(where, sizeof(where), "%s", conf_path(svc->conf));
+        sx_strlcpy(where, conf_path(svc->conf), sizeof(where));
     fprintf(stderr, "sendarix-sandbox: %s: sandbox.%s: %s\n", where, key, reason);
 }
 

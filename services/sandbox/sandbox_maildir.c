@@ -92,7 +92,7 @@ maildir_t *maildir_open(const char *path, const char *hostname, char *err, size_
     }
     maildir_t *md = xcalloc(1, sizeof(*md));
     md->new_fd = -1;
-    snprintf(md->path, sizeof(md->path), "%s", path);
+    sx_strlcpy(md->path, path, sizeof(md->path));
     size_t n = strlen(md->path);
     while (n > 1 && md->path[n - 1] == '/')
         md->path[--n] = '\0';
@@ -376,7 +376,7 @@ int spool_commit(spool_t **p, const char *const *rcpts, size_t n,
         e = EINVAL;
         goto fail;
     }
-    snprintf(names[0], MAILDIR_NAME_MAX, "%s", sp->name);
+    sx_strlcpy(names[0], sp->name, MAILDIR_NAME_MAX);
     if (spool_flush(sp) < 0 || fsync(sp->fd) < 0) {
         e = sp->err ? sp->err : errno;
         goto fail;

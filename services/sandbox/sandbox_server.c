@@ -101,7 +101,7 @@ sandbox_server_t *sandbox_server_new(loop_t *loop, const sandbox_opts_t *o, char
 {
     sandbox_server_t *srv = xcalloc(1, sizeof(*srv));
     srv->loop = loop;
-    snprintf(srv->hostname, sizeof(srv->hostname), "%s", o->hostname);
+    sx_strlcpy(srv->hostname, o->hostname, sizeof(srv->hostname));
     srv->max_connections = o->max_connections;
     srv->ctx.loop = loop;
     srv->ctx.hostname = srv->hostname;

@@ -478,7 +478,7 @@ static int check_mail(session_t *s, cmd_ctx_t *c)
 static void do_mail(session_t *s, cmd_ctx_t *c)
 {
     txn_reset(s);
-    snprintf(s->txn.sender, sizeof(s->txn.sender), "%s", c->addr.is_null ? "" : c->addr.full);
+    sx_strlcpy(s->txn.sender, c->addr.is_null ? "" : c->addr.full, sizeof(s->txn.sender));
     s->txn.smtputf8 = address_param(&c->params, "SMTPUTF8") != NULL;
     session_enter(s, SESSION_MAIL);
     session_reply(s, AFTER_NONE, "250 2.1.0 Sender OK");
@@ -664,7 +664,7 @@ static void bdat_fail(session_t *s, const char *reply)
 {
     txn_t *t = &s->txn;
     t->bdat_failed = 1;
-    snprintf(t->failed_reply, sizeof(t->failed_reply), "%s", reply);
+    sx_strlcpy(t->failed_reply, reply, sizeof(t->failed_reply));
     spool_abort(&t->spool);
     chunk_discard(s, "%s", t->failed_reply);
 }
@@ -1116,7 +1116,7 @@ session_t *session_start(session_ctx_t *ctx, int fd, const sock_addr_t *peer,
     }
     if (fail_code) {
         s->fail_code = fail_code;
-        snprintf(s->fail_text, sizeof(s->fail_text), "%s", text);
+        sx_strlcpy(s->fail_text, text, sizeof(s->fail_text));
         log_info("sid=%s event=fail_applied mode=fail_mode code=%u at=rcpt", s->sid, fail_code);
     }
     session_reply(s, AFTER_NONE, "220 %s ESMTP Sendarix sandbox", ctx->hostname);
@@ -1137,7 +1137,7 @@ void session_fail_all(session_ctx_t *ctx, unsigned code, const char *text)
             continue;
         }
         s->fail_code = code;
-        snprintf(s->fail_text, sizeof(s->fail_text), "%s", code ? t : "");
+        sx_strlcpy(s->fail_text, code ? t : "", sizeof(s->fail_text));
     }
 }
 
