@@ -1,0 +1,57 @@
+/*
+ * alloc_test: sx_strlcpy, the bounded copy that replaced snprintf("%s"):
+ * it always terminates, cuts at the size, reports the source length (so a
+ * caller can tell it was cut), leaves dst alone for size 0 and copies an
+ * absent source as an empty string.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "core/alloc.h"
+
+static void test_fits(void **state)
+{
+    (void)state;
+    char dst[8];
+    memset(dst, 'x', sizeof(dst));
+    assert_int_equal(sx_strlcpy(dst, "abc", sizeof(dst)), 3);
+    assert_string_equal(dst, "abc");
+    assert_int_equal(sx_strlcpy(dst, "1234567", sizeof(dst)), 7); /* exactly full */
+    assert_string_equal(dst, "1234567");
+}
+
+static void test_cut(void **state)
+{
+    (void)state;
+    char dst[6];
+    memset(dst, 'x', sizeof(dst));
+    size_t n = sx_strlcpy(dst, "mx1.example.net", sizeof(dst));
+    assert_int_equal(n, 15);
+    assert_true(n >= sizeof(dst)); /* the caller's test for "was cut" */
+    assert_string_equal(dst, "mx1.e");
+}
+
+static void test_size_zero_and_absent(void **state)
+{
+    (void)state;
+    char dst[4] = "zzz";
+    assert_int_equal(sx_strlcpy(dst, "abc", 0), 3);
+    assert_string_equal(dst, "zzz"); /* nothing written */
+    assert_int_equal(sx_strlcpy(dst, NULL, sizeof(dst)), 0);
+    assert_string_equal(dst, "");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_fits),
+        cmocka_unit_test(test_cut),
+        cmocka_unit_test(test_size_zero_and_absent),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
