@@ -89,12 +89,21 @@ int buf_vprintf(buf_t *b, const char *fmt, va_list ap)
 {
     va_list cp;
     va_copy(cp, ap);
-    int n = vsnprintf(NULL, 0, fmt, cp);
+    size_t room = b->cap - b->len;
+    /* one pass when the text fits where it goes (the usual case), else
+     * measure, make room and write it again */
+    int n = vsnprintf(room ? b->data + b->len : NULL, room, fmt, cp);
     va_end(cp);
     if (n < 0)
         return -1;
     if (n == 0)
         return 0;
+    if ((size_t)n < room) {
+        if (b->limit && b->len - b->off + (size_t)n > b->limit)
+            return -1; /* written past the end of the data only: nothing changed */
+        b->len += (size_t)n;
+        return 0;
+    }
     /* the limit counts the output, not vsnprintf's terminator */
     if (buf_reserve(b, (size_t)n) < 0)
         return -1;

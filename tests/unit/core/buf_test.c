@@ -271,6 +271,32 @@ static void test_printf_growth(void **state)
     buf_free(&b);
 }
 
+/* Text is formatted straight into the free room when it fits with its
+ * terminator, else measured and written again: both sides of that edge. */
+static void test_printf_room_edges(void **state)
+{
+    (void)state;
+    buf_t b;
+    buf_init(&b, 0);
+    assert_int_equal(buf_reserve(&b, 1), 0);
+    size_t cap = b.cap;
+    char text[1024];
+    memset(text, 'a', cap - 1);
+    text[cap - 1] = '\0';
+    assert_int_equal(buf_printf(&b, "%s", text), 0); /* cap - 1 bytes: fits in one pass */
+    assert_int_equal(b.cap, cap);
+    assert_int_equal(buf_used(&b), cap - 1);
+    assert_int_equal(buf_printf(&b, "%c", 'b'), 0); /* one byte left: no room for the NUL */
+    assert_int_equal(buf_used(&b), cap);
+    assert_int_equal(buf_head(&b)[cap - 2], 'a');
+    assert_int_equal(buf_head(&b)[cap - 1], 'b');
+    assert_int_equal(buf_printf(&b, "%s-%d", "c", 7), 0); /* grew, then wrote */
+    assert_true(b.cap > cap);
+    assert_int_equal(buf_used(&b), cap + 3);
+    assert_memory_equal(buf_head(&b) + cap, "c-7", 3);
+    buf_free(&b);
+}
+
 static void test_printf_limit(void **state)
 {
     (void)state;
@@ -300,6 +326,7 @@ int main(void)
         cmocka_unit_test(test_steal),
         cmocka_unit_test(test_find_lf),
         cmocka_unit_test(test_printf_growth),
+        cmocka_unit_test(test_printf_room_edges),
         cmocka_unit_test(test_printf_limit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
