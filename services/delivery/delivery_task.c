@@ -94,8 +94,8 @@ struct task {
     session_t *session;
     unsigned tries;
 
-    task_attempt_t attempts[TASK_ATTEMPTS_MAX];
-    size_t nattempts;
+    task_attempt_t *attempts; /* grown as attempts are made, up to TASK_ATTEMPTS_MAX */
+    size_t nattempts, attempts_cap;
     size_t attempts_dropped;
     int cur_attempt;   /* index of the running attempt, -1 none */
 
@@ -248,6 +248,7 @@ void task_destroy(task_t **p)
     sts_policy_free(&t->sts);
     free(t->hosts);
     free(t->rcpts);
+    free(t->attempts);
     free(t);
 }
 
@@ -268,6 +269,14 @@ static int attempt_begin(task_t *t, const char *ip)
     if (t->nattempts >= TASK_ATTEMPTS_MAX) {
         t->attempts_dropped++;
         return -1;
+    }
+    if (t->nattempts == t->attempts_cap) {
+        /* most tasks make one attempt: a task is not born with room for all */
+        size_t cap = t->attempts_cap ? t->attempts_cap * 2 : 2;
+        if (cap > TASK_ATTEMPTS_MAX)
+            cap = TASK_ATTEMPTS_MAX;
+        t->attempts = xrealloc(t->attempts, cap * sizeof(*t->attempts));
+        t->attempts_cap = cap;
     }
     task_attempt_t *a = &t->attempts[t->nattempts];
     memset(a, 0, sizeof(*a));
