@@ -98,15 +98,15 @@ int buf_vprintf(buf_t *b, const char *fmt, va_list ap)
         return -1;
     if (n == 0)
         return 0;
+    /* the limit counts the output, not vsnprintf's terminator; with the text
+     * already in the room this only checks it (the bytes past the data are
+     * not part of the buffer until len moves) */
+    if (buf_reserve(b, (size_t)n) < 0)
+        return -1;
     if ((size_t)n < room) {
-        if (b->limit && b->len - b->off + (size_t)n > b->limit)
-            return -1; /* written past the end of the data only: nothing changed */
         b->len += (size_t)n;
         return 0;
     }
-    /* the limit counts the output, not vsnprintf's terminator */
-    if (buf_reserve(b, (size_t)n) < 0)
-        return -1;
     if (buf_room(b) > (size_t)n) {
         vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
     } else {

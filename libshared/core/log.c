@@ -8,6 +8,7 @@
  */
 #include "log.h"
 #include "alloc.h"
+#include "isotime.h"
 
 #include <limits.h>
 #include <pthread.h>
@@ -43,7 +44,7 @@ static const char *const level_names[] = {"debug", "info", "warn", "error", "fat
 void log_init(const char *service, const char *instance)
 {
     sx_strlcpy(log_svc, service, sizeof(log_svc));
-    sx_strlcpy(log_inst, instance ? instance : "", sizeof(log_inst));
+    sx_strlcpy(log_inst, instance, sizeof(log_inst));
 }
 
 void log_set_level(log_level_t level)
@@ -94,12 +95,9 @@ static size_t log_prefix(char *line, log_level_t level)
     struct timeval tv;
     gettimeofday(&tv, NULL);
     if (tv.tv_sec != stamp_sec) {
-        struct tm tm;
-        gmtime_r(&tv.tv_sec, &tm);
-        int n = snprintf(stamp, sizeof(stamp), "ts=%04d-%02d-%02dT%02d:%02d:%02d",
-                         tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                         tm.tm_sec);
-        stamp_len = n > 0 && (size_t)n < sizeof(stamp) ? (size_t)n : 0;
+        memcpy(stamp, "ts=", 3);
+        isotime_format((uint64_t)tv.tv_sec * 1000, 0, stamp + 3, sizeof(stamp) - 3);
+        stamp_len = strlen(stamp) - 1; /* without its "Z": the milliseconds come first */
         stamp_sec = tv.tv_sec;
     }
     unsigned ms = (unsigned)(tv.tv_usec / 1000);

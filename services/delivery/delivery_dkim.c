@@ -498,7 +498,7 @@ dkim_prep_t *dkim_prepare(dkim_signer_t *s, loop_t *loop, const PB(DeliveryJob) 
     p->loop = loop;
     p->txn = txn;
     p->kick = kick;
-    sx_strlcpy(p->ids, log_ids ? log_ids : "", sizeof(p->ids));
+    sx_strlcpy(p->ids, log_ids, sizeof(p->ids));
     const char *tenant = job->tenant ? job->tenant : "";
     if (strlen(tenant) <= NAME_MAX_LEN)
         sx_strlcpy(p->tenant, tenant, sizeof(p->tenant));

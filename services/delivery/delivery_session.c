@@ -941,7 +941,7 @@ session_t *session_new(loop_t *loop, const session_params_t *p, const session_ha
     s->p.auth_password = xstrdup(p->auth_password ? p->auth_password : "");
     s->h = *h;
     s->arg = arg;
-    sx_strlcpy(s->ids, p->log_ids ? p->log_ids : "", sizeof(s->ids));
+    sx_strlcpy(s->ids, p->log_ids, sizeof(s->ids));
     s->p.log_ids = NULL;
     sock_addr_ip(&p->addr, s->ip, sizeof(s->ip));
     loop_timer_init(&s->step, on_step_timeout, s);
@@ -1067,7 +1067,7 @@ void session_set_handlers(session_t *s, const session_handlers_t *h, void *arg)
 
 void session_set_log_ids(session_t *s, const char *ids)
 {
-    sx_strlcpy(s->ids, ids ? ids : "", sizeof(s->ids));
+    sx_strlcpy(s->ids, ids, sizeof(s->ids));
 }
 
 int session_is_ready(const session_t *s)

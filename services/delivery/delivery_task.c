@@ -281,7 +281,7 @@ static int attempt_begin(task_t *t, const char *ip)
     task_attempt_t *a = &t->attempts[t->nattempts];
     memset(a, 0, sizeof(*a));
     sx_strlcpy(a->endpoint, t->label, sizeof(a->endpoint));
-    sx_strlcpy(a->ip, ip ? ip : "", sizeof(a->ip));
+    sx_strlcpy(a->ip, ip, sizeof(a->ip));
     a->started_ms = clock_mono_ms();
     return (int)t->nattempts++;
 }
@@ -929,7 +929,7 @@ static void on_mx(dns_status_t st, const mx_host_t *mx, size_t n, const char *er
     t->mx_query = NULL;
     t->mx_done = 1;
     t->mx_status = st;
-    sx_strlcpy(t->mx_err, err ? err : "", sizeof(t->mx_err));
+    sx_strlcpy(t->mx_err, err, sizeof(t->mx_err));
     switch (st) {
     case DNS_NXDOMAIN:
         finish_all(t, 550, "5.1.2", REASON_DNS, "domain %s does not exist", t->domain);
@@ -964,7 +964,7 @@ static void on_sts(const sts_policy_t *p, const char *source, void *arg)
     task_t *t = arg;
     t->sts_wait = NULL;
     t->sts_done = 1;
-    sx_strlcpy(t->sts_source, source ? source : "", sizeof(t->sts_source));
+    sx_strlcpy(t->sts_source, source, sizeof(t->sts_source));
     if (p && p->mode != STS_MODE_NONE)
         sts_policy_copy(&t->sts, p);
     mx_plan(t);

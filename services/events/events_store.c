@@ -262,7 +262,7 @@ int evstore_batch_add(evstore_batch_t *b, const PB(Event) * ev, char *why, size_
     PB_FN(event, pack)(ev, e->packed);
     e->at_ms = ev->at_ms;
     sx_strlcpy(e->id, ev->id, sizeof(e->id));
-    sx_strlcpy(e->message_id, ev->message_id ? ev->message_id : "", sizeof(e->message_id));
+    sx_strlcpy(e->message_id, ev->message_id, sizeof(e->message_id));
     b->n++;
     return 0;
 }

@@ -237,8 +237,7 @@ typedef enum {
 typedef struct result {
     result_kind_t kind;
     job_ctx_t *job;
-    PB(DeliveryResult) * res;  /* REMOTE: NULL when no result came (timeout) */
-    sx_env_t *res_env;         /* the envelope res is part of */
+    sx_env_t *res_env;         /* REMOTE: the DeliveryResult's envelope; NULL when none came */
     const char *fail_text;
     int counts_inflight;       /* releases an in-flight job when applied */
     /* filled by the write */

@@ -47,7 +47,7 @@ void queue_result_free(result_t *r)
 {
     if (r == NULL)
         return;
-    codec_free(&r->res_env); /* and r->res with it */
+    codec_free(&r->res_env);
     queue_record_free(&r->rec);
     queue_record_free(&r->dsn);
     for (size_t i = 0; i < r->nsupp; i++)
@@ -69,13 +69,20 @@ void queue_results_push(queue_t *q, result_t *r)
 
 /* ---- applying one result to its record (inside the transaction) ---- */
 
+/* The delivery result a REMOTE result carries; NULL when none came. */
+static const PB(DeliveryResult) * delivery_of(const result_t *r)
+{
+    return r->res_env ? r->res_env->delivery_result : NULL;
+}
+
 static const PB(DeliveryRecipientResult) * remote_of(const result_t *r, uint32_t idx)
 {
-    if (r->res == NULL)
+    const PB(DeliveryResult) *res = delivery_of(r);
+    if (res == NULL)
         return NULL;
-    for (size_t i = 0; i < r->res->n_recipients; i++)
-        if (r->res->recipients[i]->index == idx)
-            return r->res->recipients[i];
+    for (size_t i = 0; i < res->n_recipients; i++)
+        if (res->recipients[i]->index == idx)
+            return res->recipients[i];
     return NULL;
 }
 
@@ -117,12 +124,13 @@ static int apply_remote(queue_t *q, store_txn_t *txn, PB(QueueRecord) * rec, res
     uint32_t idx = r->job->indexes[k];
     PB(QueueRecipientState) *st = rec->recipients[idx];
     const char *tenant = rec->envelope->tenant ? rec->envelope->tenant : "";
+    const PB(DeliveryResult) *res = delivery_of(r);
     const PB(DeliveryRecipientResult) *rr = remote_of(r, idx);
     int outcome = rr ? rr->outcome : PB_ENUM(DELIVERY_RECIPIENT_RESULT__OUTCOME__DEFERRED);
-    if (r->res && r->res->not_attempted) {
+    if (res && res->not_attempted) {
         /* held back by router (shaping, endpoints down): no attempt was made and
          * none is counted, but the recipient is waiting and says why */
-        st->next_attempt_ms = now + (r->res->retry_after_ms ? r->res->retry_after_ms : 1000);
+        st->next_attempt_ms = now + (res->retry_after_ms ? res->retry_after_ms : 1000);
         if (rr && rr->reply && rr->reply->code)
             set_reply(st, rr->reply->code, rr->reply->enhanced, rr->reply->text);
         queue_set_str(&st->state, "deferred");
@@ -133,8 +141,8 @@ static int apply_remote(queue_t *q, store_txn_t *txn, PB(QueueRecord) * rec, res
         set_reply(st, rr->reply->code, rr->reply->enhanced, rr->reply->text);
     else
         set_reply(st, 451, "4.4.7", r->fail_text ? r->fail_text : "no result for recipient");
-    if (r->res && r->res->remote_host && r->res->remote_host[0])
-        queue_set_str(&st->last_remote, r->res->remote_host);
+    if (res && res->remote_host && res->remote_host[0])
+        queue_set_str(&st->last_remote, res->remote_host);
     st->attempts++;
     unsigned code = st->last_reply->code;
     const char *enh = st->last_reply->enhanced;

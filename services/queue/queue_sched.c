@@ -461,7 +461,6 @@ static void on_job_result(bus_msg_t *reply, bus_status_t status, void *arg)
     if (status == BUS_OK && reply->env->body_case == PB_BODY(DELIVERY_RESULT)) {
         /* keep the decoded result, and so its envelope (one allocation) */
         r->res_env = bus_msg_take_env(reply);
-        r->res = r->res_env->delivery_result;
     } else if (status == BUS_OK && reply->env->body_case == PB_BODY(ERROR) &&
                reply->env->error->status) {
         r->fail_text = "router refused the job";

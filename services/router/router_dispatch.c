@@ -540,7 +540,7 @@ static int send_to(dispatch_t *d, job_t *j, worker_t *w, const health_plan_t *pl
     j->worker = w;
     j->since = now;
     j->plan = *plan;
-    sx_strlcpy(j->source, source ? source : "", sizeof(j->source));
+    sx_strlcpy(j->source, source, sizeof(j->source));
     w->inflight++;
     w->tasks_total++;
     pending_add(d->tasks, id, j, 0);

@@ -434,7 +434,7 @@ static dest_t *dest_make(shape_t *s, const provider_t *p, const char *key, const
     dest_t *d = xcalloc(1, sizeof(*d));
     d->owner = s;
     sx_strlcpy(d->key, key, sizeof(d->key));
-    sx_strlcpy(d->source, source ? source : "", sizeof(d->source));
+    sx_strlcpy(d->source, source, sizeof(d->source));
     d->p = p;
     d->rate = p->rate_per_minute;
     d->tokens = capacity(d->rate);
