@@ -259,9 +259,11 @@ def test_slowdown_pauses_provider_and_mail_resumes(make_relay):
         # nothing was tried at gmail while it was paused
         after = [t for ip, rc, t, code in mx.rcpts if rc.endswith("@gmail.com") and t > slowed_at]
         assert after and min(after) >= slowed_at + 4 - 0.3, (slowed_at, after)
+        # the sink has the mail before events has the delivery's event: wait for it
         for mid in (first, second):
-            types = [e["type"] for e in r.ctl("log", "search", "--id", mid)["events"]]
-            assert "delivered" in types, types
+            wait_for(lambda: "delivered" in [e["type"] for e in
+                                             r.ctl("log", "search", "--id", mid)["events"]],
+                     timeout=10, what="a delivered event for %s" % mid)
         assert destination(r, "gmail")["paused_until"] is None
     finally:
         mx.close()
