@@ -174,6 +174,7 @@ int main(int argc, char **argv)
         goto out;
     bus_set_stats(svc.bus, queue_stats, &q);
     rc = service_run(&svc) == 0 ? 0 : 1;
+    queue_write_flush(&q);
 out:
     bus_server_destroy(&q.api);
     for (size_t i = 0; i < q.nrouters; i++)

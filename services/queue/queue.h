@@ -69,6 +69,7 @@ typedef struct queue {
     loop_timer_t upload_sweep;
 
     loop_timer_t write_timer;  /* the synced write of this loop turn (queue_write.c) */
+    loop_timer_t results_timer; /* results alone wait this long for a commit to join */
 
     queue_sched_t *sched;
     queue_index_t *index;
@@ -131,6 +132,12 @@ void queue_write_init(queue_t *q);
 void queue_write_fini(queue_t *q);
 /* Have pending commits and results written at the end of this loop turn. */
 void queue_write_soon(queue_t *q);
+/* Have pending results written with the next commit, or alone after a short
+ * hold when no commit comes: nobody waits on a result's write, and a
+ * results-only fsync would hold up the commit that arrives during it. */
+void queue_write_results_soon(queue_t *q);
+/* At a stop: write what is pending now rather than drop what was held. */
+void queue_write_flush(queue_t *q);
 
 /*
  * Each side's part of that write: take what is pending (the count to

@@ -64,7 +64,7 @@ void queue_results_push(queue_t *q, result_t *r)
     *rs->tail = r;
     rs->tail = &r->next;
     if (!loop_timer_active(&rs->retry))
-        queue_write_soon(q);
+        queue_write_results_soon(q);
 }
 
 /* ---- applying one result to its record (inside the transaction) ---- */

@@ -4,11 +4,16 @@
  * that arrived during a turn go into one LMDB transaction, so a turn costs
  * one fsync and a group commit never waits behind a separate results
  * fsync. Nothing is answered or announced before that commit returned:
- * each side acts on its outcome only afterwards.
+ * each side acts on its outcome only afterwards. Results on their own are
+ * held a few milliseconds so that they ride with the next commit: at one
+ * session a delivery's result otherwise lands just before the next
+ * message and that message waits for a second fsync.
  */
 #include "queue.h"
 #include "core/clock.h"
 #include "core/log.h"
+
+#define RESULTS_HOLD_MS 10
 
 static int turn_write(store_txn_t *txn, void *arg)
 {
@@ -23,6 +28,7 @@ static void turn_run(loop_t *loop, void *arg)
 {
     (void)loop;
     queue_t *q = arg;
+    loop_timer_stop(q->svc->loop, &q->results_timer); /* this turn takes them */
     size_t ncommits = queue_commits_take(q);
     size_t nresults = queue_results_take(q);
     uint64_t t0 = clock_mono_ms();
@@ -48,12 +54,28 @@ void queue_write_soon(queue_t *q)
         loop_timer_start(q->svc->loop, &q->write_timer, 0);
 }
 
+void queue_write_results_soon(queue_t *q)
+{
+    if (!loop_timer_active(&q->write_timer) && !loop_timer_active(&q->results_timer))
+        loop_timer_start(q->svc->loop, &q->results_timer, RESULTS_HOLD_MS);
+}
+
+void queue_write_flush(queue_t *q)
+{
+    if (!loop_timer_active(&q->write_timer) && !loop_timer_active(&q->results_timer))
+        return;
+    loop_timer_stop(q->svc->loop, &q->write_timer);
+    turn_run(q->svc->loop, q);
+}
+
 void queue_write_init(queue_t *q)
 {
     loop_timer_init(&q->write_timer, turn_run, q);
+    loop_timer_init(&q->results_timer, turn_run, q);
 }
 
 void queue_write_fini(queue_t *q)
 {
     loop_timer_stop(q->svc->loop, &q->write_timer);
+    loop_timer_stop(q->svc->loop, &q->results_timer);
 }
