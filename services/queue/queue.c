@@ -50,6 +50,8 @@ static const conf_field_t queue_table[] = {
        "chunks of an upload idle this long are dropped"),
     QF("group_commit_max", CONF_INT, group_commit_max, "512", 1, 100000,
        "messages written in one synced transaction at most"),
+    QF("results_hold", CONF_DURATION, results_hold, "10ms", 0, 60000,
+       "outcomes of attempts wait this long for new messages to share their synced write"),
     QF("done_retention", CONF_DURATION, done_retention, "1h", 0, 30 * 86400000LL,
        "how long a finished message stays visible to `queue show`"),
     QF("map_size", CONF_SIZE, map_size, "64M", 1 << 20, 1LL << 44, "initial LMDB map size"),

@@ -23,6 +23,7 @@ typedef struct queue_conf {
     uint64_t upload_memory_max;   /* bytes of chunks held for unfinished DATA */
     uint64_t upload_idle_timeout; /* ms */
     long long group_commit_max;   /* messages per synced transaction */
+    uint64_t results_hold;        /* ms outcomes wait to share a commit's write */
     uint64_t done_retention;      /* ms a finished message stays visible to `queue show` */
     long long domain_hold_after;  /* consecutive connection-level failures before a hold */
     uint64_t domain_hold_base;    /* ms: first hold, doubling on each failed probe */

@@ -5,15 +5,13 @@
  * one fsync and a group commit never waits behind a separate results
  * fsync. Nothing is answered or announced before that commit returned:
  * each side acts on its outcome only afterwards. Results on their own are
- * held a few milliseconds so that they ride with the next commit: at one
- * session a delivery's result otherwise lands just before the next
- * message and that message waits for a second fsync.
+ * held a few milliseconds (results_hold) so that they ride with the next
+ * commit: at one session a delivery's result otherwise lands just before
+ * the next message, and that message waits for a second fsync.
  */
 #include "queue.h"
 #include "core/clock.h"
 #include "core/log.h"
-
-#define RESULTS_HOLD_MS 10
 
 static int turn_write(store_txn_t *txn, void *arg)
 {
@@ -57,7 +55,7 @@ void queue_write_soon(queue_t *q)
 void queue_write_results_soon(queue_t *q)
 {
     if (!loop_timer_active(&q->write_timer) && !loop_timer_active(&q->results_timer))
-        loop_timer_start(q->svc->loop, &q->results_timer, RESULTS_HOLD_MS);
+        loop_timer_start(q->svc->loop, &q->results_timer, q->conf.results_hold);
 }
 
 void queue_write_flush(queue_t *q)

@@ -5,6 +5,7 @@ sendarixctl). Mail enters through the legacy port (allowlisted loopback, no
 AUTH) so these tests need nothing but the queue's own behaviour."""
 import email
 import re
+import signal
 import smtplib
 import socket
 import socketserver
@@ -344,3 +345,27 @@ def test_restart_recovers_deferred_messages(make_relay):
     for i in ids:
         wait_event(r, i, "delivered", timeout=30)
     assert len(r.maildir_files()) == 5
+
+
+def test_held_outcomes_ride_with_the_next_message_and_are_written_at_a_stop(make_relay):
+    """An outcome with no new message to share its synced write waits for one
+    (results_hold); a graceful stop writes it rather than deliver it twice."""
+    r = make_relay(config_edit=queue_conf(results_hold='"60s"'))
+    r.start()
+    first = send_legacy(r, ["one@example.org"])
+    wait_for(lambda: len(r.maildir_files()) == 1, timeout=20, what="the first delivery")
+    time.sleep(1)  # its outcome has reached queue and waits there
+    assert r.ctl("queue", "show", first)["state"] == "active"
+    second = send_legacy(r, ["two@example.org"])
+    wait_for(lambda: r.ctl("queue", "show", first)["state"] == "done", timeout=5,
+             what="the first outcome written with the second message")
+    wait_for(lambda: len(r.maildir_files()) == 2, timeout=20, what="the second delivery")
+    time.sleep(1)
+    assert r.ctl("queue", "show", second)["state"] == "active"
+    r.kill("queue", sig=signal.SIGTERM)
+    assert re.search(r"event=done msg=%s" % second, r.log("queue-1")), r.log("queue-1")
+    r.spawn("queue")
+    r.wait_up(["queue"])
+    assert r.ctl("queue", "show", second)["state"] == "done"
+    time.sleep(2)  # a message recovered as active would go out again by now
+    assert len(r.maildir_files()) == 2
