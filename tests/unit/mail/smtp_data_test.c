@@ -278,6 +278,62 @@ static void test_chunking_does_not_matter(void **state)
     }
 }
 
+/*
+ * Text like a real body: lines of up to 150 plain bytes, now and then an
+ * 8-bit byte, a line-starting dot, a bare CR or LF, and an end somewhere.
+ * Fed whole, the reader takes the runs sixteen bytes at a time; fed a
+ * byte at a time it cannot: both must agree, with the runs' specials at
+ * every offset within a block.
+ */
+static void long_line_text(char *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        size_t len = rnd() % 151;
+        if (rnd() % 4 == 0 && i < n)
+            p[i++] = '.';
+        for (size_t k = 0; k < len && i < n; k++) {
+            unsigned x = rnd() % 100;
+            p[i++] = x == 0 ? '\xe9' : x == 1 ? '\r' : x == 2 ? '\n' : (char)('a' + x % 26);
+        }
+        if (i < n)
+            p[i++] = '\r';
+        if (i < n)
+            p[i++] = '\n';
+        if (rnd() % 40 == 0 && i + 3 <= n) {
+            memcpy(p + i, ".\r\n", 3);
+            i += 3;
+        }
+    }
+}
+
+static void test_long_runs_like_bytes(void **state)
+{
+    (void)state;
+    for (int iter = 0; iter < 2000; iter++) {
+        size_t n = rnd() % 3000;
+        char *p = malloc(n + 1);
+        long_line_text(p, n);
+        size_t line_max = rnd() % 2 ? 40 + rnd() % 100 : 0;
+        buf_t one, bytes;
+        buf_init(&one, 0);
+        buf_init(&bytes, 0);
+        result_t a = feed(p, n, 0, 0, line_max, &one);
+        result_t b = feed(p, n, 1, 0, line_max, &bytes);
+        assert_int_equal(a.consumed, b.consumed);
+        assert_int_equal(a.done, b.done);
+        assert_int_equal(a.bare, b.bare);
+        assert_int_equal(a.too_long, b.too_long);
+        assert_int_equal(a.eightbit, b.eightbit);
+        assert_int_equal(a.size, b.size);
+        assert_int_equal(buf_used(&one), buf_used(&bytes));
+        assert_memory_equal(buf_head(&one), buf_head(&bytes), buf_used(&one));
+        buf_free(&one);
+        buf_free(&bytes);
+        free(p);
+    }
+}
+
 /* Does the body contain "\r\n.\r\n" anywhere a reader would see an end? */
 static int has_early_end(const char *p, size_t n)
 {
@@ -366,6 +422,7 @@ int main(void)
         cmocka_unit_test(test_size_limit),
         cmocka_unit_test(test_out_refuses),
         cmocka_unit_test(test_chunking_does_not_matter),
+        cmocka_unit_test(test_long_runs_like_bytes),
         cmocka_unit_test(test_stuff_round_trip),
         cmocka_unit_test(test_stuff_cases),
     };
