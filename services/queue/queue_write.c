@@ -26,7 +26,9 @@ static void turn_run(loop_t *loop, void *arg)
 {
     (void)loop;
     queue_t *q = arg;
-    loop_timer_stop(q->svc->loop, &q->results_timer); /* this turn takes them */
+    /* this turn takes whatever is pending: neither timer has more to do */
+    loop_timer_stop(q->svc->loop, &q->write_timer);
+    loop_timer_stop(q->svc->loop, &q->results_timer);
     size_t ncommits = queue_commits_take(q);
     size_t nresults = queue_results_take(q);
     uint64_t t0 = clock_mono_ms();
@@ -62,7 +64,6 @@ void queue_write_flush(queue_t *q)
 {
     if (!loop_timer_active(&q->write_timer) && !loop_timer_active(&q->results_timer))
         return;
-    loop_timer_stop(q->svc->loop, &q->write_timer);
     turn_run(q->svc->loop, q);
 }
 
