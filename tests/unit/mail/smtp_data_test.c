@@ -290,8 +290,8 @@ static void long_line_text(char *p, size_t n)
     size_t i = 0;
     while (i < n) {
         size_t len = rnd() % 151;
-        if (rnd() % 4 == 0 && i < n)
-            p[i++] = '.';
+        if (rnd() % 4 == 0)
+            p[i++] = '.'; /* i < n: the loop's condition */
         for (size_t k = 0; k < len && i < n; k++) {
             unsigned x = rnd() % 100;
             p[i++] = x == 0 ? '\xe9' : x == 1 ? '\r' : x == 2 ? '\n' : (char)('a' + x % 26);
