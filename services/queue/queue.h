@@ -50,6 +50,8 @@ typedef struct queue {
     unsigned db_supp;  /* tenant NUL address -> Suppression */
     unsigned db_soft;  /* tenant NUL address -> soft bounce count and first time */
     unsigned db_dom;   /* domain -> operator suspension (until, ms) */
+    unsigned db_done;  /* message id -> QueueRecord of a finished message */
+    unsigned db_done_at; /* done time and id (queue_done_key) -> nothing */
     bus_server_t *api;
     bus_client_t **routers;
     uint64_t *router_started;  /* start time each router reported; a change means a restart */
@@ -76,6 +78,7 @@ typedef struct queue {
     queue_index_t *index;
     void *results;             /* queue_results.c's pending results */
     loop_timer_t supp_sweep;
+    loop_timer_t done_sweep;   /* finished messages past done_retention (queue_done.c) */
 
     /* counters for ServicePong */
     uint64_t accepted, commit_batches, commit_failures, delivered, bounced, deferred, expired;
@@ -84,8 +87,11 @@ typedef struct queue {
 
 /* ---- store (queue_store.c) ---- */
 int queue_store_open(queue_t *q);
-/* Unpacked record for id from txn, or NULL (not found or unreadable). */
+/* Unpacked record for id from txn, live or finished, or NULL (not found or
+ * unreadable). */
 PB(QueueRecord) * queue_store_get(queue_t *q, store_txn_t *txn, const char *id);
+/* Write rec: into "msg" while it is live, into "done" (with its "done_at"
+ * key, out of "msg") once done_at_ms is set. */
 int queue_store_put(queue_t *q, store_txn_t *txn, PB(QueueRecord) * rec);
 void queue_record_free(PB(QueueRecord) * *rec);
 /* 1 when no recipient is still waiting (queued or deferred). */
@@ -101,6 +107,12 @@ PB(Status) * queue_status_new(unsigned code, const char *enh, const char *text);
 
 /* Bytes of map and disk kept free for the writes that free space. */
 size_t queue_store_reserve(const queue_t *q);
+/* Whether a record with this id exists, live or finished. */
+int queue_store_has(queue_t *q, store_txn_t *txn, const char *id);
+/* The "done_at" key of a message finished at at_ms; its length. */
+#define QUEUE_DONE_KEY_LEN (8 + ID_LEN)
+size_t queue_done_key(uint64_t at_ms, const char *id, uint8_t key[QUEUE_DONE_KEY_LEN]);
+uint64_t queue_done_key_time(const void *key);
 /* Store a new message (record and body) in txn, as a commit does. */
 int queue_store_message(queue_t *q, store_txn_t *txn, PB(QueueRecord) * rec, const void *body,
                         size_t len);
@@ -276,7 +288,11 @@ size_t queue_sched_inflight(const queue_t *q);
 int queue_sched_is_inflight(const queue_t *q, const char *id);
 /* Ping routers; jobs held by one that restarted are retried at once. */
 void queue_sched_watch_routers(queue_t *q);
-/* Mark a finished message for removal once done_retention has passed. */
-void queue_sched_done(queue_t *q, const char *id, uint64_t at);
+
+/* ---- finished messages (queue_done.c) ---- */
+
+/* Move finished records of an older store out of "msg"; start the sweep. */
+int queue_done_init(queue_t *q, char **ids, size_t n);
+void queue_done_fini(queue_t *q);
 
 #endif

@@ -213,8 +213,7 @@ static int message_exists(queue_t *q, const char *id)
     store_txn_t *txn = store_begin(q->store, 0);
     if (txn == NULL)
         return 0;
-    store_val_t v;
-    int found = store_get(txn, q->db_msg, id, strlen(id), &v) == STORE_OK;
+    int found = queue_store_has(q, txn, id);
     store_abort(&txn);
     return found;
 }

@@ -28,7 +28,6 @@
 #define SCHED_DISPATCH_BATCH 256   /* messages per tick, so a backlog cannot stall the loop */
 #define SCHED_MAX_DOMAINS    64    /* jobs per message per tick */
 #define SCHED_BLOCKED_POLL   60000 /* a message whose domains are all blocked looks again */
-#define DONE_SWEEP_MS        10000
 
 typedef struct sched_entry {
     uint64_t due;
@@ -41,12 +40,6 @@ typedef struct inflight {
     struct inflight *next;
 } inflight_t;
 
-typedef struct done_entry {
-    uint64_t done_at;
-    char id[ID_BUF_SIZE];
-    struct done_entry *next;
-} done_entry_t;
-
 struct queue_sched {
     job_ctx_t *jobs;           /* out at routers, newest first */
     sched_entry_t *heap;
@@ -56,8 +49,6 @@ struct queue_sched {
     size_t inflight_count;
     uint64_t job_seq;
     loop_timer_t tick;
-    done_entry_t *done_head, *done_tail;
-    loop_timer_t done_sweep;
 };
 
 /* ---- heap ---- */
@@ -566,10 +557,8 @@ void queue_sched_result_done(queue_t *q, result_t *r, int written, uint64_t now)
     if (r->rec) {
         queue_index_put(q, r->rec);
         if (r->rec->done_at_ms) {
-            if (last) {
+            if (last)
                 log_info("event=done msg=%s", r->job->id);
-                queue_sched_done(q, r->job->id, r->rec->done_at_ms);
-            }
         } else if (last && !r->rec->held) {
             uint64_t due = queue_record_next_due(r->rec);
             if (due)
@@ -579,62 +568,13 @@ void queue_sched_result_done(queue_t *q, result_t *r, int written, uint64_t now)
     sched_arm(q);
 }
 
-/* ---- finished messages: kept for `queue show`, then removed ---- */
-
-void queue_sched_done(queue_t *q, const char *id, uint64_t at)
-{
-    queue_sched_t *s = q->sched;
-    done_entry_t *d = xcalloc(1, sizeof(*d));
-    d->done_at = at;
-    sx_strlcpy(d->id, id, sizeof(d->id));
-    if (s->done_tail)
-        s->done_tail->next = d;
-    else
-        s->done_head = d;
-    s->done_tail = d;
-}
-
-static int done_delete(store_txn_t *txn, void *arg)
-{
-    queue_t *q = arg;
-    queue_sched_t *s = q->sched;
-    uint64_t now = clock_wall_ms();
-    int n = 0;
-    for (done_entry_t *d = s->done_head; d && n < 1000; d = d->next, n++) {
-        if (now - d->done_at < q->conf.done_retention)
-            break;
-        int rc = store_del(txn, q->db_msg, d->id, strlen(d->id));
-        if (rc != STORE_OK && rc != STORE_NOTFOUND)
-            return rc;
-    }
-    return 0;
-}
-
-static void done_sweep(loop_t *loop, void *arg)
-{
-    queue_t *q = arg;
-    queue_sched_t *s = q->sched;
-    uint64_t now = clock_wall_ms();
-    if (s->done_head && now - s->done_head->done_at >= q->conf.done_retention &&
-        store_write(q->store, done_delete, q) == STORE_OK) {
-        int n = 0;
-        while (s->done_head && n < 1000 && now - s->done_head->done_at >= q->conf.done_retention) {
-            done_entry_t *d = s->done_head;
-            s->done_head = d->next;
-            free(d);
-            n++;
-        }
-        if (s->done_head == NULL)
-            s->done_tail = NULL;
-    }
-    loop_timer_start(loop, &s->done_sweep, DONE_SWEEP_MS);
-}
-
 /* ---- start: rebuild the schedule and the index from the store ---- */
 
 typedef struct rebuild {
     queue_t *q;
-    size_t active, done, held;
+    size_t active, held;
+    char **finished; /* finished records still in "msg" (an older store) */
+    size_t nfinished, cap;
 } rebuild_t;
 
 static int rebuild_one(const store_val_t *key, const store_val_t *val, void *arg)
@@ -652,8 +592,11 @@ static int rebuild_one(const store_val_t *key, const store_val_t *val, void *arg
         return 0;
     }
     if (rec->done_at_ms || queue_record_finished(rec)) {
-        queue_sched_done(rb->q, id, rec->done_at_ms ? rec->done_at_ms : clock_wall_ms());
-        rb->done++;
+        if (rb->nfinished == rb->cap) {
+            rb->cap = rb->cap ? rb->cap * 2 : 64;
+            rb->finished = xrealloc(rb->finished, rb->cap * sizeof(*rb->finished));
+        }
+        rb->finished[rb->nfinished++] = xstrdup(id);
     } else {
         queue_index_put(rb->q, rec);
         if (rec->held)
@@ -673,7 +616,6 @@ int queue_sched_init(queue_t *q)
     s->inflight_buckets = 4096;
     s->inflight = xcalloc(s->inflight_buckets, sizeof(*s->inflight));
     loop_timer_init(&s->tick, sched_tick, q);
-    loop_timer_init(&s->done_sweep, done_sweep, q);
 
     rebuild_t rb = {.q = q};
     store_txn_t *txn = store_begin(q->store, 0);
@@ -681,12 +623,13 @@ int queue_sched_init(queue_t *q)
         return -1;
     long n = store_scan(txn, q->db_msg, NULL, 0, NULL, 0, rebuild_one, &rb);
     store_abort(&txn);
-    if (n < 0)
+    int rc = n < 0 ? -1 : queue_done_init(q, rb.finished, rb.nfinished);
+    for (size_t i = 0; i < rb.nfinished; i++)
+        free(rb.finished[i]);
+    free(rb.finished);
+    if (rc < 0)
         return -1;
-    /* ids sort by arrival, close enough to the order messages finished for
-     * the sweep, which stops at the first one still within retention */
-    log_info("event=recovered active=%zu held=%zu done=%zu", rb.active, rb.held, rb.done);
-    loop_timer_start(q->svc->loop, &s->done_sweep, DONE_SWEEP_MS);
+    log_info("event=recovered active=%zu held=%zu", rb.active, rb.held);
     sched_arm(q);
     return 0;
 }
@@ -697,7 +640,7 @@ void queue_sched_fini(queue_t *q)
     if (s == NULL)
         return;
     loop_timer_stop(q->svc->loop, &s->tick);
-    loop_timer_stop(q->svc->loop, &s->done_sweep);
+    queue_done_fini(q);
     loop_timer_stop(q->svc->loop, &q->router_ping);
     free(q->router_started);
     q->router_started = NULL;
@@ -714,11 +657,6 @@ void queue_sched_fini(queue_t *q)
             free(f);
             f = next;
         }
-    }
-    while (s->done_head) {
-        done_entry_t *d = s->done_head;
-        s->done_head = d->next;
-        free(d);
     }
     free(s->inflight);
     free(s->heap);

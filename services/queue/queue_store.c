@@ -1,7 +1,12 @@
 /*
  * queue_store: the queue's LMDB layout and what a record means. Databases:
- * "msg" maps a message id to its QueueRecord (envelope and per-recipient
- * state), "body" maps it to the message bytes, "supp" holds the suppression
+ * "msg" maps the id of a message still in progress to its QueueRecord
+ * (envelope and per-recipient state), "done" the id of a finished one, kept
+ * for done_retention (queue_done.c), and "done_at" orders the finished ones
+ * by time (8-byte big-endian ms, then the id; no value). Finished records
+ * leave "msg", so the tree that every commit, dispatch and result walks
+ * holds only live messages however many finished within the retention.
+ * "body" maps an id to the message bytes (gone once finished), "supp" holds the suppression
  * list (tenant NUL address -> Suppression), "soft" the soft-bounce counts of
  * addresses, "dom" the operator's domain suspensions. A record is the
  * durable truth about a message; the schedule and index in memory are
@@ -13,6 +18,7 @@
 #include "core/log.h"
 
 #include <ctype.h>
+#include <endian.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -30,17 +36,43 @@ int queue_store_open(queue_t *q)
         store_db(q->store, "body", &q->db_body) != STORE_OK ||
         store_db(q->store, "supp", &q->db_supp) != STORE_OK ||
         store_db(q->store, "soft", &q->db_soft) != STORE_OK ||
-        store_db(q->store, "dom", &q->db_dom) != STORE_OK) {
+        store_db(q->store, "dom", &q->db_dom) != STORE_OK ||
+        store_db(q->store, "done", &q->db_done) != STORE_OK ||
+        store_db(q->store, "done_at", &q->db_done_at) != STORE_OK) {
         log_error("event=store_open_failed dir=%s err=\"cannot open databases\"", dir);
         return -1;
     }
     return 0;
 }
 
+size_t queue_done_key(uint64_t at_ms, const char *id, uint8_t key[QUEUE_DONE_KEY_LEN])
+{
+    uint64_t be = htobe64(at_ms);
+    memcpy(key, &be, 8);
+    size_t n = strnlen(id, ID_LEN);
+    memcpy(key + 8, id, n);
+    return 8 + n;
+}
+
+uint64_t queue_done_key_time(const void *key)
+{
+    uint64_t be;
+    memcpy(&be, key, 8);
+    return be64toh(be);
+}
+
+int queue_store_has(queue_t *q, store_txn_t *txn, const char *id)
+{
+    store_val_t v;
+    return store_get(txn, q->db_msg, id, strlen(id), &v) == STORE_OK ||
+           store_get(txn, q->db_done, id, strlen(id), &v) == STORE_OK;
+}
+
 PB(QueueRecord) * queue_store_get(queue_t *q, store_txn_t *txn, const char *id)
 {
     store_val_t v;
-    if (store_get(txn, q->db_msg, id, strlen(id), &v) != STORE_OK)
+    if (store_get(txn, q->db_msg, id, strlen(id), &v) != STORE_OK &&
+        store_get(txn, q->db_done, id, strlen(id), &v) != STORE_OK)
         return NULL;
     PB(QueueRecord) *rec = PB_FN(queue_record, unpack)(NULL, v.len, v.data);
     if (rec == NULL || rec->envelope == NULL) {
@@ -54,9 +86,22 @@ PB(QueueRecord) * queue_store_get(queue_t *q, store_txn_t *txn, const char *id)
 int queue_store_put(queue_t *q, store_txn_t *txn, PB(QueueRecord) * rec)
 {
     const char *id = rec->envelope->message_id;
+    unsigned db = q->db_msg;
+    if (rec->done_at_ms) {
+        /* finished: out of the live tree, into the kept ones (done_at_ms is
+         * set once, so writing its key again changes nothing) */
+        int rc = store_del(txn, q->db_msg, id, strlen(id));
+        if (rc != STORE_OK && rc != STORE_NOTFOUND)
+            return rc;
+        uint8_t key[QUEUE_DONE_KEY_LEN];
+        rc = store_put(txn, q->db_done_at, key, queue_done_key(rec->done_at_ms, id, key), "", 0);
+        if (rc != STORE_OK)
+            return rc;
+        db = q->db_done;
+    }
     size_t n = PB_FN(queue_record, get_packed_size)(rec);
     void *dst;
-    int rc = store_reserve(txn, q->db_msg, id, strlen(id), n, &dst);
+    int rc = store_reserve(txn, db, id, strlen(id), n, &dst);
     if (rc != STORE_OK)
         return rc;
     PB_FN(queue_record, pack)(rec, dst);
