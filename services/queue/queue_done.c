@@ -95,7 +95,9 @@ static int adopt_write(store_txn_t *txn, void *arg)
             rec->done_at_ms = a->now;
         int rc = queue_store_put(a->q, txn, rec);
         queue_record_free(&rec);
-        if (rc != STORE_OK)
+        if (rc == STORE_OK)
+            rc = store_del(txn, a->q->db_body, a->ids[i], strlen(a->ids[i]));
+        if (rc != STORE_OK && rc != STORE_NOTFOUND)
             return rc;
     }
     return 0;
