@@ -6,12 +6,13 @@
  * by time (8-byte big-endian ms, then the id; no value). Finished records
  * leave "msg", so the tree that every commit, dispatch and result walks
  * holds only live messages however many finished within the retention.
- * "body" maps an id to the message bytes (gone once finished), "supp" holds the suppression
- * list (tenant NUL address -> Suppression), "soft" the soft-bounce counts of
- * addresses, "dom" the operator's domain suspensions. A record is the
- * durable truth about a message; the schedule and index in memory are
- * rebuilt from the records at start. Also the reading of remote replies:
- * backoff, greylisting waits, hard and soft bounces.
+ * "body" maps an id to the message bytes (gone once finished), "supp"
+ * holds the suppression list (tenant NUL address -> Suppression), "soft"
+ * the soft-bounce counts of addresses, "dom" the operator's domain
+ * suspensions. A record is the durable truth about a message; the schedule
+ * and index in memory are rebuilt from the records at start. Also the
+ * reading of remote replies: backoff, greylisting waits, hard and soft
+ * bounces.
  */
 #include "queue.h"
 #include "core/alloc.h"
@@ -61,18 +62,23 @@ uint64_t queue_done_key_time(const void *key)
     return be64toh(be);
 }
 
+/* The packed record of id, live or finished: 1 when found. */
+static int record_val(queue_t *q, store_txn_t *txn, const char *id, store_val_t *v)
+{
+    return store_get(txn, q->db_msg, id, strlen(id), v) == STORE_OK ||
+           store_get(txn, q->db_done, id, strlen(id), v) == STORE_OK;
+}
+
 int queue_store_has(queue_t *q, store_txn_t *txn, const char *id)
 {
     store_val_t v;
-    return store_get(txn, q->db_msg, id, strlen(id), &v) == STORE_OK ||
-           store_get(txn, q->db_done, id, strlen(id), &v) == STORE_OK;
+    return record_val(q, txn, id, &v);
 }
 
 PB(QueueRecord) * queue_store_get(queue_t *q, store_txn_t *txn, const char *id)
 {
     store_val_t v;
-    if (store_get(txn, q->db_msg, id, strlen(id), &v) != STORE_OK &&
-        store_get(txn, q->db_done, id, strlen(id), &v) != STORE_OK)
+    if (!record_val(q, txn, id, &v))
         return NULL;
     PB(QueueRecord) *rec = PB_FN(queue_record, unpack)(NULL, v.len, v.data);
     if (rec == NULL || rec->envelope == NULL) {
