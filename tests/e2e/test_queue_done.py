@@ -47,30 +47,41 @@ def shown(r, msgid):
     return out.returncode == 0
 
 
+def restart_queue(r):
+    r.kill("queue", sig=signal.SIGTERM)
+    r.spawn("queue")
+    r.wait_up(["queue"])
+
+
 def test_finished_messages_leave_the_live_store_and_are_swept_after_retention(make_relay):
-    r = make_relay(config_edit=queue_conf(done_retention='"15s"'))
+    retention = 20
+    r = make_relay(config_edit=queue_conf(done_retention='"%ds"' % retention))
     r.start()
     n = 1200  # more than one sweep's batch of 1,000
     ids = send_many(r, n)
     wait_for(lambda: len(r.maildir_files()) == n, timeout=120, what="every delivery")
     wait_for(lambda: r.ctl("queue", "show", ids[-1])["state"] == "done", timeout=20,
              what="the last message done")
+    all_done = time.monotonic()
     # nothing finished stays in the live database; the finished are kept apart
     assert counts(r) == {"msg": 0, "done": n, "done_at": n, "body": 0}
 
     # a restart reads only the live ones, and still shows the finished
-    r.kill("queue", sig=signal.SIGTERM)
-    r.spawn("queue")
-    r.wait_up(["queue"])
+    restart_queue(r)
     assert re.search(r"event=recovered active=0 held=0", r.log("queue-1")), r.log("queue-1")
     assert r.ctl("queue", "show", ids[0])["state"] == "done"
     time.sleep(1)
     assert len(r.maildir_files()) == n
 
-    # past the retention the sweep removes them all: when the first is gone,
-    # the rest follow at once rather than a batch every sweep interval (10 s)
-    wait_for(lambda: not shown(r, ids[0]), timeout=45, what="the first message swept")
-    wait_for(lambda: not shown(r, ids[-1]), timeout=4, what="the last message swept")
+    # stopped until all are past the retention (so no earlier sweep takes
+    # any), queue's first sweep removes every one, batch after batch, rather
+    # than one batch per sweep interval (10 s)
+    r.kill("queue", sig=signal.SIGTERM)
+    time.sleep(max(0.0, all_done + retention + 1 - time.monotonic()))
+    r.spawn("queue")
+    r.wait_up(["queue"])
+    wait_for(lambda: not shown(r, ids[-1]) and not shown(r, ids[0]), timeout=4,
+             what="every message swept")
     assert counts(r) == {"msg": 0, "done": 0, "done_at": 0, "body": 0}
 
 
