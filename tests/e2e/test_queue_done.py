@@ -54,7 +54,7 @@ def restart_queue(r):
 
 
 def test_finished_messages_leave_the_live_store_and_are_swept_after_retention(make_relay):
-    retention = 20
+    retention = 30  # seconds: room for sending and delivering all of them first
     r = make_relay(config_edit=queue_conf(done_retention='"%ds"' % retention))
     r.start()
     n = 1200  # more than one sweep's batch of 1,000
