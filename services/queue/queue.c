@@ -54,6 +54,8 @@ static const conf_field_t queue_table[] = {
        "outcomes of attempts wait this long for new messages to share their synced write"),
     QF("done_retention", CONF_DURATION, done_retention, "1h", 0, 30 * 86400000LL,
        "how long a finished message stays visible to `queue show`"),
+    QF("done_move_delay", CONF_DURATION, done_move_delay, "1s", 0, 3600000,
+       "a message just finished waits this long among the live ones, to be moved out with others"),
     QF("map_size", CONF_SIZE, map_size, "64M", 1 << 20, 1LL << 44, "initial LMDB map size"),
     QF("map_max", CONF_SIZE, map_max, "64G", 1 << 20, 1LL << 46,
        "largest the LMDB map may grow; past it new messages get 452 4.3.1"),
@@ -177,6 +179,7 @@ int main(int argc, char **argv)
     bus_set_stats(svc.bus, queue_stats, &q);
     rc = service_run(&svc) == 0 ? 0 : 1;
     queue_write_flush(&q);
+    queue_done_flush(&q);
 out:
     bus_server_destroy(&q.api);
     for (size_t i = 0; i < q.nrouters; i++)

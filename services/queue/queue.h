@@ -25,6 +25,7 @@ typedef struct queue_conf {
     long long group_commit_max;   /* messages per synced transaction */
     uint64_t results_hold;        /* ms outcomes wait to share a commit's write */
     uint64_t done_retention;      /* ms a finished message stays visible to `queue show` */
+    uint64_t done_move_delay;     /* ms a just-finished record waits in "msg" for its batch */
     long long domain_hold_after;  /* consecutive connection-level failures before a hold */
     uint64_t domain_hold_base;    /* ms: first hold, doubling on each failed probe */
     uint64_t domain_hold_max;     /* ms */
@@ -79,6 +80,8 @@ typedef struct queue {
     void *results;             /* queue_results.c's pending results */
     loop_timer_t supp_sweep;
     loop_timer_t done_sweep;   /* finished messages past done_retention (queue_done.c) */
+    loop_timer_t done_move;    /* just-finished records moved out of "msg" in batches */
+    struct done_pending *done_pending;
 
     /* counters for ServicePong */
     uint64_t accepted, commit_batches, commit_failures, delivered, bounced, deferred, expired;
@@ -93,6 +96,12 @@ PB(QueueRecord) * queue_store_get(queue_t *q, store_txn_t *txn, const char *id);
 /* Write rec: into "msg" while it is live, into "done" (with its "done_at"
  * key, out of "msg") once done_at_ms is set. */
 int queue_store_put(queue_t *q, store_txn_t *txn, PB(QueueRecord) * rec);
+/* Write a record that finishes in this transaction into "msg" all the same;
+ * once the transaction is on disk, queue_done_later has it moved. */
+int queue_store_put_finishing(queue_t *q, store_txn_t *txn, PB(QueueRecord) * rec);
+/* Move the finished record of id from "msg" to "done" (done_at_ms its
+ * "done_at" key) as it is; STORE_NOTFOUND when it is no longer in "msg". */
+int queue_store_retire(queue_t *q, store_txn_t *txn, const char *id, uint64_t done_at_ms);
 void queue_record_free(PB(QueueRecord) * *rec);
 /* 1 when no recipient is still waiting (queued or deferred). */
 int queue_record_finished(const PB(QueueRecord) * rec);
@@ -268,6 +277,7 @@ typedef struct result {
     int *outcomes;             /* per recipient of the job: what became of it */
     int dest_failed;           /* -1 unknown, 0 the destination answered, 1 it failed */
     char dest_error[256];
+    int finished_now;          /* the write finished the message (left in "msg" to move) */
     struct result *next;
 } result_t;
 
@@ -291,8 +301,14 @@ void queue_sched_watch_routers(queue_t *q);
 
 /* ---- finished messages (queue_done.c) ---- */
 
-/* Move finished records of an older store out of "msg"; start the sweep. */
+/* Move the finished records found in "msg" at start (left by a stop before
+ * their batch, or by an older store); start the sweep. */
 int queue_done_init(queue_t *q, char **ids, size_t n);
 void queue_done_fini(queue_t *q);
+/* A record written with queue_store_put_finishing is on disk: move it out
+ * of "msg" with the next batch, done_move_delay from the first one pending. */
+void queue_done_later(queue_t *q, const char *id, uint64_t done_at_ms);
+/* At a stop: move what is pending now. */
+void queue_done_flush(queue_t *q);
 
 #endif

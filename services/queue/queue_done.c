@@ -5,10 +5,15 @@
  * reads that list from its start and removes what is past the retention,
  * a batch per transaction, at once again while batches come back full: a
  * relay finishing thousands of messages a second must remove as many.
- * Nothing about them is kept in memory.
  *
- * Stores written before finished records had their own databases keep
- * them in "msg"; the start moves them over.
+ * A message finished by a delivery's result is written back into "msg" by
+ * the turn that finishes it, and moved out here with others, a batch per
+ * transaction, done_move_delay after the first of them: the turn, which
+ * clients wait on, then changes one tree instead of three, and a batch
+ * fills the pages of "done" and "done_at" many records at a time. Only
+ * their ids wait in memory. A stop moves what is pending; what a crash
+ * leaves in "msg", like the finished records of stores written before
+ * "done" existed, the start moves over.
  */
 #include "queue.h"
 #include "core/alloc.h"
@@ -19,7 +24,20 @@
 #include <string.h>
 
 #define DONE_SWEEP_MS    10000
-#define DONE_SWEEP_BATCH 1000 /* records removed per transaction */
+#define DONE_SWEEP_BATCH 1000    /* records removed, or moved, per transaction */
+#define DONE_PENDING_MAX 1000000 /* past this, left in "msg" for the next start */
+
+typedef struct done_entry {
+    char id[ID_BUF_SIZE];
+    uint64_t at; /* done_at_ms */
+} done_entry_t;
+
+/* Records finished in "msg", waiting for their move: v[head .. len). */
+struct done_pending {
+    done_entry_t *v;
+    size_t head, len, cap;
+    int full_logged;
+};
 
 typedef struct sweep {
     queue_t *q;
@@ -77,6 +95,99 @@ static void done_sweep(loop_t *loop, void *arg)
     loop_timer_start(loop, &q->done_sweep, n == DONE_SWEEP_BATCH ? 0 : DONE_SWEEP_MS);
 }
 
+/* ---- just-finished records: out of "msg" in batches ---- */
+
+typedef struct move {
+    queue_t *q;
+    size_t n;     /* entries to move, from the head */
+    size_t moved; /* of which were still in "msg" */
+} move_t;
+
+static int move_write(store_txn_t *txn, void *arg)
+{
+    move_t *m = arg;
+    struct done_pending *p = m->q->done_pending;
+    m->moved = 0;
+    for (size_t i = 0; i < m->n; i++) {
+        const done_entry_t *e = &p->v[p->head + i];
+        int rc = queue_store_retire(m->q, txn, e->id, e->at);
+        if (rc == STORE_OK)
+            m->moved++;
+        else if (rc != STORE_NOTFOUND) /* not found: deleted, or moved by a later write */
+            return rc;
+    }
+    return 0;
+}
+
+/* Move one batch from the head; 0 when it is written, -1 when it failed. */
+static int move_batch(queue_t *q)
+{
+    struct done_pending *p = q->done_pending;
+    size_t pending = p->len - p->head;
+    move_t m = {.q = q, .n = pending < DONE_SWEEP_BATCH ? pending : DONE_SWEEP_BATCH};
+    int rc = store_write(q->store, move_write, &m);
+    if (rc != STORE_OK) {
+        log_error("event=done_move_failed pending=%zu err=\"%s\"", pending, store_strerror(rc));
+        return -1;
+    }
+    p->head += m.n;
+    if (p->head == p->len)
+        p->head = p->len = 0;
+    log_debug("event=done_move_batch messages=%zu", m.moved);
+    return 0;
+}
+
+static void done_move(loop_t *loop, void *arg)
+{
+    queue_t *q = arg;
+    struct done_pending *p = q->done_pending;
+    if (p->len == p->head)
+        return;
+    if (move_batch(q) < 0) {
+        loop_timer_start(loop, &q->done_move, DONE_SWEEP_MS);
+        return;
+    }
+    size_t left = p->len - p->head;
+    if (left)
+        loop_timer_start(loop, &q->done_move,
+                         left >= DONE_SWEEP_BATCH ? 0 : q->conf.done_move_delay);
+}
+
+void queue_done_later(queue_t *q, const char *id, uint64_t done_at_ms)
+{
+    struct done_pending *p = q->done_pending;
+    if (p->len - p->head >= DONE_PENDING_MAX) {
+        if (!p->full_logged)
+            log_warn("event=done_move_behind pending=%zu", p->len - p->head);
+        p->full_logged = 1;
+        return;
+    }
+    p->full_logged = 0;
+    if (p->len == p->cap && p->head > 0) {
+        memmove(p->v, p->v + p->head, (p->len - p->head) * sizeof(*p->v));
+        p->len -= p->head;
+        p->head = 0;
+    }
+    if (p->len == p->cap) {
+        p->cap = p->cap ? p->cap * 2 : 256;
+        p->v = xrealloc(p->v, p->cap * sizeof(*p->v));
+    }
+    done_entry_t *e = &p->v[p->len++];
+    sx_strlcpy(e->id, id, sizeof(e->id));
+    e->at = done_at_ms;
+    if (!loop_timer_active(&q->done_move))
+        loop_timer_start(q->svc->loop, &q->done_move, q->conf.done_move_delay);
+}
+
+void queue_done_flush(queue_t *q)
+{
+    struct done_pending *p = q->done_pending;
+    while (p && p->len > p->head && move_batch(q) == 0)
+        ;
+}
+
+/* ---- at start: finished records found in "msg" ---- */
+
 typedef struct adopt {
     queue_t *q;
     char **ids;
@@ -117,6 +228,8 @@ int queue_done_init(queue_t *q, char **ids, size_t n)
     }
     if (n)
         log_info("event=done_moved messages=%zu", n);
+    q->done_pending = xcalloc(1, sizeof(*q->done_pending));
+    loop_timer_init(&q->done_move, done_move, q);
     loop_timer_init(&q->done_sweep, done_sweep, q);
     loop_timer_start(q->svc->loop, &q->done_sweep, 0);
     return 0;
@@ -125,4 +238,9 @@ int queue_done_init(queue_t *q, char **ids, size_t n)
 void queue_done_fini(queue_t *q)
 {
     loop_timer_stop(q->svc->loop, &q->done_sweep);
+    loop_timer_stop(q->svc->loop, &q->done_move);
+    if (q->done_pending)
+        free(q->done_pending->v);
+    free(q->done_pending);
+    q->done_pending = NULL;
 }

@@ -263,8 +263,10 @@ static int apply_one(queue_t *q, store_txn_t *txn, result_t *r, uint64_t now)
             queue_record_free(&rec);
             return -1;
         }
+        r->finished_now = 1;
     }
-    int rc = queue_store_put(q, txn, rec);
+    int rc = r->finished_now ? queue_store_put_finishing(q, txn, rec)
+                             : queue_store_put(q, txn, rec);
     r->rec = rec;
     return rc == STORE_OK ? 0 : -1;
 }
@@ -298,6 +300,7 @@ int queue_results_write(queue_t *q, store_txn_t *txn)
         r->outcomes = NULL;
         r->dest_failed = -1;
         r->dest_error[0] = '\0';
+        r->finished_now = 0;
         if (apply_one(q, txn, r, now) < 0)
             return STORE_ERROR;
     }
@@ -450,6 +453,8 @@ void queue_results_done(queue_t *q, int rc)
     while (r) {
         result_t *next = r->next;
         after_commit(q, r, now);
+        if (r->finished_now)
+            queue_done_later(q, r->job->id, r->rec->done_at_ms);
         queue_sched_result_done(q, r, 1, now);
         queue_result_free(r);
         r = next;

@@ -5,7 +5,10 @@
  * for done_retention (queue_done.c), and "done_at" orders the finished ones
  * by time (8-byte big-endian ms, then the id; no value). Finished records
  * leave "msg", so the tree that every commit, dispatch and result walks
- * holds only live messages however many finished within the retention.
+ * holds only live messages however many finished within the retention: a
+ * message finished by a delivery's result stays in "msg" only until
+ * queue_done.c moves it with others in a batch (done_move_delay), so the
+ * turn that finishes it changes one tree rather than three.
  * "body" maps an id to the message bytes (gone once finished), "supp"
  * holds the suppression list (tenant NUL address -> Suppression), "soft"
  * the soft-bounce counts of addresses, "dom" the operator's domain
@@ -89,22 +92,10 @@ PB(QueueRecord) * queue_store_get(queue_t *q, store_txn_t *txn, const char *id)
     return rec;
 }
 
-int queue_store_put(queue_t *q, store_txn_t *txn, PB(QueueRecord) * rec)
+/* Pack rec into db under its id. */
+static int put_into(queue_t *q, store_txn_t *txn, unsigned db, PB(QueueRecord) * rec)
 {
     const char *id = rec->envelope->message_id;
-    unsigned db = q->db_msg;
-    if (rec->done_at_ms) {
-        /* finished: out of the live tree, into the kept ones (done_at_ms is
-         * set once, so writing its key again changes nothing) */
-        int rc = store_del(txn, q->db_msg, id, strlen(id));
-        if (rc != STORE_OK && rc != STORE_NOTFOUND)
-            return rc;
-        uint8_t key[QUEUE_DONE_KEY_LEN];
-        rc = store_put(txn, q->db_done_at, key, queue_done_key(rec->done_at_ms, id, key), "", 0);
-        if (rc != STORE_OK)
-            return rc;
-        db = q->db_done;
-    }
     size_t n = PB_FN(queue_record, get_packed_size)(rec);
     void *dst;
     int rc = store_reserve(txn, db, id, strlen(id), n, &dst);
@@ -112,6 +103,45 @@ int queue_store_put(queue_t *q, store_txn_t *txn, PB(QueueRecord) * rec)
         return rc;
     PB_FN(queue_record, pack)(rec, dst);
     return STORE_OK;
+}
+
+int queue_store_put(queue_t *q, store_txn_t *txn, PB(QueueRecord) * rec)
+{
+    const char *id = rec->envelope->message_id;
+    if (rec->done_at_ms == 0)
+        return put_into(q, txn, q->db_msg, rec);
+    /* finished: out of the live tree, into the kept ones (done_at_ms is set
+     * once, so writing its key again changes nothing) */
+    int rc = store_del(txn, q->db_msg, id, strlen(id));
+    if (rc != STORE_OK && rc != STORE_NOTFOUND)
+        return rc;
+    uint8_t key[QUEUE_DONE_KEY_LEN];
+    rc = store_put(txn, q->db_done_at, key, queue_done_key(rec->done_at_ms, id, key), "", 0);
+    return rc == STORE_OK ? put_into(q, txn, q->db_done, rec) : rc;
+}
+
+int queue_store_put_finishing(queue_t *q, store_txn_t *txn, PB(QueueRecord) * rec)
+{
+    return put_into(q, txn, q->db_msg, rec);
+}
+
+int queue_store_retire(queue_t *q, store_txn_t *txn, const char *id, uint64_t done_at_ms)
+{
+    store_val_t v;
+    int rc = store_get(txn, q->db_msg, id, strlen(id), &v);
+    if (rc != STORE_OK)
+        return rc;
+    /* the value points into the map: copied before the trees change */
+    void *copy = xmemdup(v.data, v.len);
+    size_t len = v.len;
+    uint8_t key[QUEUE_DONE_KEY_LEN];
+    rc = store_del(txn, q->db_msg, id, strlen(id));
+    if (rc == STORE_OK)
+        rc = store_put(txn, q->db_done_at, key, queue_done_key(done_at_ms, id, key), "", 0);
+    if (rc == STORE_OK)
+        rc = store_put(txn, q->db_done, id, strlen(id), copy, len);
+    free(copy);
+    return rc;
 }
 
 int queue_store_message(queue_t *q, store_txn_t *txn, PB(QueueRecord) * rec, const void *body,

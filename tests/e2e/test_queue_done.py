@@ -1,6 +1,7 @@
-"""Finished messages: out of queue's live database, shown for done_retention,
-then swept, however many finished; and stores of the older layout, which
-kept them with the live ones, moved over at start."""
+"""Finished messages: out of queue's live database (in batches, shortly
+after they finish), shown for done_retention, then swept, however many
+finished; and finished records left in the live database by a crash or an
+older store, moved over at start."""
 import os
 import re
 import signal
@@ -42,6 +43,25 @@ def send_many(r, n):
     return ids
 
 
+def send_when_queue_back(r, n):
+    """n messages, each in a session of its own, once ingress reaches a
+    restarted queue again (until then a message gets 451 and is not kept)."""
+    ids = []
+    deadline = time.monotonic() + 10
+    while len(ids) < n:
+        with smtplib.SMTP("127.0.0.1", r.legacy, timeout=30) as s:
+            s.ehlo()
+            s.mail("app@example.test")
+            s.rcpt("again%d@example.org" % len(ids))
+            code, text = s.data(b"Subject: again\r\n\r\nhello\r\n")
+        if code == 250:
+            ids.append(re.search(r"queued as ([0-9a-v]{20})", text.decode()).group(1))
+        else:
+            assert code == 451 and time.monotonic() < deadline, (code, text)
+            time.sleep(0.1)
+    return ids
+
+
 def shown(r, msgid):
     out = r.ctl_run("queue", "show", msgid)
     return out.returncode == 0
@@ -63,8 +83,10 @@ def test_finished_messages_leave_the_live_store_and_are_swept_after_retention(ma
     wait_for(lambda: r.ctl("queue", "show", ids[-1])["state"] == "done", timeout=20,
              what="the last message done")
     all_done = time.monotonic()
-    # nothing finished stays in the live database; the finished are kept apart
-    assert counts(r) == {"msg": 0, "done": n, "done_at": n, "body": 0}
+    # nothing finished stays in the live database (after its batch's move,
+    # done_move_delay, 1 s); the finished are kept apart
+    expected = {"msg": 0, "done": n, "done_at": n, "body": 0}
+    wait_for(lambda: counts(r) == expected, timeout=10, what="every record moved to done")
 
     # a restart reads only the live ones, and still shows the finished
     restart_queue(r)
@@ -83,6 +105,39 @@ def test_finished_messages_leave_the_live_store_and_are_swept_after_retention(ma
     wait_for(lambda: not shown(r, ids[-1]) and not shown(r, ids[0]), timeout=4,
              what="every message swept")
     assert counts(r) == {"msg": 0, "done": 0, "done_at": 0, "body": 0}
+
+
+def test_just_finished_records_wait_in_msg_and_a_stop_or_a_crash_loses_none(make_relay):
+    r = make_relay(config_edit=queue_conf(done_move_delay='"60s"'))
+    r.start()
+    first = send_many(r, 3)
+    wait_for(lambda: all(r.ctl("queue", "show", i)["state"] == "done" for i in first),
+             timeout=20, what="three messages done")
+    # finished, bodies gone, records still in "msg" until their batch
+    assert counts(r) == {"msg": 3, "done": 0, "done_at": 0, "body": 0}
+
+    # a graceful stop moves what is pending
+    r.kill("queue", sig=signal.SIGTERM)
+    assert counts(r) == {"msg": 0, "done": 3, "done_at": 3, "body": 0}
+    r.spawn("queue")
+    r.wait_up(["queue"])
+    assert "event=done_moved" not in r.log("queue-1")
+
+    # a crash leaves them in "msg"; the start moves them
+    second = send_when_queue_back(r, 2)
+    wait_for(lambda: all(r.ctl("queue", "show", i)["state"] == "done" for i in second),
+             timeout=20, what="two more messages done")
+    assert counts(r)["msg"] == 2
+    r.kill("queue", sig=signal.SIGKILL)
+    r.spawn("queue")
+    r.wait_up(["queue"])
+    assert re.search(r"event=done_moved messages=2", r.log("queue-1")), r.log("queue-1")
+    assert re.search(r"event=recovered active=0 held=0", r.log("queue-1")), r.log("queue-1")
+    assert counts(r) == {"msg": 0, "done": 5, "done_at": 5, "body": 0}
+    for i in first + second:
+        assert r.ctl("queue", "show", i)["state"] == "done"
+    time.sleep(1)
+    assert len(r.maildir_files()) == 5
 
 
 def test_finished_records_of_an_older_store_are_moved_at_start(make_relay):
