@@ -10,8 +10,9 @@
  * the turn that finishes it, and moved out here with others, a batch per
  * transaction, done_move_delay after the first of them: the turn, which
  * clients wait on, then changes one tree instead of three, and a batch
- * fills the pages of "done" and "done_at" many records at a time. Only
- * their ids wait in memory. A stop moves what is pending; what a crash
+ * fills the pages of "done" and "done_at" many records at a time. Batches
+ * are kept short and apart, so that a turn waits for one at most about its
+ * own time. Only their ids wait in memory. A stop moves what is pending; what a crash
  * leaves in "msg", like the finished records of stores written before
  * "done" existed, the start moves over.
  */
@@ -24,7 +25,9 @@
 #include <string.h>
 
 #define DONE_SWEEP_MS    10000
-#define DONE_SWEEP_BATCH 1000    /* records removed, or moved, per transaction */
+#define DONE_SWEEP_BATCH 1000    /* records removed per transaction */
+#define DONE_MOVE_BATCH  256     /* records moved per transaction: about a turn's time */
+#define DONE_MOVE_GAP_MS 10      /* between two batches, turns get the loop */
 #define DONE_PENDING_MAX 1000000 /* past this, left in "msg" for the next start */
 
 typedef struct done_entry {
@@ -124,7 +127,8 @@ static int move_batch(queue_t *q)
 {
     struct done_pending *p = q->done_pending;
     size_t pending = p->len - p->head;
-    move_t m = {.q = q, .n = pending < DONE_SWEEP_BATCH ? pending : DONE_SWEEP_BATCH};
+    move_t m = {.q = q, .n = pending < DONE_MOVE_BATCH ? pending : DONE_MOVE_BATCH};
+    uint64_t t0 = clock_mono_ms();
     int rc = store_write(q->store, move_write, &m);
     if (rc != STORE_OK) {
         log_error("event=done_move_failed pending=%zu err=\"%s\"", pending, store_strerror(rc));
@@ -133,7 +137,8 @@ static int move_batch(queue_t *q)
     p->head += m.n;
     if (p->head == p->len)
         p->head = p->len = 0;
-    log_debug("event=done_move_batch messages=%zu", m.moved);
+    log_debug("event=done_move_batch messages=%zu ms=%llu", m.moved,
+              (unsigned long long)(clock_mono_ms() - t0));
     return 0;
 }
 
@@ -150,7 +155,7 @@ static void done_move(loop_t *loop, void *arg)
     size_t left = p->len - p->head;
     if (left)
         loop_timer_start(loop, &q->done_move,
-                         left >= DONE_SWEEP_BATCH ? 0 : q->conf.done_move_delay);
+                         left >= DONE_MOVE_BATCH ? DONE_MOVE_GAP_MS : q->conf.done_move_delay);
 }
 
 void queue_done_later(queue_t *q, const char *id, uint64_t done_at_ms)

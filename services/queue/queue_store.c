@@ -105,18 +105,22 @@ static int put_into(queue_t *q, store_txn_t *txn, unsigned db, PB(QueueRecord) *
     return STORE_OK;
 }
 
-int queue_store_put(queue_t *q, store_txn_t *txn, PB(QueueRecord) * rec)
+/* Take id out of "msg" and list it in "done_at": its record goes to "done"
+ * next (done_at_ms is set once, so listing it again changes nothing). */
+static int leave_msg(queue_t *q, store_txn_t *txn, const char *id, uint64_t done_at_ms)
 {
-    const char *id = rec->envelope->message_id;
-    if (rec->done_at_ms == 0)
-        return put_into(q, txn, q->db_msg, rec);
-    /* finished: out of the live tree, into the kept ones (done_at_ms is set
-     * once, so writing its key again changes nothing) */
     int rc = store_del(txn, q->db_msg, id, strlen(id));
     if (rc != STORE_OK && rc != STORE_NOTFOUND)
         return rc;
     uint8_t key[QUEUE_DONE_KEY_LEN];
-    rc = store_put(txn, q->db_done_at, key, queue_done_key(rec->done_at_ms, id, key), "", 0);
+    return store_put(txn, q->db_done_at, key, queue_done_key(done_at_ms, id, key), "", 0);
+}
+
+int queue_store_put(queue_t *q, store_txn_t *txn, PB(QueueRecord) * rec)
+{
+    if (rec->done_at_ms == 0)
+        return put_into(q, txn, q->db_msg, rec);
+    int rc = leave_msg(q, txn, rec->envelope->message_id, rec->done_at_ms);
     return rc == STORE_OK ? put_into(q, txn, q->db_done, rec) : rc;
 }
 
@@ -134,10 +138,7 @@ int queue_store_retire(queue_t *q, store_txn_t *txn, const char *id, uint64_t do
     /* the value points into the map: copied before the trees change */
     void *copy = xmemdup(v.data, v.len);
     size_t len = v.len;
-    uint8_t key[QUEUE_DONE_KEY_LEN];
-    rc = store_del(txn, q->db_msg, id, strlen(id));
-    if (rc == STORE_OK)
-        rc = store_put(txn, q->db_done_at, key, queue_done_key(done_at_ms, id, key), "", 0);
+    rc = leave_msg(q, txn, id, done_at_ms);
     if (rc == STORE_OK)
         rc = store_put(txn, q->db_done, id, strlen(id), copy, len);
     free(copy);
