@@ -12,9 +12,9 @@
  * clients wait on, then changes one tree instead of three, and a batch
  * fills the pages of "done" and "done_at" many records at a time. Batches
  * are kept short and apart, so that a turn waits for one at most about its
- * own time. Only their ids wait in memory. A stop moves what is pending; what a crash
- * leaves in "msg", like the finished records of stores written before
- * "done" existed, the start moves over.
+ * own time. Only their ids wait in memory. A stop moves what is pending;
+ * what a crash leaves in "msg", like the finished records of stores
+ * written before "done" existed, the start moves over.
  */
 #include "queue.h"
 #include "core/alloc.h"
@@ -24,11 +24,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define DONE_SWEEP_MS    10000
-#define DONE_SWEEP_BATCH 1000    /* records removed per transaction */
-#define DONE_MOVE_BATCH  256     /* records moved per transaction: about a turn's time */
-#define DONE_MOVE_GAP_MS 10      /* between two batches, turns get the loop */
-#define DONE_PENDING_MAX 1000000 /* past this, left in "msg" for the next start */
+#define DONE_SWEEP_MS      10000
+#define DONE_SWEEP_BATCH   1000    /* records removed per transaction */
+#define DONE_MOVE_BATCH    256     /* records moved per transaction: about a turn's time */
+#define DONE_MOVE_GAP_MS   10      /* between two batches, turns get the loop */
+#define DONE_MOVE_RETRY_MS 10000   /* after a batch that could not be written */
+#define DONE_PENDING_MAX   1000000 /* past this, left in "msg" for the next start */
 
 typedef struct done_entry {
     char id[ID_BUF_SIZE];
@@ -149,7 +150,7 @@ static void done_move(loop_t *loop, void *arg)
     if (p->len == p->head)
         return;
     if (move_batch(q) < 0) {
-        loop_timer_start(loop, &q->done_move, DONE_SWEEP_MS);
+        loop_timer_start(loop, &q->done_move, DONE_MOVE_RETRY_MS);
         return;
     }
     size_t left = p->len - p->head;
