@@ -402,15 +402,20 @@ static void send_commit(session_t *s)
     env.body_case = PB_BODY(QUEUE_MESSAGE_COMMIT);
     env.queue_message_commit = &commit;
 
-    /* a whole message still in hand can go to another instance if this one is down */
+    /* the body is handed over, not copied; a whole message still in hand can
+     * go to another instance if this one is down, each attempt sending a
+     * reference to the same bytes */
+    zmq_msg_t body;
+    if (buf_used(&s->body) > 0)
+        body_to_frame(s, &body);
+    else
+        zmq_msg_init(&body);
     int rc = -1;
     uint64_t id = 0;
     for (size_t attempt = 0; attempt < s->ing->nqueues && rc < 0; attempt++) {
         zmq_msg_t frame;
-        size_t len = buf_used(&s->body);
-        zmq_msg_init_size(&frame, len);
-        if (len)
-            memcpy(zmq_msg_data(&frame), buf_head(&s->body), len);
+        zmq_msg_init(&frame);
+        zmq_msg_copy(&frame, &body);
         rc = bus_client_request(s->queue, &env, &frame, s->ing->conf.queue_timeout,
                                 on_commit_reply, s, &id);
         if (rc < 0 && s->chunks_sent == 0) {
@@ -424,6 +429,7 @@ static void send_commit(session_t *s)
             break;
         }
     }
+    zmq_msg_close(&body);
     free(r);
     free(rp);
     buf_free(&s->body);

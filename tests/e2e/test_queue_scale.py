@@ -207,6 +207,10 @@ def test_killed_instance_keeps_its_mail_and_the_others_take_new(make_relay):
     second = send_all(r, "during", 30)
     where2 = instance_of(r, second.values())
     assert set(where2.values()) == {1, 3}, where2
+    # the message that picked queue-2 first found it gone only at its commit,
+    # and the same body went to another instance
+    assert re.search(r"event=queue_failover from=\S*queue-2\.sock", r.log("ingress")), \
+        r.log("ingress")[-2000:]
 
     # the destination comes back: everything but queue-2's mail goes out
     r.ctl("sandbox", "fail", "--code", "0", "--seconds", "0")
