@@ -120,6 +120,8 @@ static const conf_field_t ingress_table[] = {
        "time auth has to answer a login"),
     IF("queue_timeout", CONF_DURATION, queue_timeout, "30s", 100, 600000,
        "time queue has to confirm a chunk or a commit"),
+    IF("queue_wait", CONF_DURATION, queue_wait, "5s", 0, 60000,
+       "time a whole message waits for a queue instance to come back before 451"),
     IF("max_header_size", CONF_SIZE, max_header_size, "256K", 1024, 64LL << 20,
        "largest header block of a message; beyond it 552 5.3.4"),
     IF("max_connections_per_ip", CONF_INT, max_connections_per_ip, "50", 1, 1000000,

@@ -49,6 +49,7 @@ typedef struct ingress_conf {
     uint64_t data_timeout;
     uint64_t auth_timeout;
     uint64_t queue_timeout;
+    uint64_t queue_wait;
     uint64_t max_header_size;
     long long max_connections_per_ip;
     long long max_junk_commands;
@@ -162,6 +163,10 @@ typedef struct session {
     size_t bdat_line;        /* octets of the current BDAT text line so far */
     int data_error;          /* 0, or the reply already decided for this message */
     int commit_pending;      /* end of data reached, commit waits for a chunk reply */
+    zmq_msg_t commit_body;   /* the bytes of the commit, held while no queue takes it */
+    int commit_held;
+    uint64_t queue_wait_until; /* monotonic ms: the last try of a held commit */
+    loop_timer_t queue_retry;  /* the next try of a held commit */
     buf_t header;            /* the client's header block, up to max_header_size */
     int header_done;         /* its blank line has been seen */
     buf_t scan_copy;         /* the whole message for the scanner, up to its max_size */
@@ -198,6 +203,8 @@ int data_feed(session_t *s);
 void bdat_command(session_t *s, char *args);
 /* The session ends: give up the upload. */
 void data_abandon(session_t *s);
+/* loop timer: try again a commit that no queue instance took */
+void data_commit_retry(loop_t *loop, void *arg);
 
 /* ---- queue instances ---- */
 bus_client_t *ingress_pick_queue(ingress_t *ing, bus_client_t *not_this);

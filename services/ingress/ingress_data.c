@@ -31,6 +31,10 @@
 #define DERR_HEADER    6
 #define DERR_UNCONFIRMED 7 /* the commit went out but no answer came back */
 
+/* a commit no queue instance took is tried again this often (the bus
+ * reconnects after 100 ms, then backs off to 2 s) */
+#define QUEUE_RETRY_MS 100
+
 static void send_commit(session_t *s);
 
 bus_client_t *ingress_pick_queue(ingress_t *ing, bus_client_t *not_this)
@@ -145,8 +149,19 @@ void data_begin(session_t *s)
     session_arm(s);
 }
 
+/* A held commit's bytes let go. */
+static void commit_release(session_t *s)
+{
+    loop_timer_stop(s->ing->svc->loop, &s->queue_retry);
+    if (s->commit_held) {
+        zmq_msg_close(&s->commit_body);
+        s->commit_held = 0;
+    }
+}
+
 void data_abandon(session_t *s)
 {
+    commit_release(s);
     if (s->req_id && s->req_client) {
         bus_client_cancel(s->req_client, s->req_id);
         s->req_id = 0;
@@ -402,20 +417,25 @@ static void send_commit(session_t *s)
     env.body_case = PB_BODY(QUEUE_MESSAGE_COMMIT);
     env.queue_message_commit = &commit;
 
-    /* the body is handed over, not copied; a whole message still in hand can
-     * go to another instance if this one is down, each attempt sending a
+    /* the body is handed over, not copied, and held until an instance takes
+     * it: a whole message still in hand can go to another instance if this
+     * one is down, or wait for one to come back, each attempt sending a
      * reference to the same bytes */
-    zmq_msg_t body;
-    if (buf_used(&s->body) > 0)
-        body_to_frame(s, &body);
-    else
-        zmq_msg_init(&body);
+    int first_try = !s->commit_held;
+    if (first_try) {
+        if (buf_used(&s->body) > 0)
+            body_to_frame(s, &s->commit_body);
+        else
+            zmq_msg_init(&s->commit_body);
+        s->commit_held = 1;
+        s->queue_wait_until = clock_mono_ms() + s->ing->conf.queue_wait;
+    }
     int rc = -1;
     uint64_t id = 0;
     for (size_t attempt = 0; attempt < s->ing->nqueues && rc < 0; attempt++) {
         zmq_msg_t frame;
         zmq_msg_init(&frame);
-        zmq_msg_copy(&frame, &body);
+        zmq_msg_copy(&frame, &s->commit_body);
         rc = bus_client_request(s->queue, &env, &frame, s->ing->conf.queue_timeout,
                                 on_commit_reply, s, &id);
         if (rc < 0 && s->chunks_sent == 0) {
@@ -429,9 +449,18 @@ static void send_commit(session_t *s)
             break;
         }
     }
-    zmq_msg_close(&body);
     free(r);
     free(rp);
+    if (rc < 0 && s->chunks_sent == 0 && clock_mono_ms() < s->queue_wait_until) {
+        /* no instance is connected, as while one restarts: the client waits
+         * a little for it rather than get a 451 */
+        if (first_try)
+            log_info("sid=%s msg=%s event=queue_wait ms=%llu", s->sid, s->msgid,
+                     (unsigned long long)s->ing->conf.queue_wait);
+        loop_timer_start(s->ing->svc->loop, &s->queue_retry, QUEUE_RETRY_MS);
+        return;
+    }
+    commit_release(s);
     buf_free(&s->body);
     if (rc < 0) {
         log_warn("sid=%s msg=%s event=queue_unavailable step=commit", s->sid, s->msgid);
@@ -444,6 +473,16 @@ static void send_commit(session_t *s)
     s->req_id = id;
     s->req_client = s->queue;
     s->waiting = 1;
+}
+
+void data_commit_retry(loop_t *loop, void *arg)
+{
+    (void)loop;
+    session_t *s = arg;
+    bus_client_t *q = ingress_pick_queue(s->ing, NULL);
+    if (q)
+        s->queue = q;
+    send_commit(s);
 }
 
 /* Commit now, or once the chunk in flight is confirmed. */

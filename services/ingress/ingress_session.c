@@ -715,6 +715,7 @@ void session_start(ingress_t *ing, int fd, const sock_addr_t *peer, listener_rol
     buf_init(&s->header, 0);
     buf_init(&s->scan_copy, 0);
     loop_timer_init(&s->timer, session_timeout, s);
+    loop_timer_init(&s->queue_retry, data_commit_retry, s);
     s->conn = conn_new(ing->svc->loop, fd, 0, SESSION_IN_LIMIT, &session_handlers, s);
     if (s->conn == NULL) {
         free(s);
