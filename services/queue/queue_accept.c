@@ -409,7 +409,8 @@ static void commit_stored(queue_t *q, queue_commit_t *c, uint64_t now)
     ev.tenant = (char *)tenant;
     service_event(q->svc, &ev);
     queue_index_put(q, &c->rec);
-    queue_sched_add(q, c->id, now);
+    /* a body in one frame (no chunks, no header added) is kept for the first job */
+    queue_sched_add(q, c->id, now, c->nparts == 1 ? &c->parts[0] : NULL);
 }
 
 void queue_commits_done(queue_t *q, int rc)

@@ -293,7 +293,8 @@ void queue_on_action(queue_t *q, bus_msg_t *msg)
                 queue_sched_add(q, ids[i],
                                 req->kind == PB_ENUM(QUEUE_ACTION__KIND__RETRY)
                                     ? now
-                                    : queue_record_next_due(a.after[i]));
+                                    : queue_record_next_due(a.after[i]),
+                                NULL);
         }
         for (size_t i = 0; i < n; i++)
             queue_record_free(&a.after[i]);
@@ -374,7 +375,7 @@ void queue_on_suspend(queue_t *q, bus_msg_t *msg)
         size_t n = select_ids(q, &sel, ACTION_MAX, &ids, &matched);
         for (size_t i = 0; i < n; i++)
             if (!queue_index_held(q, ids[i]) && !queue_sched_is_inflight(q, ids[i]))
-                queue_sched_add(q, ids[i], now);
+                queue_sched_add(q, ids[i], now, NULL);
         free(ids);
     }
     PB(QueueDomainSuspendReply) r = PB_INIT(QUEUE_DOMAIN_SUSPEND_REPLY);

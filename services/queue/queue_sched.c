@@ -4,8 +4,9 @@
  * The durable truth is the record of each message (per-recipient state and
  * next attempt time). In memory we keep a min-heap of (due time, message id)
  * rebuilt from the records at start, the set of messages handed to router,
- * and a FIFO of finished messages kept for `queue show` until retention
- * ends. A tick pops due messages and groups their due recipients by domain
+ * a FIFO of finished messages kept for `queue show` until retention ends,
+ * and the bodies of the newest messages as ingress sent them, for their
+ * first jobs. A tick pops due messages and groups their due recipients by domain
  * into DeliveryJobs for router, skipping held messages, domains held after
  * repeated failures or suspended by an operator, and suppressed recipients
  * (which go straight to the results path). What results do is
@@ -28,11 +29,23 @@
 #define SCHED_DISPATCH_BATCH 256   /* messages per tick, so a backlog cannot stall the loop */
 #define SCHED_MAX_DOMAINS    64    /* jobs per message per tick */
 #define SCHED_BLOCKED_POLL   60000 /* a message whose domains are all blocked looks again */
+#define FRESH_MAX            256   /* new messages whose body is kept for their first job */
+#define FRESH_MAX_BYTES      (32u << 20)
 
 typedef struct sched_entry {
     uint64_t due;
     char id[ID_BUF_SIZE];
 } sched_entry_t;
+
+/* A new message's body as it came from ingress (a reference to the frame,
+ * not a copy), so that its first job needs neither a read from the store
+ * nor a copy of the body. Bounded: beyond the limits the oldest go, and
+ * their message is read from the store like any other. */
+typedef struct fresh_body {
+    char id[ID_BUF_SIZE];
+    zmq_msg_t body;
+    struct fresh_body *next;
+} fresh_body_t;
 
 typedef struct inflight {
     char id[ID_BUF_SIZE];
@@ -49,6 +62,8 @@ struct queue_sched {
     size_t inflight_count;
     uint64_t job_seq;
     loop_timer_t tick;
+    fresh_body_t *fresh, **fresh_tail; /* oldest first */
+    size_t fresh_count, fresh_bytes;
 };
 
 /* ---- heap ---- */
@@ -150,6 +165,53 @@ int queue_sched_is_inflight(const queue_t *q, const char *id)
     return inflight_get(q->sched, id) != NULL;
 }
 
+/* ---- bodies of new messages ---- */
+
+static fresh_body_t *fresh_unlink(queue_sched_t *s, fresh_body_t **link)
+{
+    fresh_body_t *f = *link;
+    *link = f->next;
+    if (*link == NULL)
+        s->fresh_tail = link;
+    s->fresh_count--;
+    s->fresh_bytes -= zmq_msg_size(&f->body);
+    return f;
+}
+
+static void fresh_free(fresh_body_t *f)
+{
+    if (f) {
+        zmq_msg_close(&f->body);
+        free(f);
+    }
+}
+
+static void fresh_keep(queue_sched_t *s, const char *id, zmq_msg_t *body)
+{
+    size_t n = zmq_msg_size(body);
+    if (n > FRESH_MAX_BYTES)
+        return;
+    while (s->fresh && (s->fresh_count >= FRESH_MAX || s->fresh_bytes + n > FRESH_MAX_BYTES))
+        fresh_free(fresh_unlink(s, &s->fresh));
+    fresh_body_t *f = xcalloc(1, sizeof(*f));
+    sx_strlcpy(f->id, id, sizeof(f->id));
+    zmq_msg_init(&f->body);
+    zmq_msg_copy(&f->body, body);
+    *s->fresh_tail = f;
+    s->fresh_tail = &f->next;
+    s->fresh_count++;
+    s->fresh_bytes += n;
+}
+
+/* The kept body of id, taken out of the list; NULL when none is kept. */
+static fresh_body_t *fresh_take(queue_sched_t *s, const char *id)
+{
+    for (fresh_body_t **link = &s->fresh; *link; link = &(*link)->next)
+        if (strcmp((*link)->id, id) == 0)
+            return fresh_unlink(s, link);
+    return NULL;
+}
+
 /* ---- scheduling ---- */
 
 static void sched_arm(queue_t *q)
@@ -166,8 +228,10 @@ static void sched_arm(queue_t *q)
         loop_timer_start(q->svc->loop, &s->tick, delay);
 }
 
-void queue_sched_add(queue_t *q, const char *id, uint64_t due_ms)
+void queue_sched_add(queue_t *q, const char *id, uint64_t due_ms, zmq_msg_t *body)
 {
+    if (body)
+        fresh_keep(q->sched, id, body);
     heap_push(q->sched, due_ms, id);
     sched_arm(q);
 }
@@ -238,7 +302,7 @@ static job_ctx_t *job_new(queue_t *q, const char *id, const char *domain, const 
 }
 
 /* Send one job (recipients idx[0..n) of rec); 0 when a router took it. */
-static int send_job(queue_t *q, const PB(QueueRecord) * rec, const store_val_t *body,
+static int send_job(queue_t *q, const PB(QueueRecord) * rec, zmq_msg_t *body,
                     const uint32_t *idx, size_t n, const char *domain)
 {
     queue_sched_t *s = q->sched;
@@ -283,9 +347,8 @@ static int send_job(queue_t *q, const PB(QueueRecord) * rec, const store_val_t *
     for (size_t tries = 0; tries < q->nrouters && rc < 0; tries++) {
         ctx->router = pick_router(q);
         zmq_msg_t payload;
-        zmq_msg_init_size(&payload, body->len);
-        if (body->len)
-            memcpy(zmq_msg_data(&payload), body->data, body->len);
+        zmq_msg_init(&payload);
+        zmq_msg_copy(&payload, body);
         rc = bus_client_request(q->routers[ctx->router], &env, &payload, q->conf.job_timeout,
                                 on_job_result, ctx, &ctx->request_id);
     }
@@ -322,14 +385,26 @@ static int dispatch_message(queue_t *q, store_txn_t *txn, const char *id, uint64
                             uint64_t *due_out)
 {
     *due_out = 0;
+    fresh_body_t *fresh = fresh_take(q->sched, id);
     PB(QueueRecord) *rec = queue_store_get(q, txn, id);
     if (rec == NULL || rec->done_at_ms || rec->held) {
         queue_record_free(&rec); /* a held message comes back when released */
+        fresh_free(fresh);
         return 0;
     }
-    store_val_t body;
-    if (store_get(txn, q->db_body, id, strlen(id), &body) != STORE_OK) {
+    /* the body goes out as one frame: the kept one, or else a copy out of
+     * the store (its pages are only valid while this transaction lasts),
+     * made when the first job goes */
+    zmq_msg_t body;
+    zmq_msg_init(&body);
+    store_val_t stored = {0};
+    int have_body = fresh != NULL;
+    if (fresh) {
+        zmq_msg_move(&body, &fresh->body);
+        fresh_free(fresh);
+    } else if (store_get(txn, q->db_body, id, strlen(id), &stored) != STORE_OK) {
         log_error("event=body_missing msg=%s", id);
+        zmq_msg_close(&body);
         queue_record_free(&rec);
         return 0;
     }
@@ -376,6 +451,13 @@ static int dispatch_message(queue_t *q, store_txn_t *txn, const char *id, uint64
                 taken[j] = 1;
             }
         }
+        if (!have_body) {
+            zmq_msg_close(&body);
+            zmq_msg_init_size(&body, stored.len);
+            if (stored.len)
+                memcpy(zmq_msg_data(&body), stored.data, stored.len);
+            have_body = 1;
+        }
         if (send_job(q, rec, &body, idx, k, dom) < 0) {
             failed = 1;
             break;
@@ -401,6 +483,7 @@ static int dispatch_message(queue_t *q, store_txn_t *txn, const char *id, uint64
     free(idx);
     free(supp);
     free(taken);
+    zmq_msg_close(&body);
     queue_record_free(&rec);
     return failed && jobs == 0 ? -1 : jobs;
 }
@@ -613,6 +696,7 @@ int queue_sched_init(queue_t *q)
 {
     queue_sched_t *s = xcalloc(1, sizeof(*s));
     q->sched = s;
+    s->fresh_tail = &s->fresh;
     s->inflight_buckets = 4096;
     s->inflight = xcalloc(s->inflight_buckets, sizeof(*s->inflight));
     loop_timer_init(&s->tick, sched_tick, q);
@@ -658,6 +742,8 @@ void queue_sched_fini(queue_t *q)
             f = next;
         }
     }
+    while (s->fresh)
+        fresh_free(fresh_unlink(s, &s->fresh));
     free(s->inflight);
     free(s->heap);
     free(s);

@@ -369,3 +369,74 @@ def test_held_outcomes_ride_with_the_next_message_and_are_written_at_a_stop(make
     assert r.ctl("queue", "show", second)["state"] == "done"
     time.sleep(2)  # a message recovered as active would go out again by now
     assert len(r.maildir_files()) == 2
+
+
+
+class GateHandler(socketserver.StreamRequestHandler):
+    """A destination that keeps every message it takes, answering the first
+    one's final dot only once the gate opens."""
+    gate = threading.Event()
+    bodies = []
+
+    def reply(self, line):
+        self.wfile.write(line.encode() + b"\r\n")
+
+    def handle(self):
+        self.reply("220 gate.test ESMTP")
+        while True:
+            line = self.rfile.readline()
+            if not line:
+                return
+            up = line.decode(errors="replace").strip().upper()
+            if up == "DATA":
+                self.reply("354 go")
+                lines = []
+                while True:
+                    ln = self.rfile.readline()
+                    if ln in (b".\r\n", b""):
+                        break
+                    lines.append(ln[1:] if ln.startswith(b"..") else ln)
+                GateHandler.gate.wait(60)
+                GateHandler.bodies.append(b"".join(lines))
+                self.reply("250 2.0.0 kept")
+            elif up == "QUIT":
+                self.reply("221 2.0.0 bye")
+                return
+            else:
+                self.reply("250 ok")
+
+
+def test_bodies_arrive_whole_when_dispatch_falls_behind(make_relay):
+    """Queue keeps a new message's body from its commit for the message's
+    first job, for up to 256 messages; older ones are read back from the
+    store. With one job out at a time and the destination holding it, 300
+    messages wait, so both happen: every body arrives intact, once."""
+    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), GateHandler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        r = make_relay(config_edit=chain(queue_conf(max_inflight="1"),
+                                         route_to(srv.server_address[1])))
+        r.start()
+        bodies = {}
+        with smtplib.SMTP("127.0.0.1", r.legacy, timeout=30) as s:
+            for i in range(300):
+                token = "kept-%03d" % i
+                line = "%s line %%d of a body that differs per message\r\n" % token
+                text = "".join(line % n for n in range(3 if i % 3 else 3 + i * 7))
+                body = "X-Token: %s\r\nSubject: %s\r\n\r\n%s" % (token, token, text)
+                assert s.sendmail("app@example.test", ["kept@example.org"], body) == {}
+                bodies[token] = body.encode()
+        assert len(GateHandler.bodies) == 0  # the first is still held at its dot
+        GateHandler.gate.set()
+        wait_for(lambda: len(GateHandler.bodies) >= 300, timeout=120, what="300 deliveries")
+        got = {}
+        for data in GateHandler.bodies:
+            token = re.search(rb"X-Token: (kept-\d+)", data).group(1).decode()
+            assert token not in got, "%s delivered twice" % token
+            got[token] = data[data.index(b"X-Token: "):]
+        assert set(got) == set(bodies)
+        for token, body in bodies.items():
+            assert got[token] == body, token
+    finally:
+        srv.shutdown()
