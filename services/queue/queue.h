@@ -291,7 +291,8 @@ void queue_sched_result_done(queue_t *q, result_t *r, int written, uint64_t now)
 
 int queue_sched_init(queue_t *q);
 void queue_sched_fini(queue_t *q);
-/* A message (now stored) has recipients due at due_ms (wall clock). */
+/* A message (now stored) has recipients due at due_ms (wall clock). body, when
+ * given, is the whole body in one frame: a reference is kept for the first job. */
 void queue_sched_add(queue_t *q, const char *id, uint64_t due_ms, zmq_msg_t *body);
 size_t queue_sched_size(const queue_t *q);
 size_t queue_sched_inflight(const queue_t *q);

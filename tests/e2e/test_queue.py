@@ -411,6 +411,8 @@ def test_bodies_arrive_whole_when_dispatch_falls_behind(make_relay):
     first job, for up to 256 messages; older ones are read back from the
     store. With one job out at a time and the destination holding it, 300
     messages wait, so both happen: every body arrives intact, once."""
+    GateHandler.gate.clear()
+    GateHandler.bodies = []
     srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), GateHandler)
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, daemon=True).start()
