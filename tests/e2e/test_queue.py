@@ -8,12 +8,12 @@ import re
 import signal
 import smtplib
 import socket
-import socketserver
 import threading
 import time
 
 import pytest
 
+from fakemx import FakeMx
 from harness import wait_for
 
 
@@ -168,66 +168,28 @@ def test_notify_never_sends_no_report_and_success_does(make_relay):
     assert not [e for e in events(r, never) if e["type"] == "dsn_queued"]
 
 
-class GreylistHandler(socketserver.StreamRequestHandler):
-    """A destination that greylists each new recipient once, naming a wait."""
-    seen = set()
-    tries = []
-
-    def reply(self, line):
-        self.wfile.write(line.encode() + b"\r\n")
-
-    def handle(self):
-        self.reply("220 grey.test ESMTP")
-        rcpt_ok = False
-        while True:
-            line = self.rfile.readline()
-            if not line:
-                return
-            cmd = line.decode(errors="replace").strip()
-            up = cmd.upper()
-            if up.startswith("EHLO") or up.startswith("HELO"):
-                self.reply("250 grey.test")
-            elif up.startswith("MAIL"):
-                self.reply("250 2.1.0 ok")
-            elif up.startswith("RCPT"):
-                addr = cmd[8:].strip("<> ")
-                GreylistHandler.tries.append((addr, time.time()))
-                if addr in GreylistHandler.seen:
-                    rcpt_ok = True
-                    self.reply("250 2.1.5 ok")
-                else:
-                    GreylistHandler.seen.add(addr)
-                    self.reply("451 4.7.1 Greylisted, please try again in 3 seconds")
-            elif up == "DATA":
-                if not rcpt_ok:
-                    self.reply("554 5.5.1 no recipients")
-                    continue
-                self.reply("354 go")
-                while self.rfile.readline() not in (b".\r\n", b""):
-                    pass
-                self.reply("250 2.0.0 stored")
-            elif up == "QUIT":
-                self.reply("221 2.0.0 bye")
-                return
-            else:
-                self.reply("250 2.0.0 ok")
-
-
 def test_greylisting_retried_at_the_asked_interval(make_relay):
-    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), GreylistHandler)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    seen = set()
+
+    def greylist(ip, rcpt):
+        """each new recipient is greylisted once, the reply naming a wait"""
+        if rcpt in seen:
+            return None
+        seen.add(rcpt)
+        return (451, "4.7.1 Greylisted, please try again in 3 seconds")
+
+    mx = FakeMx(greylist)
     try:
         # the normal backoff would wait a minute: the reply asks for 3 s
-        r = make_relay(retry_base="60s", config_edit=route_to(srv.server_address[1]))
+        r = make_relay(retry_base="60s", config_edit=route_to(mx.port))
         r.start()
         mid = send_legacy(r, ["grey@example.org"])
         wait_event(r, mid, "delivered", timeout=30)
-        tries = [t for a, t in GreylistHandler.tries if a == "grey@example.org"]
+        tries = [t for _, a, t, _ in mx.rcpts if a == "grey@example.org"]
         assert len(tries) == 2
         assert 2.5 <= tries[1] - tries[0] <= 10, tries
     finally:
-        srv.shutdown()
+        mx.close()
 
 
 def test_failing_domain_is_held_and_reported(make_relay):
@@ -372,53 +334,15 @@ def test_held_outcomes_ride_with_the_next_message_and_are_written_at_a_stop(make
 
 
 
-class GateHandler(socketserver.StreamRequestHandler):
-    """A destination that keeps every message it takes, answering the first
-    one's final dot only once the gate opens."""
-    gate = threading.Event()
-    bodies = []
-
-    def reply(self, line):
-        self.wfile.write(line.encode() + b"\r\n")
-
-    def handle(self):
-        self.reply("220 gate.test ESMTP")
-        while True:
-            line = self.rfile.readline()
-            if not line:
-                return
-            up = line.decode(errors="replace").strip().upper()
-            if up == "DATA":
-                self.reply("354 go")
-                lines = []
-                while True:
-                    ln = self.rfile.readline()
-                    if ln in (b".\r\n", b""):
-                        break
-                    lines.append(ln[1:] if ln.startswith(b"..") else ln)
-                GateHandler.gate.wait(60)
-                GateHandler.bodies.append(b"".join(lines))
-                self.reply("250 2.0.0 kept")
-            elif up == "QUIT":
-                self.reply("221 2.0.0 bye")
-                return
-            else:
-                self.reply("250 ok")
-
-
 def test_bodies_arrive_whole_when_dispatch_falls_behind(make_relay):
     """Queue keeps a new message's body from its commit for the message's
     first job, for up to 256 messages; older ones are read back from the
     store. With one job out at a time and the destination holding it, 300
     messages wait, so both happen: every body arrives intact, once."""
-    GateHandler.gate.clear()
-    GateHandler.bodies = []
-    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), GateHandler)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    gate = threading.Event()
+    mx = FakeMx(data_gate=gate)
     try:
-        r = make_relay(config_edit=chain(queue_conf(max_inflight="1"),
-                                         route_to(srv.server_address[1])))
+        r = make_relay(config_edit=chain(queue_conf(max_inflight="1"), route_to(mx.port)))
         r.start()
         bodies = {}
         with smtplib.SMTP("127.0.0.1", r.legacy, timeout=30) as s:
@@ -429,11 +353,11 @@ def test_bodies_arrive_whole_when_dispatch_falls_behind(make_relay):
                 body = "X-Token: %s\r\nSubject: %s\r\n\r\n%s" % (token, token, text)
                 assert s.sendmail("app@example.test", ["kept@example.org"], body) == {}
                 bodies[token] = body.encode()
-        assert len(GateHandler.bodies) == 0  # the first is still held at its dot
-        GateHandler.gate.set()
-        wait_for(lambda: len(GateHandler.bodies) >= 300, timeout=120, what="300 deliveries")
+        assert mx.bodies == []  # the first is still held at its dot
+        gate.set()
+        wait_for(lambda: len(mx.bodies) >= 300, timeout=120, what="300 deliveries")
         got = {}
-        for data in GateHandler.bodies:
+        for data in mx.bodies:
             token = re.search(rb"X-Token: (kept-\d+)", data).group(1).decode()
             assert token not in got, "%s delivered twice" % token
             got[token] = data[data.index(b"X-Token: "):]
@@ -441,4 +365,4 @@ def test_bodies_arrive_whole_when_dispatch_falls_behind(make_relay):
         for token, body in bodies.items():
             assert got[token] == body, token
     finally:
-        srv.shutdown()
+        mx.close()
