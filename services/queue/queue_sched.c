@@ -34,6 +34,7 @@
 
 typedef struct sched_entry {
     uint64_t due;
+    int kept; /* its body may be in the fresh list: only these look there */
     char id[ID_BUF_SIZE];
 } sched_entry_t;
 
@@ -75,7 +76,7 @@ static void heap_swap(sched_entry_t *a, sched_entry_t *b)
     *b = t;
 }
 
-static void heap_push(queue_sched_t *s, uint64_t due, const char *id)
+static void heap_push(queue_sched_t *s, uint64_t due, const char *id, int kept)
 {
     if (s->len == s->cap) {
         s->cap = s->cap ? s->cap * 2 : 1024;
@@ -83,6 +84,7 @@ static void heap_push(queue_sched_t *s, uint64_t due, const char *id)
     }
     size_t i = s->len++;
     s->heap[i].due = due;
+    s->heap[i].kept = kept;
     sx_strlcpy(s->heap[i].id, id, sizeof(s->heap[i].id));
     while (i > 0 && s->heap[(i - 1) / 2].due > s->heap[i].due) {
         heap_swap(&s->heap[(i - 1) / 2], &s->heap[i]);
@@ -186,11 +188,12 @@ static void fresh_free(fresh_body_t *f)
     }
 }
 
-static void fresh_keep(queue_sched_t *s, const char *id, zmq_msg_t *body)
+/* 1 when the body is kept */
+static int fresh_keep(queue_sched_t *s, const char *id, zmq_msg_t *body)
 {
     size_t n = zmq_msg_size(body);
     if (n > FRESH_MAX_BYTES)
-        return;
+        return 0;
     while (s->fresh && (s->fresh_count >= FRESH_MAX || s->fresh_bytes + n > FRESH_MAX_BYTES))
         fresh_free(fresh_unlink(s, &s->fresh));
     fresh_body_t *f = xcalloc(1, sizeof(*f));
@@ -201,6 +204,7 @@ static void fresh_keep(queue_sched_t *s, const char *id, zmq_msg_t *body)
     s->fresh_tail = &f->next;
     s->fresh_count++;
     s->fresh_bytes += n;
+    return 1;
 }
 
 /* The kept body of id, taken out of the list; NULL when none is kept. */
@@ -230,9 +234,7 @@ static void sched_arm(queue_t *q)
 
 void queue_sched_add(queue_t *q, const char *id, uint64_t due_ms, zmq_msg_t *body)
 {
-    if (body)
-        fresh_keep(q->sched, id, body);
-    heap_push(q->sched, due_ms, id);
+    heap_push(q->sched, due_ms, id, body && fresh_keep(q->sched, id, body));
     sched_arm(q);
 }
 
@@ -381,11 +383,11 @@ static void suppress_local(queue_t *q, const char *id, const uint32_t *idx, size
  * (due_out gets when to look again, 0 for never), -1 when no router would
  * take a job (the caller re-queues the message).
  */
-static int dispatch_message(queue_t *q, store_txn_t *txn, const char *id, uint64_t now,
+static int dispatch_message(queue_t *q, store_txn_t *txn, const char *id, int kept, uint64_t now,
                             uint64_t *due_out)
 {
     *due_out = 0;
-    fresh_body_t *fresh = fresh_take(q->sched, id);
+    fresh_body_t *fresh = kept ? fresh_take(q->sched, id) : NULL;
     PB(QueueRecord) *rec = queue_store_get(q, txn, id);
     if (rec == NULL || rec->done_at_ms || rec->held) {
         queue_record_free(&rec); /* a held message comes back when released */
@@ -502,19 +504,19 @@ static void sched_tick(loop_t *loop, void *arg)
         if (inflight_get(s, e.id))
             continue; /* rescheduled when its results arrive */
         if (txn == NULL && (txn = store_begin(q->store, 0)) == NULL) {
-            heap_push(s, e.due, e.id);
+            heap_push(s, e.due, e.id, e.kept);
             break;
         }
         uint64_t due;
-        int rc = dispatch_message(q, txn, e.id, now, &due);
+        int rc = dispatch_message(q, txn, e.id, e.kept, now, &due);
         if (rc < 0) {
             log_warn("event=router_unavailable msg=%s retry_in_ms=%d", e.id,
                      SCHED_ROUTER_WAIT_MS);
-            heap_push(s, now + SCHED_ROUTER_WAIT_MS, e.id);
+            heap_push(s, now + SCHED_ROUTER_WAIT_MS, e.id, 0);
             break;
         }
         if (rc == 0 && due)
-            heap_push(s, due > now ? due : now + 1, e.id);
+            heap_push(s, due > now ? due : now + 1, e.id, 0);
         sent++;
     }
     store_abort(&txn);
@@ -629,13 +631,13 @@ void queue_sched_result_done(queue_t *q, result_t *r, int written, uint64_t now)
     if (!written) {
         /* nothing was recorded: try the message again soon */
         if (last)
-            heap_push(s, now + SCHED_ROUTER_WAIT_MS, r->job->id);
+            heap_push(s, now + SCHED_ROUTER_WAIT_MS, r->job->id, 0);
         sched_arm(q);
         return;
     }
     if (r->dsn) {
         queue_index_put(q, r->dsn);
-        heap_push(s, now, r->dsn->envelope->message_id);
+        heap_push(s, now, r->dsn->envelope->message_id, 0);
     }
     if (r->rec) {
         queue_index_put(q, r->rec);
@@ -645,7 +647,7 @@ void queue_sched_result_done(queue_t *q, result_t *r, int written, uint64_t now)
         } else if (last && !r->rec->held) {
             uint64_t due = queue_record_next_due(r->rec);
             if (due)
-                heap_push(s, due, r->job->id);
+                heap_push(s, due, r->job->id, 0);
         }
     }
     sched_arm(q);
@@ -685,7 +687,7 @@ static int rebuild_one(const store_val_t *key, const store_val_t *val, void *arg
         if (rec->held)
             rb->held++;
         else
-            heap_push(rb->q->sched, queue_record_next_due(rec), id);
+            heap_push(rb->q->sched, queue_record_next_due(rec), id, 0);
         rb->active++;
     }
     queue_record_free(&rec);
