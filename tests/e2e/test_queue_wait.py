@@ -8,13 +8,12 @@ import threading
 import time
 
 from harness import wait_for
+from test_queue import section_conf
 from test_queue_scale import delivered
 
 
 def queue_wait(seconds):
-    def edit(text):
-        return text.replace("ingress = {\n", 'ingress = {\n  queue_wait = "%ds";\n' % seconds, 1)
-    return edit
+    return section_conf("ingress", queue_wait='"%ds"' % seconds)
 
 
 def send(r, token):
