@@ -7,6 +7,7 @@
 #include "core/log.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 #include <stdarg.h>
@@ -16,7 +17,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define CONN_READ_CHUNK 16384
+#define CONN_READ_CHUNK  16384
+#define CONN_READ_DIRECT 4096 /* room in the input buffer worth reading into */
 #define CONN_OUT_LIMIT  (8u << 20) /* a peer that never reads cannot grow us past this */
 
 typedef enum { TLS_NONE, TLS_PENDING, TLS_HANDSHAKE, TLS_UP } conn_tls_state_t;
@@ -220,17 +222,29 @@ static int arm_read(const conn_t *c)
     return want_read(c);
 }
 
-/* Read what is available. 1: got bytes; 0: nothing; -1: closed (reported). */
+/*
+ * Read what is available. 1: got bytes; 0: nothing; -1: closed (reported).
+ * Bytes go straight into the input buffer when it has CONN_READ_DIRECT of
+ * room, which it has once a large message has grown it: the text of a big
+ * message is then not copied on its way in. A buffer with less room reads
+ * into a shared chunk first, so an idle connection's buffer stays small.
+ */
 static int conn_read(conn_t *c)
 {
     static char chunk[CONN_READ_CHUNK];
     int got = 0;
     while (want_read(c)) {
+        size_t room = buf_room(&c->in);
+        int direct = room >= CONN_READ_DIRECT;
+        char *dst = direct ? buf_tail(&c->in) : chunk;
+        size_t want = direct ? room : sizeof(chunk);
+        if (want > INT_MAX)
+            want = INT_MAX;
         ssize_t n;
         if (c->ssl) {
             c->read_wants_write = 0;
             ERR_clear_error();
-            int r = SSL_read(c->ssl, chunk, sizeof(chunk));
+            int r = SSL_read(c->ssl, dst, (int)want);
             if (r <= 0) {
                 int e = SSL_get_error(c->ssl, r);
                 if (e == SSL_ERROR_WANT_READ)
@@ -254,7 +268,7 @@ static int conn_read(conn_t *c)
             }
             n = r;
         } else {
-            n = read(c->fd, chunk, sizeof(chunk));
+            n = read(c->fd, dst, want);
             if (n <= 0 && !(n < 0 && (errno == EAGAIN || errno == EINTR))) {
                 int err = n == 0 ? 0 : errno;
                 if (got) {
@@ -266,10 +280,12 @@ static int conn_read(conn_t *c)
             if (n < 0)
                 break;
         }
-        if (buf_append(&c->in, chunk, (size_t)n) < 0)
+        if (direct)
+            buf_advance(&c->in, (size_t)n);
+        else if (buf_append(&c->in, chunk, (size_t)n) < 0)
             return report_close(c, ENOBUFS);
         got = 1;
-        if ((size_t)n < sizeof(chunk) && !c->ssl)
+        if ((size_t)n < want && !c->ssl)
             break; /* the socket is drained: skip the EAGAIN round trip */
     }
     return got;
