@@ -157,13 +157,22 @@ long data_reader_feed(data_reader_t *r, const char *p, size_t n, buf_t *out)
             r->state = DR_IN_LINE;
             continue;
         case DR_IN_LINE: {
-            /* the run up to the next CR or LF */
+            /* the run up to the next CR or LF; a CRLF followed by anything
+             * but a dot (most line ends) goes on to the next line's run here,
+             * without a turn of the state machine per step */
             size_t j = line_run(p, i, n, &r->eightbit);
+            while (j + 2 < n && p[j] == '\r' && p[j + 1] == '\n' && p[j + 2] != '.') {
+                count_line(r, j - i);
+                r->line_len = 0;
+                i = j + 2;
+                j = line_run(p, i, n, &r->eightbit);
+            }
             if (j > i) {
                 count_line(r, j - i);
                 i = j;
                 continue;
             }
+            c = (unsigned char)p[i]; /* i < n: the loop above leaves a byte after it */
             if (c == '\r') {
                 r->state = DR_CR;
             } else {
