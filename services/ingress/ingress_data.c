@@ -35,6 +35,11 @@
  * reconnects after 100 ms, then backs off to 2 s) */
 #define QUEUE_RETRY_MS 100
 
+/* a text smaller than this grows its buffer in a few steps: nothing reserved */
+#define BODY_RESERVE_MIN 16384
+/* room for the Received: header that goes first */
+#define RECEIVED_MAX 1024
+
 static void send_commit(session_t *s);
 
 bus_client_t *ingress_pick_queue(ingress_t *ing, bus_client_t *not_this)
@@ -92,9 +97,26 @@ static void received_header(session_t *s)
     buf_printf(&s->body, "; %s\r\n", date);
 }
 
+/*
+ * Room for the whole text before it arrives, when its size can be guessed
+ * (the SIZE= of MAIL, else the session's last message): a buffer grown by
+ * doubling copies a large message about once more on its way in. At most a
+ * chunk, which is as much as the buffer ever holds; untouched room costs no
+ * memory until written.
+ */
+static void body_reserve(session_t *s)
+{
+    uint64_t want = s->declared_size ? s->declared_size : s->last_text_size;
+    if (want > s->ing->conf.chunk_size)
+        want = s->ing->conf.chunk_size;
+    if (want > BODY_RESERVE_MIN)
+        buf_reserve(&s->body, (size_t)want + RECEIVED_MAX);
+}
+
 static void text_begin(session_t *s)
 {
     buf_reset(&s->body);
+    body_reserve(s);
     buf_reset(&s->header);
     buf_reset(&s->scan_copy);
     s->header_done = 0;
@@ -118,8 +140,17 @@ static void text_appended(session_t *s, const char *p, size_t n)
     if (n == 0)
         return;
     if (!s->header_done) {
-        size_t from = buf_used(&s->header) > 3 ? buf_used(&s->header) - 3 : 0;
-        buf_append(&s->header, p, n);
+        size_t had = buf_used(&s->header);
+        size_t from = had > 3 ? had - 3 : 0;
+        /* copy up to the first blank line in what came (the block ends there
+         * or sooner), and no further than a block can go: a large message
+         * arrives in one piece, and its text is not the header's */
+        const char *blank = memmem(p, n, "\r\n\r\n", 4);
+        size_t take = blank ? (size_t)(blank - p) + 4 : n;
+        size_t most = s->ing->conf.max_header_size + 4;
+        if (take > most - had)
+            take = most - had;
+        buf_append(&s->header, p, take);
         long end = header_block_end(buf_head(&s->header) + from, buf_used(&s->header) - from);
         if (end >= 0 && from + (size_t)end <= s->ing->conf.max_header_size + 2) {
             s->header_done = 1;
@@ -571,6 +602,7 @@ static void on_scan(const scan_verdict_t *v, void *arg)
 /* The whole text has arrived: refuse it, have it scanned, or commit it. */
 static void text_end(session_t *s)
 {
+    s->last_text_size = s->body_total;
     if (s->data_error != DERR_NONE && s->data_error != DERR_QUEUE &&
         s->data_error != DERR_STORAGE) {
         reply_data_error(s, s->data_error);

@@ -80,6 +80,40 @@ def test_header_block_size_limit(relay):
         assert code == 250
 
 
+def send_split(s, frm, text, at):
+    """DATA with the text in two writes, split at `at`, a pause between them."""
+    s.mail(frm)
+    s.rcpt("someone@example.org")
+    code, _ = s.docmd("DATA")
+    assert code == 354
+    s.sock.sendall(text[:at])
+    time.sleep(0.05)
+    s.sock.sendall(text[at:] + b".\r\n")
+    return s.getreply()
+
+
+def test_header_block_found_however_the_text_arrives(relay):
+    # a large body after the header arrives in one read; the header block's
+    # end may also be split between reads, anywhere in its blank line
+    body = b"".join(b"%05d %s\r\n" % (i, b"b" * 70) for i in range(3000)) + b"\r\n\r\nend\r\n"
+    for frm, want in ((b"Boss <boss@elsewhere.example>", 553), (b"app@example.test", 250)):
+        head = b"From: " + frm + b"\r\nSubject: split\r\n"
+        with login(relay) as s:
+            for at in range(len(head) - 1, len(head) + 3):
+                code, _ = send_split(s, "app@example.test", head + b"\r\n" + body, at)
+                assert code == want, (frm, at)
+    # the limit holds to the octet, with the body in the same read as the header:
+    # 4K of header lines, then the blank line
+    for pad, want in ((0, 250), (1, 552)):
+        head = b"From: app@example.test\r\n" + (b"X-Filler: " + b"a" * 88 + b"\r\n") * 40
+        last = 4096 + pad - len(head)
+        head += b"X-Last: " + b"z" * (last - 10) + b"\r\n"
+        assert len(head) == 4096 + pad
+        with login(relay) as s:
+            code, _ = send_split(s, "app@example.test", head + b"\r\n" + body, 0)
+            assert code == want, pad
+
+
 def test_connections_per_ip(relay):
     socks = []
     try:
