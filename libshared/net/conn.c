@@ -19,6 +19,7 @@
 
 #define CONN_READ_CHUNK  16384
 #define CONN_READ_DIRECT 4096 /* room in the input buffer worth reading into */
+#define CONN_WRITE_DIRECT 8192 /* a write worth sending from the caller's memory */
 #define CONN_OUT_LIMIT  (8u << 20) /* a peer that never reads cannot grow us past this */
 
 typedef enum { TLS_NONE, TLS_PENDING, TLS_HANDSHAKE, TLS_UP } conn_tls_state_t;
@@ -357,6 +358,36 @@ int conn_write(conn_t *c, const void *p, size_t n)
     }
     if (!c->busy && !loop_timer_active(&c->flush))
         loop_timer_start(c->loop, &c->flush, 0);
+    return 0;
+}
+
+int conn_writev(conn_t *c, const struct iovec *iov, int cnt)
+{
+    if (c->closed)
+        return -1;
+    size_t total = 0;
+    for (int i = 0; i < cnt; i++)
+        total += iov[i].iov_len;
+    size_t sent = 0;
+    if (c->ssl == NULL && c->tls == TLS_NONE && !c->connecting && buf_used(&c->out) == 0 &&
+        total >= CONN_WRITE_DIRECT) {
+        struct msghdr mh = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)cnt};
+        ssize_t n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+        if (n > 0)
+            sent = (size_t)n;
+        /* a full socket or an error: the rest goes through the buffer,
+         * whose flush waits for room or reports the error */
+    }
+    for (int i = 0; i < cnt; i++) {
+        size_t len = iov[i].iov_len;
+        if (sent >= len) {
+            sent -= len;
+            continue;
+        }
+        if (conn_write(c, (const char *)iov[i].iov_base + sent, len - sent) < 0)
+            return -1;
+        sent = 0;
+    }
     return 0;
 }
 

@@ -23,6 +23,7 @@
 
 #include <openssl/ssl.h>
 #include <stddef.h>
+#include <sys/uio.h>
 
 typedef struct conn conn_t;
 
@@ -44,6 +45,13 @@ int conn_fd(const conn_t *c);
 size_t conn_out_pending(const conn_t *c);
 
 int conn_write(conn_t *c, const void *p, size_t n);
+/*
+ * conn_write of several pieces. On a plain connection with nothing queued,
+ * a large write is sent at once from the caller's memory, so a message body
+ * is not copied into the output buffer on its way out; what the socket does
+ * not take now is copied there as by conn_write.
+ */
+int conn_writev(conn_t *c, const struct iovec *iov, int cnt);
 int conn_printf(conn_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Stop (1) or resume (0) reading from the peer; input already read stays. */

@@ -720,41 +720,57 @@ static size_t next_dot_line(const char *body, size_t from, size_t end)
     return end;
 }
 
-/*
- * Body bytes up to end, dot-stuffed on the way out (RFC 5321 4.5.2): the
- * spans between line-starting dots go straight from the body, each such dot
- * followed by one more, so the body is never copied whole.
- */
-static int write_stuffed(session_t *s, size_t end)
-{
-    const char *body = s->txn->body;
-    while (s->body_at < end) {
-        size_t dot = next_dot_line(body, s->body_at, end);
-        size_t stop = dot < end ? dot + 1 : end;
-        if (out_write(s, body + s->body_at, stop - s->body_at) < 0)
-            return -1;
-        if (dot < end && out_write(s, ".", 1) < 0)
-            return -1;
-        s->body_at = stop;
-    }
-    return 0;
-}
-
-/* CRLF "." CRLF, without the CRLF when the body already ends with one (or is empty). */
-static int write_data_end(session_t *s)
+/* The end of data: CRLF "." CRLF, without the CRLF when the body already
+ * ends with one (or is empty). */
+static const char *data_end(const session_t *s)
 {
     const char *body = s->txn->body;
     size_t len = s->txn->body_len;
     int ends_crlf = len >= 2 && body[len - 2] == '\r' && body[len - 1] == '\n';
-    if (len == 0 || ends_crlf)
-        return out_write(s, ".\r\n", 3);
-    return out_write(s, "\r\n.\r\n", 5);
+    return len == 0 || ends_crlf ? ".\r\n" : "\r\n.\r\n";
+}
+
+/*
+ * Body bytes up to end, dot-stuffed on the way out (RFC 5321 4.5.2), and the
+ * end of data after the body's last byte: the spans between line-starting
+ * dots go straight from the body, each such dot followed by one more, a
+ * batch of pieces per write. The body is never copied whole, and on a plain
+ * connection with room not at all (conn_writev).
+ */
+static int write_stuffed(session_t *s, size_t end)
+{
+    const char *body = s->txn->body;
+    int last = end == s->txn->body_len;
+    struct iovec v[SESSION_BODY_IOV];
+    int k = 0;
+    for (;;) {
+        if (s->body_at < end) {
+            size_t dot = next_dot_line(body, s->body_at, end);
+            size_t stop = dot < end ? dot + 1 : end;
+            v[k++] = (struct iovec){.iov_base = (void *)(body + s->body_at),
+                                    .iov_len = stop - s->body_at};
+            if (dot < end)
+                v[k++] = (struct iovec){.iov_base = (void *)".", .iov_len = 1};
+            s->body_at = stop;
+            if (s->body_at < end && k + 3 <= SESSION_BODY_IOV)
+                continue; /* room for a span, its dot and the end of data */
+        }
+        if (s->body_at == end && last) {
+            const char *e = data_end(s);
+            v[k++] = (struct iovec){.iov_base = (void *)e, .iov_len = strlen(e)};
+        }
+        if (s->conn == NULL || conn_writev(s->conn, v, k) < 0)
+            return -1;
+        k = 0;
+        if (s->body_at == end)
+            return 0;
+    }
 }
 
 static void pump_body(session_t *s)
 {
     size_t len = s->txn->body_len;
-    while (s->body_at < len && conn_out_pending(s->conn) < SESSION_BODY_HIGH) {
+    while (conn_out_pending(s->conn) < SESSION_BODY_HIGH) {
         size_t end = len - s->body_at > SESSION_BODY_CHUNK ? s->body_at + SESSION_BODY_CHUNK : len;
         if (write_stuffed(s, end) < 0) {
             fail_lost(s, "cannot write to");
@@ -762,16 +778,12 @@ static void pump_body(session_t *s)
         }
         if (s->state != ST_BODY || s->conn == NULL)
             return; /* the write found the connection closed */
+        if (end == len) {
+            enter_state(s, ST_DOT);
+            return;
+        }
     }
-    if (s->body_at < len) {
-        loop_timer_start(s->loop, &s->pump, SESSION_PUMP_MS);
-        return;
-    }
-    if (write_data_end(s) < 0) {
-        fail_lost(s, "cannot write to");
-        return;
-    }
-    enter_state(s, ST_DOT);
+    loop_timer_start(s->loop, &s->pump, SESSION_PUMP_MS);
 }
 
 static void on_final_reply(session_t *s)

@@ -24,6 +24,7 @@
 #define SESSION_QUIT_MS    5000         /* how long QUIT waits for 221 */
 #define SESSION_BODY_CHUNK (256u << 10) /* body bytes handed to the connection at once */
 #define SESSION_BODY_HIGH  (1u << 20)   /* no more body while this much is unsent */
+#define SESSION_BODY_IOV   64             /* pieces of stuffed body per write */
 #define SESSION_HOST_MAX   256
 
 typedef struct session session_t;
