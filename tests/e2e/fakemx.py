@@ -10,14 +10,18 @@ class FakeMx:
     a 421 closes the connection. Accepted messages land in self.messages as
     (peer_ip, rcpt list, time) and their text, dot-unstuffed, in self.bodies.
     data_delay holds each reply to the final dot that many seconds; data_gate
-    (a threading.Event) holds it until the gate is set."""
+    (a threading.Event) holds it until the gate is set; read_pause waits that
+    long after the 354 before reading the text, so the sender's socket fills.
+    Lines that are no command it knows are kept in self.unknown."""
 
-    def __init__(self, rcpt_policy=None, data_delay=0.0, data_gate=None):
+    def __init__(self, rcpt_policy=None, data_delay=0.0, data_gate=None, read_pause=0.0):
         self.rcpt_policy = rcpt_policy or (lambda ip, rcpt: None)
         self.data_delay = data_delay
         self.data_gate = data_gate
+        self.read_pause = read_pause
         self.messages = []
         self.bodies = []
+        self.unknown = []
         self.rcpts = []  # (peer_ip, rcpt, time, code) for every RCPT
         self.active = 0
         self.max_active = 0
@@ -80,6 +84,8 @@ class FakeMx:
                 with self.lock:
                     self.active += 1
                     self.max_active = max(self.max_active, self.active)
+                if self.read_pause:
+                    time.sleep(self.read_pause)
                 lines = []
                 while True:
                     l = rfile.readline()
@@ -104,6 +110,8 @@ class FakeMx:
                 say("221 2.0.0 bye")
                 return
             else:
+                with self.lock:
+                    self.unknown.append(cmd)
                 say("502 5.5.2 not implemented")
 
     def delivered_to(self, domain):

@@ -9,6 +9,7 @@ events ingest socket itself).
 import os
 import re
 import signal
+import smtplib
 import socket
 import struct
 import threading
@@ -19,7 +20,9 @@ import zmq
 
 from buslib import Bus, BusTimeout, msg, pong_stats, wait_ping
 from dnsserver import DnsServer
+from fakemx import FakeMx
 from harness import wait_for
+from test_queue import route_to
 
 BODY = (b"From: Sender <a@example.test>\r\n"
         b"To: b@example.org\r\n"
@@ -193,6 +196,51 @@ def test_body_without_final_crlf_and_leading_dots(stack):
     assert len(data) == 1
     # the client ends the last line with CRLF; every dot arrives as sent
     assert data[0].endswith(b"\r\n" + body + b"\r\n")
+
+
+def dotted_body(lines, every=3):
+    """A body where, of every `every` lines, one starts with a dot and one with two."""
+    out = [b"Subject: big\r\n\r\n"]
+    for i in range(lines):
+        lead = b"." if i % every == 0 else b".." if i % every == 1 else b""
+        out.append(lead + b"%06d " % i + b"z" * 80 + b"\r\n")
+    return b"".join(out)
+
+
+def test_large_body_with_many_dot_lines(stack):
+    # past one write's batch of pieces (each line-starting dot is stuffed on
+    # the way) and past one chunk of the body (256 KiB), over TLS
+    s = stack()
+    body = dotted_body(7000)
+    assert len(body) > 600 * 1024
+    res = s.deliver(["big@example.org"], body=body)
+    assert outcomes(res)[0].outcome == DELIVERED, res
+    data = stored(s.r, "big@example.org")
+    assert len(data) == 1
+    assert data[0].endswith(b"\r\n" + body)
+
+
+def test_large_bodies_to_a_plain_destination(make_relay):
+    # over plain SMTP a body goes from delivery's memory to the socket; what
+    # the socket does not take at once (the destination waits before reading)
+    # follows through the output buffer
+    mx = FakeMx(read_pause=0.3)
+    try:
+        r = make_relay(config_edit=route_to(mx.port))
+        r.start()
+        # mostly plain text goes from memory; dense dots make small pieces, copied
+        bodies = [dotted_body(30000, 500), dotted_body(150), dotted_body(45000, 2000),
+                  dotted_body(20000)]
+        with smtplib.SMTP("127.0.0.1", r.legacy, timeout=60) as c:
+            for body in bodies:
+                assert c.sendmail("app@example.test", ["big@example.org"], body) == {}
+        wait_for(lambda: len(mx.bodies) >= 4, timeout=60, what="four deliveries")
+        got = sorted(mx.bodies, key=len)
+        for want, data in zip(sorted(bodies, key=len), got):
+            assert data.endswith(b"\r\n" + want), len(want)
+        assert mx.unknown == []  # nothing but the messages and their commands
+    finally:
+        mx.close()
 
 
 def test_bounce_550(stack):
