@@ -389,16 +389,30 @@ int dkim_canon_header(const char *field, size_t len, buf_t *out)
     return 0;
 }
 
+static int stage_flush(dkim_body_t *b)
+{
+    int ok = b->staged == 0 || EVP_DigestUpdate(b->md, b->stage, b->staged) == 1;
+    b->staged = 0;
+    return ok ? 0 : -1;
+}
+
 static int body_emit(dkim_body_t *b, const char *p, size_t n)
 {
     b->length += n;
-    if (b->md)
+    if (b->md == NULL)
+        return buf_append(b->out, p, n);
+    if (b->staged + n > sizeof(b->stage) && stage_flush(b) < 0)
+        return -1;
+    if (n >= sizeof(b->stage))
         return EVP_DigestUpdate(b->md, p, n) == 1 ? 0 : -1;
-    return buf_append(b->out, p, n);
+    memcpy(b->stage + b->staged, p, n);
+    b->staged += n;
+    return 0;
 }
 
-/* One character that is neither WSP nor a line end. */
-static int body_char(dkim_body_t *b, char c)
+/* Characters that are neither WSP nor CR, after the line ends and the
+ * whitespace that wait for them. */
+static int body_text(dkim_body_t *b, const char *p, size_t n)
 {
     for (; b->crlf_pending > 0; b->crlf_pending--)
         if (body_emit(b, "\r\n", 2) < 0)
@@ -407,7 +421,7 @@ static int body_char(dkim_body_t *b, char c)
         return -1;
     b->wsp_pending = 0;
     b->any = 1;
-    return body_emit(b, &c, 1);
+    return body_emit(b, p, n);
 }
 
 int dkim_body_init(dkim_body_t *b)
@@ -430,7 +444,8 @@ void dkim_body_init_collect(dkim_body_t *b, buf_t *out)
 
 int dkim_body_update(dkim_body_t *b, const char *p, size_t len)
 {
-    for (size_t i = 0; i < len; i++) {
+    size_t i = 0;
+    while (i < len) {
         char c = p[i];
         if (b->cr_pending) {
             b->cr_pending = 0;
@@ -438,17 +453,26 @@ int dkim_body_update(dkim_body_t *b, const char *p, size_t len)
                 /* a line end: whitespace before it goes, the line end waits */
                 b->wsp_pending = 0;
                 b->crlf_pending++;
+                i++;
                 continue;
             }
-            if (body_char(b, '\r') < 0) /* a CR alone is an ordinary character */
+            if (body_text(b, "\r", 1) < 0) /* a CR alone is an ordinary character */
                 return -1;
         }
         if (c == '\r') {
             b->cr_pending = 1;
+            i++;
         } else if (is_wsp(c)) {
             b->wsp_pending = 1;
-        } else if (body_char(b, c) < 0) {
-            return -1;
+            i++;
+        } else {
+            /* a run of ordinary characters (a lone LF is one) goes in one piece */
+            size_t j = i + 1;
+            while (j < len && p[j] != '\r' && !is_wsp(p[j]))
+                j++;
+            if (body_text(b, p + i, j - i) < 0)
+                return -1;
+            i = j;
         }
     }
     return 0;
@@ -457,11 +481,13 @@ int dkim_body_update(dkim_body_t *b, const char *p, size_t len)
 int dkim_body_final(dkim_body_t *b, uint8_t hash[DKIM_HASH_LEN])
 {
     int rc = 0;
-    if (b->cr_pending && body_char(b, '\r') < 0)
+    if (b->cr_pending && body_text(b, "\r", 1) < 0)
         rc = -1;
     b->cr_pending = 0;
     /* trailing empty lines go; a body with text ends with exactly one CRLF */
     if (rc == 0 && b->any && body_emit(b, "\r\n", 2) < 0)
+        rc = -1;
+    if (rc == 0 && b->md && stage_flush(b) < 0)
         rc = -1;
     if (rc == 0 && b->md) {
         unsigned int n = 0;

@@ -98,6 +98,8 @@ int dkim_record_parse(const char *txt, size_t len, dkim_record_t *out, const cha
  */
 int dkim_canon_header(const char *field, size_t len, buf_t *out);
 
+#define DKIM_BODY_STAGE 4096
+
 /* The relaxed body canonicalization as a stream. */
 typedef struct dkim_body {
     void *md;            /* EVP_MD_CTX, or NULL when canonical bytes go to out */
@@ -107,6 +109,10 @@ typedef struct dkim_body {
     int cr_pending;      /* a CR that may start a CRLF */
     int any;             /* a character has been written */
     uint64_t length;     /* canonical bytes written */
+    /* canonical bytes on their way to the digest: a digest update per
+     * piece of a few bytes costs more than hashing them */
+    size_t staged;
+    char stage[DKIM_BODY_STAGE];
 } dkim_body_t;
 
 /* Start a body hash (SHA-256); 0 or -1. */
