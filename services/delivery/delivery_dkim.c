@@ -68,7 +68,7 @@ struct dkim_prep {
     const char *domain; /* the chosen one: from_domain or env_domain */
     entry_t *waiting;
     dkim_prep_t *wprev, *wnext;
-    char *signed_msg;
+    char *signature; /* the DKIM-Signature header lines, txn->head */
 };
 
 static void prep_advance(dkim_prep_t *p);
@@ -426,13 +426,11 @@ static void prep_sign(dkim_prep_t *p, entry_t *e)
         prep_finish(p, why);
         return;
     }
-    size_t hlen = buf_used(&out);
-    p->signed_msg = xmalloc(hlen + txn->body_len + 1);
-    memcpy(p->signed_msg, buf_head(&out), hlen);
-    memcpy(p->signed_msg + hlen, txn->body, txn->body_len);
-    buf_free(&out);
-    txn->body = p->signed_msg;
-    txn->body_len += hlen;
+    /* the signature goes out in front of the body, which is not copied */
+    size_t hlen;
+    p->signature = buf_steal(&out, &hlen);
+    txn->head = p->signature;
+    txn->head_len = hlen;
     p->s->signed_total++;
     char sel[2 * (DKIM_SELECTOR_MAX + 1) + 2] = "";
     for (size_t i = 0; i < e->nkeys; i++) {
@@ -517,7 +515,7 @@ void dkim_prep_free(dkim_prep_t **pp)
     if (p == NULL)
         return;
     waiter_unlink(p);
-    free(p->signed_msg);
+    free(p->signature);
     free(p);
     *pp = NULL;
 }

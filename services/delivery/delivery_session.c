@@ -85,6 +85,7 @@ struct session {
     size_t replies_got;
     int pipelined;
     int mail_ok;
+    size_t head_at;      /* the next byte of the transaction's head to send */
     size_t body_at;      /* the next body byte to send (stuffing is added on the way) */
 
     loop_timer_t step;   /* the current state's deadline */
@@ -731,38 +732,47 @@ static const char *data_end(const session_t *s)
 }
 
 /*
- * Body bytes up to end, dot-stuffed on the way out (RFC 5321 4.5.2), and the
- * end of data after the body's last byte: the spans between line-starting
- * dots go straight from the body, each such dot followed by one more, a
- * batch of pieces per write. The body is never copied whole, and on a plain
- * connection with room not at all (conn_writev).
+ * Pieces of text [*at, end), dot-stuffed (RFC 5321 4.5.2), into v from k
+ * while two more fit under max: the spans between line-starting dots go
+ * straight from the text, each such dot followed by one more. The new k.
+ */
+static int add_stuffed(struct iovec *v, int k, int max, const char *text, size_t *at,
+                       size_t end)
+{
+    while (*at < end && k + 2 <= max) {
+        size_t dot = next_dot_line(text, *at, end);
+        size_t stop = dot < end ? dot + 1 : end;
+        v[k++] = (struct iovec){.iov_base = (void *)(text + *at), .iov_len = stop - *at};
+        if (dot < end)
+            v[k++] = (struct iovec){.iov_base = (void *)".", .iov_len = 1};
+        *at = stop;
+    }
+    return k;
+}
+
+/*
+ * The head (a signature), then body bytes up to end, and the end of data
+ * after the body's last byte, a batch of pieces per write. The body is never
+ * copied whole, and on a plain connection with room not at all
+ * (conn_writev). The head ends with CRLF, so the body starts a line.
  */
 static int write_stuffed(session_t *s, size_t end)
 {
-    const char *body = s->txn->body;
-    int last = end == s->txn->body_len;
+    const session_txn_t *txn = s->txn;
+    int last = end == txn->body_len;
     struct iovec v[SESSION_BODY_IOV];
-    int k = 0;
     for (;;) {
-        if (s->body_at < end) {
-            size_t dot = next_dot_line(body, s->body_at, end);
-            size_t stop = dot < end ? dot + 1 : end;
-            v[k++] = (struct iovec){.iov_base = (void *)(body + s->body_at),
-                                    .iov_len = stop - s->body_at};
-            if (dot < end)
-                v[k++] = (struct iovec){.iov_base = (void *)".", .iov_len = 1};
-            s->body_at = stop;
-            if (s->body_at < end && k + 3 <= SESSION_BODY_IOV)
-                continue; /* room for a span, its dot and the end of data */
-        }
-        if (s->body_at == end && last) {
+        /* the last place is kept for the end of data */
+        int k = add_stuffed(v, 0, SESSION_BODY_IOV - 1, txn->head, &s->head_at, txn->head_len);
+        k = add_stuffed(v, k, SESSION_BODY_IOV - 1, txn->body, &s->body_at, end);
+        int done = s->head_at == txn->head_len && s->body_at == end;
+        if (done && last) {
             const char *e = data_end(s);
             v[k++] = (struct iovec){.iov_base = (void *)e, .iov_len = strlen(e)};
         }
-        if (s->conn == NULL || conn_writev(s->conn, v, k) < 0)
+        if (k > 0 && (s->conn == NULL || conn_writev(s->conn, v, k) < 0))
             return -1;
-        k = 0;
-        if (s->body_at == end)
+        if (done)
             return 0;
     }
 }
@@ -883,7 +893,7 @@ static void handle_reply(session_t *s)
             on_data_for_nobody(s);
         } else if (s->last.code == 354) {
             enter_state(s, ST_BODY);
-            s->body_at = 0;
+            s->head_at = s->body_at = 0;
             pump_body(s);
         } else {
             /* only a 4xx or 5xx refuses DATA; anything else is out of step and never
@@ -1033,8 +1043,8 @@ static void send_mail(session_t *s)
 {
     session_txn_t *txn = s->txn;
     char params[128];
-    caps_mail_params(&s->caps, txn->body_len, txn->eightbit, txn->smtputf8, params,
-                     sizeof(params));
+    size_t size = txn->head_len + txn->body_len;
+    caps_mail_params(&s->caps, size, txn->eightbit, txn->smtputf8, params, sizeof(params));
     send_line(s, "MAIL FROM:<%s>%s", txn->mail_from ? txn->mail_from : "", params);
     if (s->pipelined) {
         for (size_t i = 0; i < txn->nrcpt; i++)
@@ -1052,7 +1062,7 @@ void session_start(session_t *s, session_txn_t *txn)
     for (size_t i = 0; i < txn->nrcpt; i++)
         txn->rcpts[i].state = RCPT_PENDING;
     dlv_reply_t why;
-    if (caps_mail_check(&s->caps, txn->body_len, txn->smtputf8, &why) < 0) {
+    if (caps_mail_check(&s->caps, txn->head_len + txn->body_len, txn->smtputf8, &why) < 0) {
         log_info("event=message_refused_locally %s host=%s code=%u enh=%s reason=\"%s\"",
                  s->ids, s->p.host, why.code, why.enhanced, why.text);
         rcpts_settle(s, RCPT_ACCEPTED, &why);

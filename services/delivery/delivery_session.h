@@ -62,6 +62,8 @@ typedef struct session_txn {
     const char *mail_from;
     int smtputf8;
     int eightbit;
+    const char *head;  /* header lines sent before the body (a DKIM-Signature), or NULL */
+    size_t head_len;
     const char *body;
     size_t body_len;
     session_rcpt_t *rcpts;
