@@ -303,6 +303,9 @@ static void on_idle_timer(loop_t *loop, void *arg)
         return;
     }
     s->close_reason = "idle_timeout";
+    /* a message half received is given up before the client hears 421, so
+     * nothing of it is left in the maildir once the connection closes */
+    txn_reset(s);
     conn_printf(s->conn, "421 4.4.2 %s Error: timeout exceeded, closing connection\r\n",
                 s->ctx->hostname);
     if (s->closed)
