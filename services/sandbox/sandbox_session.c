@@ -164,6 +164,19 @@ static const char *quote(char *dst, size_t size, const char *src)
 
 /* ---- replies ---- */
 
+/*
+ * Close once what is written has left. A message half received is given up
+ * now, before the client can see the close, so nothing of it is left in the
+ * maildir by then (the rest of the transaction goes when the session is
+ * reaped).
+ */
+static void session_close(session_t *s)
+{
+    spool_abort(&s->txn.spool);
+    session_enter(s, SESSION_CLOSING);
+    conn_close_after_flush(s->conn);
+}
+
 /* Carry out what a reply asked for, once it is on its way. */
 static void session_after(session_t *s)
 {
@@ -173,8 +186,7 @@ static void session_after(session_t *s)
         return;
     switch (a) {
     case AFTER_CLOSE:
-        session_enter(s, SESSION_CLOSING);
-        conn_close_after_flush(s->conn);
+        session_close(s);
         break;
     case AFTER_TLS:
         session_enter(s, SESSION_TLS);
@@ -303,17 +315,13 @@ static void on_idle_timer(loop_t *loop, void *arg)
         return;
     }
     s->close_reason = "idle_timeout";
-    /* a message half received is given up before the client hears 421, so
-     * nothing of it is left in the maildir once the connection closes */
-    txn_reset(s);
     conn_printf(s->conn, "421 4.4.2 %s Error: timeout exceeded, closing connection\r\n",
                 s->ctx->hostname);
     if (s->closed)
         return; /* the write found the peer gone */
-    session_enter(s, SESSION_CLOSING);
     /* a client that does not even read this is cut off at the next expiry */
     loop_timer_start(loop, &s->idle_timer, s->ctx->idle_timeout_ms);
-    conn_close_after_flush(s->conn);
+    session_close(s);
 }
 
 /* ---- commands: helpers ---- */
@@ -350,8 +358,7 @@ static void session_drop(session_t *s, const char *verb)
              quote(q, sizeof(q), s->txn.sender));
     s->close_reason = "drop";
     s->after = AFTER_NONE;
-    session_enter(s, SESSION_CLOSING);
-    conn_close_after_flush(s->conn); /* replies to earlier commands still leave */
+    session_close(s); /* replies to earlier commands still leave */
 }
 
 /* ---- HELO, EHLO ---- */
