@@ -148,8 +148,7 @@ typedef struct session {
     /* DATA / BDAT */
     data_reader_t reader;
     buf_t body;              /* message bytes not yet sent to queue */
-    uint64_t body_total;     /* bytes of the message so far */
-    uint64_t last_text_size; /* the session's last message, to size the next one's buffer */
+    uint64_t body_total;     /* bytes of the message so far; the last one's until the next begins */
     uint32_t chunks_sent;
     bus_client_t *queue;     /* instance holding this message's chunks */
     uint64_t req_id;         /* outstanding bus request (0: none) */

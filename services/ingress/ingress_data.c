@@ -99,14 +99,15 @@ static void received_header(session_t *s)
 
 /*
  * Room for the whole text before it arrives, when its size can be guessed
- * (the SIZE= of MAIL, else the session's last message): a buffer grown by
- * doubling copies a large message about once more on its way in. At most a
- * chunk, which is as much as the buffer ever holds; untouched room costs no
- * memory until written.
+ * (the SIZE= of MAIL, else the session's last message, which body_total
+ * still holds until text_begin sets it): a buffer grown by doubling copies a
+ * large message about once more on its way in. At most a chunk, which is as
+ * much as the buffer ever holds; untouched room costs no memory until
+ * written.
  */
 static void body_reserve(session_t *s)
 {
-    uint64_t want = s->declared_size ? s->declared_size : s->last_text_size;
+    uint64_t want = s->declared_size ? s->declared_size : s->body_total;
     if (want > s->ing->conf.chunk_size)
         want = s->ing->conf.chunk_size;
     if (want > BODY_RESERVE_MIN)
@@ -602,7 +603,6 @@ static void on_scan(const scan_verdict_t *v, void *arg)
 /* The whole text has arrived: refuse it, have it scanned, or commit it. */
 static void text_end(session_t *s)
 {
-    s->last_text_size = s->body_total;
     if (s->data_error != DERR_NONE && s->data_error != DERR_QUEUE &&
         s->data_error != DERR_STORAGE) {
         reply_data_error(s, s->data_error);
