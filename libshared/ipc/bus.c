@@ -170,7 +170,8 @@ static void free_encoded(void *data, void *hint)
     free(data);
 }
 
-static int send_frames(void *sock, const bus_peer_t *peer, sx_env_t *env, zmq_msg_t *payload);
+static int send_frames(void *sock, const bus_peer_t *peer, uint8_t *bytes, size_t len,
+                       zmq_msg_t *payload);
 
 /*
  * Send [peer] envelope [payload]. Non-blocking: -1 with errno EAGAIN when
@@ -179,22 +180,26 @@ static int send_frames(void *sock, const bus_peer_t *peer, sx_env_t *env, zmq_ms
 static int send_message(bus_t *bus, void *sock, const bus_peer_t *peer, sx_env_t *env,
                         zmq_msg_t *payload)
 {
-    int rc = send_frames(sock, peer, env, payload);
+    size_t len;
+    uint8_t *bytes = codec_encode(env, &len);
+    int rc = send_frames(sock, peer, bytes, len, payload);
     int e = errno;
     loop_zmq_touch(bus->loop, sock);
     errno = e;
     return rc;
 }
 
-static int send_frames(void *sock, const bus_peer_t *peer, sx_env_t *env, zmq_msg_t *payload)
+/* The encoded envelope (bytes, which it takes) between peer and payload. */
+static int send_frames(void *sock, const bus_peer_t *peer, uint8_t *bytes, size_t len,
+                       zmq_msg_t *payload)
 {
     int has_payload = payload != NULL;
     if (peer) {
-        if (zmq_send(sock, peer->id, peer->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+        if (zmq_send(sock, peer->id, peer->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+            free(bytes);
             goto fail;
+        }
     }
-    size_t len;
-    uint8_t *bytes = codec_encode(env, &len);
     zmq_msg_t frame;
     zmq_msg_init_data(&frame, bytes, len, free_encoded, NULL);
     if (zmq_msg_send(&frame, sock, (has_payload ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0) {
@@ -624,16 +629,31 @@ void bus_push_destroy(bus_push_t **p)
     *p = NULL;
 }
 
+static int push_sent(bus_push_t *ps, int rc)
+{
+    int e = errno;
+    loop_zmq_touch(ps->bus->loop, ps->sock);
+    if (rc < 0 && ps->dropped++ % 1000 == 0)
+        log_warn("event=bus_push_dropped count=%llu err=\"%s\"",
+                 (unsigned long long)ps->dropped, zmq_strerror(e));
+    return rc;
+}
+
 int bus_push_send(bus_push_t *ps, sx_env_t *env)
 {
     env_prepare(ps->bus, env, 0);
-    if (send_message(ps->bus, ps->sock, NULL, env, NULL) < 0) {
-        if (ps->dropped++ % 1000 == 0)
-            log_warn("event=bus_push_dropped count=%llu err=\"%s\"",
-                     (unsigned long long)ps->dropped, zmq_strerror(errno));
-        return -1;
-    }
-    return 0;
+    size_t len;
+    uint8_t *bytes = codec_encode(env, &len);
+    return push_sent(ps, send_frames(ps->sock, NULL, bytes, len, NULL));
+}
+
+int bus_push_send_packed(bus_push_t *ps, uint32_t field, const void *body, size_t body_len)
+{
+    sx_env_t env = PB_INIT(ENVELOPE);
+    env_prepare(ps->bus, &env, 0);
+    size_t len;
+    uint8_t *bytes = codec_encode_packed(&env, field, body, body_len, &len);
+    return push_sent(ps, send_frames(ps->sock, NULL, bytes, len, NULL));
 }
 
 static int pull_readable(loop_t *loop, void *sock, void *arg)

@@ -116,6 +116,8 @@ typedef void (*bus_pull_fn)(bus_pull_t *pl, bus_msg_t *msg, void *arg);
 bus_push_t *bus_push_new(bus_t *bus, const char *endpoint);
 void bus_push_destroy(bus_push_t **ps);
 int bus_push_send(bus_push_t *ps, sx_env_t *env);
+/* An envelope whose body, field number `field`, is packed already (codec_encode_packed). */
+int bus_push_send_packed(bus_push_t *ps, uint32_t field, const void *body, size_t body_len);
 
 bus_pull_t *bus_pull_new(bus_t *bus, const char *endpoint, bus_pull_fn fn, void *arg);
 void bus_pull_destroy(bus_pull_t **pl);

@@ -6,6 +6,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 /*
  * A decoded envelope lives in an arena: protobuf-c's allocations for its
@@ -93,6 +94,37 @@ uint8_t *codec_encode(sx_env_t *env, size_t *len)
     size_t n = PB_FN(envelope, get_packed_size)(env);
     uint8_t *p = xmalloc(n ? n : 1);
     *len = PB_FN(envelope, pack)(env, p);
+    return p;
+}
+
+static size_t put_varint(uint8_t *dst, uint64_t v)
+{
+    size_t n = 0;
+    while (v >= 0x80) {
+        dst[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    dst[n++] = (uint8_t)v;
+    return n;
+}
+
+size_t codec_field_head(uint8_t *dst, uint32_t field, size_t len)
+{
+    size_t n = put_varint(dst, (uint64_t)field << 3 | 2); /* wire type 2: length-delimited */
+    return n + put_varint(dst + n, len);
+}
+
+uint8_t *codec_encode_packed(sx_env_t *env, uint32_t field, const void *body, size_t body_len,
+                             size_t *len)
+{
+    env->version = CODEC_VERSION;
+    env->body_case = PB_BODY(_NOT_SET);
+    size_t head = PB_FN(envelope, get_packed_size)(env);
+    uint8_t *p = xmalloc(head + CODEC_FIELD_HEAD + body_len);
+    size_t n = PB_FN(envelope, pack)(env, p);
+    n += codec_field_head(p + n, field, body_len);
+    memcpy(p + n, body, body_len);
+    *len = n + body_len;
     return p;
 }
 

@@ -19,6 +19,19 @@
 uint8_t *codec_encode(sx_env_t *env, size_t *len);
 
 /*
+ * The same for a body that is already packed: env's own fields (its body
+ * case unset), then field number `field` holding the body's bytes. The wire
+ * format is a sequence of fields, so this is the envelope protobuf-c would
+ * make with the body set, without building the body's structures first.
+ */
+uint8_t *codec_encode_packed(sx_env_t *env, uint32_t field, const void *body, size_t body_len,
+                             size_t *len);
+
+/* The tag and length of a length-delimited field into dst; the bytes written. */
+#define CODEC_FIELD_HEAD 15 /* at most: a 5-byte tag and a 10-byte length */
+size_t codec_field_head(uint8_t *dst, uint32_t field, size_t len);
+
+/*
  * 0 and *out on success; -1 with a reason in err. The envelope and all it
  * points to are one allocation as far as the caller is concerned: free it
  * whole with codec_free, never a part of it, and never with protobuf-c.

@@ -7,6 +7,7 @@
 #include "core/clock.h"
 #include "core/id.h"
 #include "core/log.h"
+#include "codec.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -19,15 +20,20 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Copies of the events emitted lately; a timer sends them
- * SERVICE_EVENT_DELAY_MS after the first. */
+/* The events emitted lately, packed as EventPublish's `events` fields one
+ * after another (each event is packed once, straight from the caller's
+ * structure); a timer sends them SERVICE_EVENT_DELAY_MS after the first. */
 struct event_batch {
-    PB(Event) * v[SERVICE_EVENT_BATCH_MAX];
+    uint8_t *buf;
+    size_t len, cap;
     size_t n;
-    size_t bytes; /* packed */
     loop_timer_t timer;
 };
 static void on_events_timer(loop_t *loop, void *arg);
+
+/* EventPublish's field numbers (proto/sendarix/v1/events.proto) */
+#define EVENT_PUBLISH_EVENT  1
+#define EVENT_PUBLISH_EVENTS 2
 
 #define EP(field, doc)                                                                         \
     {#field, CONF_STRLIST, offsetof(endpoints_t, field), NULL, 0, 0, 0, NULL, NULL, doc}
@@ -173,6 +179,8 @@ int service_init(service_t *svc, const char *name, int argc, char **argv)
 void service_fini(service_t *svc)
 {
     service_events_flush(svc); /* events of the shutdown itself */
+    if (svc->event_batch)
+        free(svc->event_batch->buf);
     free(svc->event_batch);
     svc->event_batch = NULL;
     bus_push_destroy(&svc->events);
@@ -223,16 +231,6 @@ const char *service_store_dir(service_t *svc, char *buf, size_t size)
     return buf;
 }
 
-/* A copy the batch owns: the caller's event points at its own memory. */
-static PB(Event) * event_copy(const PB(Event) * ev, size_t len)
-{
-    uint8_t *buf = xmalloc(len ? len : 1);
-    PB_FN(event, pack)(ev, buf);
-    PB(Event) *copy = PB_FN(event, unpack)(NULL, len, buf);
-    free(buf);
-    return copy;
-}
-
 void service_events_flush(service_t *svc)
 {
     struct event_batch *b = svc->event_batch;
@@ -241,21 +239,16 @@ void service_events_flush(service_t *svc)
     loop_timer_stop(svc->loop, &b->timer);
     if (b->n == 0)
         return;
-    PB(EventPublish) pub = PB_INIT(EVENT_PUBLISH);
     if (b->n == 1) {
-        pub.event = b->v[0]; /* as before batching */
-    } else {
-        pub.events = b->v;
-        pub.n_events = b->n;
+        /* a lone event goes in `event`, as before batching: the same length
+         * of tag, as both field numbers are below 16 */
+        uint8_t head[CODEC_FIELD_HEAD];
+        codec_field_head(head, EVENT_PUBLISH_EVENT, 0);
+        b->buf[0] = head[0];
     }
-    sx_env_t env = PB_INIT(ENVELOPE);
-    env.body_case = PB_BODY(EVENT_PUBLISH);
-    env.event_publish = &pub;
-    bus_push_send(svc->events, &env);
-    for (size_t i = 0; i < b->n; i++)
-        PB_FN(event, free_unpacked)(b->v[i], NULL);
+    bus_push_send_packed(svc->events, PB_BODY(EVENT_PUBLISH), b->buf, b->len);
     b->n = 0;
-    b->bytes = 0;
+    b->len = 0;
 }
 
 static void on_events_timer(loop_t *loop, void *arg)
@@ -276,15 +269,18 @@ void service_event(service_t *svc, PB(Event) * ev)
     ev->service = (char *)svc->name;
     ev->instance = svc->instance;
     size_t len = PB_FN(event, get_packed_size)(ev);
-    if (b->n > 0 && b->bytes + len > SERVICE_EVENT_BATCH_BYTES)
+    if (b->n > 0 && b->len + CODEC_FIELD_HEAD + len > SERVICE_EVENT_BATCH_BYTES)
         service_events_flush(svc);
-    PB(Event) *copy = event_copy(ev, len);
-    if (copy == NULL) {
-        log_error("event=event_copy_failed type=%s", ev->type ? ev->type : "");
-        return;
+    if (b->cap - b->len < CODEC_FIELD_HEAD + len) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap - b->len < CODEC_FIELD_HEAD + len)
+            cap *= 2;
+        b->buf = xrealloc(b->buf, cap);
+        b->cap = cap;
     }
-    b->v[b->n++] = copy;
-    b->bytes += len;
+    b->len += codec_field_head(b->buf + b->len, EVENT_PUBLISH_EVENTS, len);
+    b->len += PB_FN(event, pack)(ev, b->buf + b->len);
+    b->n++;
     if (b->n == SERVICE_EVENT_BATCH_MAX)
         service_events_flush(svc);
     else if (!loop_timer_active(&b->timer))

@@ -65,9 +65,9 @@ const char *service_endpoint(const service_t *svc, const conf_strlist_t *list);
 const char *service_store_dir(service_t *svc, char *buf, size_t size);
 
 /*
- * Send an event (fills id, time, service, instance; ev is copied). Events
- * leave together in one EventPublish SERVICE_EVENT_DELAY_MS after the first
- * of them, or sooner when SERVICE_EVENT_BATCH_MAX events or
+ * Send an event (fills id, time, service, instance; ev is packed at once and
+ * stays the caller's). Events leave together in one EventPublish
+ * SERVICE_EVENT_DELAY_MS after the first of them, or sooner when SERVICE_EVENT_BATCH_MAX events or
  * SERVICE_EVENT_BATCH_BYTES are waiting: one bus message and one wake-up of
  * events for all of a message's steps in this service, not one per event
  * or per loop turn. A crash of the service loses at most that window.

@@ -173,6 +173,67 @@ static void test_round_trip_error_and_result(void **state)
  * a pointer: the decoded envelope outgrows its first block many times over
  * and must come back intact, every recipient distinct, and free cleanly.
  */
+/*
+ * An envelope whose body was packed on its own (codec_encode_packed) is the
+ * same bytes as protobuf-c's packing of it with the body set: a two-byte
+ * tag (field 130) and lengths of one, two and three bytes.
+ */
+static void test_encode_packed_body(void **state)
+{
+    (void)state;
+    static const size_t detail_len[] = {10, 300, 20000};
+    char *details[3];
+    PB(Event) ev[3], *evp[3];
+    for (int i = 0; i < 3; i++) {
+        details[i] = malloc(detail_len[i] + 1);
+        memset(details[i], 'a' + i, detail_len[i]);
+        details[i][detail_len[i]] = '\0';
+        PB(Event) init = PB_INIT(EVENT);
+        ev[i] = init;
+        ev[i].type = "delivered";
+        ev[i].message_id = details[i];
+        ev[i].at_ms = 1700000000000ull + (uint64_t)i;
+        evp[i] = &ev[i];
+    }
+    for (size_t n = 1; n <= 3; n++) {
+        PB(EventPublish) pub = PB_INIT(EVENT_PUBLISH);
+        pub.events = evp;
+        pub.n_events = n;
+        sx_env_t env = PB_INIT(ENVELOPE);
+        env.request_id = 9;
+        env.sender = "delivery/1";
+        env.body_case = PB_BODY(EVENT_PUBLISH);
+        env.event_publish = &pub;
+        size_t want_len;
+        uint8_t *want = codec_encode(&env, &want_len);
+
+        size_t body_len = PB_FN(event_publish, get_packed_size)(&pub);
+        uint8_t *body = malloc(body_len);
+        PB_FN(event_publish, pack)(&pub, body);
+        sx_env_t head = PB_INIT(ENVELOPE);
+        head.request_id = 9;
+        head.sender = "delivery/1";
+        size_t got_len;
+        uint8_t *got = codec_encode_packed(&head, PB_BODY(EVENT_PUBLISH), body, body_len, &got_len);
+        assert_int_equal(got_len, want_len);
+        assert_memory_equal(got, want, want_len);
+
+        sx_env_t *out = NULL;
+        char err[160] = "";
+        if (codec_decode(got, got_len, &out, err, sizeof(err)) != 0)
+            fail_msg("decode failed: %s", err);
+        assert_int_equal(out->body_case, PB_BODY(EVENT_PUBLISH));
+        assert_int_equal(out->event_publish->n_events, n);
+        assert_string_equal(out->event_publish->events[n - 1]->message_id, details[n - 1]);
+        codec_free(&out);
+        free(got);
+        free(body);
+        free(want);
+    }
+    for (int i = 0; i < 3; i++)
+        free(details[i]);
+}
+
 static void test_decoded_larger_than_frame(void **state)
 {
     (void)state;
@@ -463,6 +524,7 @@ int main(void)
         cmocka_unit_test(test_round_trip_login),
         cmocka_unit_test(test_round_trip_commit),
         cmocka_unit_test(test_round_trip_error_and_result),
+        cmocka_unit_test(test_encode_packed_body),
         cmocka_unit_test(test_decoded_larger_than_frame),
         cmocka_unit_test(test_empty_and_no_body),
         cmocka_unit_test(test_wrong_version),
