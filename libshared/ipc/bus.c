@@ -174,19 +174,27 @@ static int send_frames(void *sock, const bus_peer_t *peer, uint8_t *bytes, size_
                        zmq_msg_t *payload);
 
 /*
- * Send [peer] envelope [payload]. Non-blocking: -1 with errno EAGAIN when
- * no peer can take it. The payload, when given, is moved (closed after).
+ * Send [peer] encoded envelope (bytes, which it takes) [payload].
+ * Non-blocking: -1 with errno EAGAIN when no peer can take it. The payload,
+ * when given, is moved (closed after).
  */
-static int send_message(bus_t *bus, void *sock, const bus_peer_t *peer, sx_env_t *env,
-                        zmq_msg_t *payload)
+static int send_encoded(bus_t *bus, void *sock, const bus_peer_t *peer, uint8_t *bytes,
+                        size_t len, zmq_msg_t *payload)
 {
-    size_t len;
-    uint8_t *bytes = codec_encode(env, &len);
     int rc = send_frames(sock, peer, bytes, len, payload);
     int e = errno;
     loop_zmq_touch(bus->loop, sock);
     errno = e;
     return rc;
+}
+
+/* send_encoded of env */
+static int send_message(bus_t *bus, void *sock, const bus_peer_t *peer, sx_env_t *env,
+                        zmq_msg_t *payload)
+{
+    size_t len;
+    uint8_t *bytes = codec_encode(env, &len);
+    return send_encoded(bus, sock, peer, bytes, len, payload);
 }
 
 /* The encoded envelope (bytes, which it takes) between peer and payload. */
@@ -629,22 +637,18 @@ void bus_push_destroy(bus_push_t **p)
     *p = NULL;
 }
 
-static int push_sent(bus_push_t *ps, int rc)
+static int push_result(bus_push_t *ps, int rc)
 {
-    int e = errno;
-    loop_zmq_touch(ps->bus->loop, ps->sock);
     if (rc < 0 && ps->dropped++ % 1000 == 0)
         log_warn("event=bus_push_dropped count=%llu err=\"%s\"",
-                 (unsigned long long)ps->dropped, zmq_strerror(e));
+                 (unsigned long long)ps->dropped, zmq_strerror(errno));
     return rc;
 }
 
 int bus_push_send(bus_push_t *ps, sx_env_t *env)
 {
     env_prepare(ps->bus, env, 0);
-    size_t len;
-    uint8_t *bytes = codec_encode(env, &len);
-    return push_sent(ps, send_frames(ps->sock, NULL, bytes, len, NULL));
+    return push_result(ps, send_message(ps->bus, ps->sock, NULL, env, NULL));
 }
 
 int bus_push_send_packed(bus_push_t *ps, uint32_t field, const void *body, size_t body_len)
@@ -653,7 +657,7 @@ int bus_push_send_packed(bus_push_t *ps, uint32_t field, const void *body, size_
     env_prepare(ps->bus, &env, 0);
     size_t len;
     uint8_t *bytes = codec_encode_packed(&env, field, body, body_len, &len);
-    return push_sent(ps, send_frames(ps->sock, NULL, bytes, len, NULL));
+    return push_result(ps, send_encoded(ps->bus, ps->sock, NULL, bytes, len, NULL));
 }
 
 static int pull_readable(loop_t *loop, void *sock, void *arg)
