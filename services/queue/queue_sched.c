@@ -218,11 +218,19 @@ static fresh_body_t *fresh_take(queue_sched_t *s, const char *id)
 
 /* ---- scheduling ---- */
 
+/* Room for another message at the routers. */
+static int inflight_room(const queue_t *q)
+{
+    return q->sched->inflight_count < (size_t)q->conf.max_inflight;
+}
+
+/* The next tick: when the first message is due, unless the routers hold
+ * all they may; a result that makes room arms it again. */
 static void sched_arm(queue_t *q)
 {
     queue_sched_t *s = q->sched;
     uint64_t delay = SCHED_TICK_MAX_MS;
-    if (s->len > 0) {
+    if (s->len > 0 && inflight_room(q)) {
         uint64_t now = clock_wall_ms();
         delay = s->heap[0].due <= now ? 0 : s->heap[0].due - now;
         if (delay > SCHED_TICK_MAX_MS)
@@ -499,7 +507,7 @@ static void sched_tick(loop_t *loop, void *arg)
     store_txn_t *txn = NULL;
     int sent = 0;
     while (s->len > 0 && s->heap[0].due <= now && sent < SCHED_DISPATCH_BATCH &&
-           s->inflight_count < (size_t)q->conf.max_inflight) {
+           inflight_room(q)) {
         sched_entry_t e = heap_pop(s);
         if (inflight_get(s, e.id))
             continue; /* rescheduled when its results arrive */

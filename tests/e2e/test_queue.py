@@ -4,6 +4,7 @@ sender, the suppression list, expiry, and the operators' controls (through
 sendarixctl). Mail enters through the legacy port (allowlisted loopback, no
 AUTH) so these tests need nothing but the queue's own behaviour."""
 import email
+import os
 import re
 import signal
 import smtplib
@@ -365,4 +366,33 @@ def test_bodies_arrive_whole_when_dispatch_falls_behind(make_relay):
         for token, body in bodies.items():
             assert got[token] == body, token
     finally:
+        mx.close()
+
+
+def test_queue_waits_quietly_while_routers_hold_all_they_may(make_relay):
+    """With max_inflight reached and more messages due, queue waits for a
+    result instead of looking again and again: its CPU time stays near
+    zero while the destination holds the one message out."""
+    gate = threading.Event()
+    mx = FakeMx(data_gate=gate)
+    try:
+        r = make_relay(config_edit=chain(queue_conf(max_inflight="1"), route_to(mx.port)))
+        r.start()
+        for i in range(3):
+            send_legacy(r, ["wait%d@example.org" % i])
+        wait_for(lambda: mx.active == 1, timeout=20, what="the first message held")
+        pid = r.procs["queue-1"].pid
+
+        def cpu_s():
+            f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+            return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+        before = cpu_s()
+        time.sleep(3)
+        spent = cpu_s() - before
+        assert spent < 0.5, "queue used %.2f s of CPU in 3 s while waiting" % spent
+        gate.set()
+        wait_for(lambda: len(mx.bodies) == 3, timeout=30, what="three deliveries")
+    finally:
+        gate.set()
         mx.close()
