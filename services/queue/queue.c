@@ -42,6 +42,8 @@ static const conf_field_t queue_table[] = {
        "a bounce returns the whole original up to this size, else its header"),
     QF("max_inflight", CONF_INT, max_inflight, "2000", 1, 1000000,
        "messages handed to router at once"),
+    QF("max_inflight_bytes", CONF_SIZE, max_inflight_bytes, "256M", 1 << 20, 1LL << 40,
+       "body bytes of the jobs out at routers at once (one message goes even when larger)"),
     QF("job_timeout", CONF_DURATION, job_timeout, "15m", 1000, 86400000,
        "a job without result by then counts as a deferred attempt"),
     QF("upload_memory_max", CONF_SIZE, upload_memory_max, "512M", 1 << 20, 1LL << 40,
@@ -113,6 +115,7 @@ static void queue_stats(PB(ServicePong) * pong, void *arg)
     bus_pong_stat(pong, "messages", "%zu", queue_index_count(q));
     bus_pong_stat(pong, "scheduled", "%zu", queue_sched_size(q));
     bus_pong_stat(pong, "inflight", "%zu", queue_sched_inflight(q));
+    bus_pong_stat(pong, "inflight_bytes", "%zu", queue_sched_inflight_bytes(q));
     bus_pong_stat(pong, "accepted", "%llu", (unsigned long long)q->accepted);
     bus_pong_stat(pong, "delivered", "%llu", (unsigned long long)q->delivered);
     bus_pong_stat(pong, "bounced", "%llu", (unsigned long long)q->bounced);

@@ -19,6 +19,7 @@ typedef struct queue_conf {
     uint64_t greylist_retry;      /* ms: retry after a greylisting reply that names no wait */
     uint64_t greylist_max_wait;   /* ms: a wait asked for by a reply is capped at this */
     long long max_inflight;       /* messages handed to router at once */
+    uint64_t max_inflight_bytes;  /* body bytes of the jobs out at routers */
     uint64_t job_timeout;         /* ms: no result by then counts as deferred */
     uint64_t upload_memory_max;   /* bytes of chunks held for unfinished DATA */
     uint64_t upload_idle_timeout; /* ms */
@@ -253,6 +254,7 @@ typedef struct job_ctx {
     uint32_t *indexes;
     size_t n;
     size_t router;            /* which router took it */
+    size_t body_bytes;        /* the body it carried, counted while out */
     uint64_t request_id;      /* its bus request, to cancel if that router restarts */
     struct job_ctx *prev, *next; /* jobs out at routers */
 } job_ctx_t;
@@ -296,6 +298,7 @@ void queue_sched_fini(queue_t *q);
 void queue_sched_add(queue_t *q, const char *id, uint64_t due_ms, zmq_msg_t *body);
 size_t queue_sched_size(const queue_t *q);
 size_t queue_sched_inflight(const queue_t *q);
+size_t queue_sched_inflight_bytes(const queue_t *q);
 int queue_sched_is_inflight(const queue_t *q, const char *id);
 /* Ping routers; jobs held by one that restarted are retried at once. */
 void queue_sched_watch_routers(queue_t *q);

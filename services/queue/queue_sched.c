@@ -61,6 +61,7 @@ struct queue_sched {
     inflight_t **inflight;     /* hash buckets */
     size_t inflight_buckets;
     size_t inflight_count;
+    size_t jobs_bytes;         /* bodies of the jobs out at routers */
     uint64_t job_seq;
     loop_timer_t tick;
     fresh_body_t *fresh, **fresh_tail; /* oldest first */
@@ -218,10 +219,15 @@ static fresh_body_t *fresh_take(queue_sched_t *s, const char *id)
 
 /* ---- scheduling ---- */
 
-/* Room for another message at the routers. */
+/* Room for another message at the routers: each job there holds a copy of
+ * its body until delivery answers, so bytes are bounded as well as
+ * messages. A message larger than the whole budget still goes, alone. */
 static int inflight_room(const queue_t *q)
 {
-    return q->sched->inflight_count < (size_t)q->conf.max_inflight;
+    const queue_sched_t *s = q->sched;
+    if (s->inflight_count >= (size_t)q->conf.max_inflight)
+        return 0;
+    return s->jobs_bytes < q->conf.max_inflight_bytes || s->jobs == NULL;
 }
 
 /* The next tick: when the first message is due, unless the routers hold
@@ -256,6 +262,11 @@ size_t queue_sched_inflight(const queue_t *q)
     return q->sched->inflight_count;
 }
 
+size_t queue_sched_inflight_bytes(const queue_t *q)
+{
+    return q->sched->jobs_bytes;
+}
+
 static void on_job_result(bus_msg_t *reply, bus_status_t status, void *arg);
 
 static size_t pick_router(queue_t *q)
@@ -273,6 +284,7 @@ static size_t pick_router(queue_t *q)
 
 static void job_link(queue_sched_t *s, job_ctx_t *job)
 {
+    s->jobs_bytes += job->body_bytes;
     job->prev = NULL;
     job->next = s->jobs;
     if (s->jobs)
@@ -282,6 +294,8 @@ static void job_link(queue_sched_t *s, job_ctx_t *job)
 
 static void job_unlink(queue_sched_t *s, job_ctx_t *job)
 {
+    s->jobs_bytes -= job->body_bytes;
+    job->body_bytes = 0; /* unlinking twice counts once */
     if (job->prev)
         job->prev->next = job->next;
     else if (s->jobs == job)
@@ -353,6 +367,7 @@ static int send_job(queue_t *q, const PB(QueueRecord) * rec, zmq_msg_t *body,
     env.delivery_job = &job;
 
     job_ctx_t *ctx = job_new(q, e->message_id, domain, idx, n);
+    ctx->body_bytes = zmq_msg_size(body);
     int rc = -1;
     for (size_t tries = 0; tries < q->nrouters && rc < 0; tries++) {
         ctx->router = pick_router(q);

@@ -369,6 +369,46 @@ def test_bodies_arrive_whole_when_dispatch_falls_behind(make_relay):
         mx.close()
 
 
+def queue_stats(r):
+    return {s["service"]: s for s in r.ctl("status", check=False)["services"]}["queue"]["stats"]
+
+
+def test_bodies_out_at_routers_are_bounded_in_bytes(make_relay):
+    """Every job out at a router holds a copy of its body until delivery
+    answers: max_inflight_bytes bounds them as max_inflight bounds
+    messages. With 1 MiB and a destination that holds each message at its
+    dot, 400 KiB messages go three at a time (the third starts below the
+    budget), the rest wait, and all arrive once the destination answers."""
+    gate = threading.Event()
+    mx = FakeMx(data_gate=gate)
+    try:
+        r = make_relay(config_edit=chain(queue_conf(max_inflight_bytes='"1M"'),
+                                         route_to(mx.port)))
+        r.start()
+        text = "".join("line %05d of a large body, the same in every message\r\n" % i
+                       for i in range(8000))  # 400 KiB
+        for i in range(5):
+            send_legacy(r, ["big%d@example.org" % i],
+                        body=("Subject: big %d\r\n\r\n%s" % (i, text)).encode())
+        wait_for(lambda: queue_stats(r)["inflight"] == "3", timeout=20,
+                 what="three messages out at the router")
+        wait_for(lambda: mx.active == 3, timeout=20, what="three messages at the destination")
+        time.sleep(1)  # and no fourth while none is answered
+        stats = queue_stats(r)
+        assert stats["inflight"] == "3", stats
+        assert 3 * 400000 < int(stats["inflight_bytes"]) < 4 * 400000, stats
+        assert len(mx.bodies) == 0 and mx.max_active == 3
+        gate.set()
+        wait_for(lambda: len(mx.bodies) == 5, timeout=30, what="five deliveries")
+        wait_for(lambda: queue_stats(r)["inflight_bytes"] == "0", timeout=10,
+                 what="nothing left out at the router")
+        assert sorted(re.search(rb"Subject: big (\d)", b).group(1) for b in mx.bodies) == \
+            [b"0", b"1", b"2", b"3", b"4"]
+    finally:
+        gate.set()
+        mx.close()
+
+
 def test_queue_waits_quietly_while_routers_hold_all_they_may(make_relay):
     """With max_inflight reached and more messages due, queue waits for a
     result instead of looking again and again: its CPU time stays near
