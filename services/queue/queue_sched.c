@@ -221,13 +221,13 @@ static fresh_body_t *fresh_take(queue_sched_t *s, const char *id)
 
 /* Room for another message at the routers: each job there holds a copy of
  * its body until delivery answers, so bytes are bounded as well as
- * messages. A message larger than the whole budget still goes, alone. */
+ * messages. The check comes before a message goes, so one larger than the
+ * whole budget still goes, alone. */
 static int inflight_room(const queue_t *q)
 {
     const queue_sched_t *s = q->sched;
-    if (s->inflight_count >= (size_t)q->conf.max_inflight)
-        return 0;
-    return s->jobs_bytes < q->conf.max_inflight_bytes || s->jobs == NULL;
+    return s->inflight_count < (size_t)q->conf.max_inflight &&
+           s->jobs_bytes < q->conf.max_inflight_bytes;
 }
 
 /* The next tick: when the first message is due, unless the routers hold

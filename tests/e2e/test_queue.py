@@ -378,7 +378,8 @@ def test_bodies_out_at_routers_are_bounded_in_bytes(make_relay):
     answers: max_inflight_bytes bounds them as max_inflight bounds
     messages. With 1 MiB and a destination that holds each message at its
     dot, 400 KiB messages go three at a time (the third starts below the
-    budget), the rest wait, and all arrive once the destination answers."""
+    budget), the rest wait, and all arrive once the destination answers. A
+    message larger than the whole budget goes, alone."""
     gate = threading.Event()
     mx = FakeMx(data_gate=gate)
     try:
@@ -404,6 +405,18 @@ def test_bodies_out_at_routers_are_bounded_in_bytes(make_relay):
                  what="nothing left out at the router")
         assert sorted(re.search(rb"Subject: big (\d)", b).group(1) for b in mx.bodies) == \
             [b"0", b"1", b"2", b"3", b"4"]
+
+        gate.clear()
+        send_legacy(r, ["huge@example.org"],
+                    body=("Subject: huge\r\n\r\n%s" % (text * 4)).encode())
+        send_legacy(r, ["small@example.org"])
+        wait_for(lambda: mx.active == 1, timeout=20, what="the 1.6 MB message at the destination")
+        time.sleep(1)
+        stats = queue_stats(r)
+        assert stats["inflight"] == "1" and int(stats["inflight_bytes"]) > 1600000, stats
+        gate.set()
+        wait_for(lambda: len(mx.bodies) == 7, timeout=30, what="both delivered")
+        assert b"Subject: huge" in mx.bodies[5] and len(mx.bodies[5]) > 1600000
     finally:
         gate.set()
         mx.close()
