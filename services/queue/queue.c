@@ -43,7 +43,7 @@ static const conf_field_t queue_table[] = {
     QF("max_inflight", CONF_INT, max_inflight, "2000", 1, 1000000,
        "messages handed to router at once"),
     QF("max_inflight_bytes", CONF_SIZE, max_inflight_bytes, "256M", 1 << 20, 1LL << 40,
-       "body bytes of the jobs out at routers at once (one message goes even when larger)"),
+       "body bytes of the jobs out at routers at once (a larger message still goes)"),
     QF("job_timeout", CONF_DURATION, job_timeout, "15m", 1000, 86400000,
        "a job without result by then counts as a deferred attempt"),
     QF("upload_memory_max", CONF_SIZE, upload_memory_max, "512M", 1 << 20, 1LL << 40,

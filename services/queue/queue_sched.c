@@ -221,8 +221,8 @@ static fresh_body_t *fresh_take(queue_sched_t *s, const char *id)
 
 /* Room for another message at the routers: each job there holds a copy of
  * its body until delivery answers, so bytes are bounded as well as
- * messages. The check comes before a message goes, so one larger than the
- * whole budget still goes, alone. */
+ * messages. The check comes before a message goes: one larger than the
+ * whole budget still goes, and at most one message's jobs pass it. */
 static int inflight_room(const queue_t *q)
 {
     const queue_sched_t *s = q->sched;

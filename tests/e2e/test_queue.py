@@ -379,7 +379,8 @@ def test_bodies_out_at_routers_are_bounded_in_bytes(make_relay):
     messages. With 1 MiB and a destination that holds each message at its
     dot, 400 KiB messages go three at a time (the third starts below the
     budget), the rest wait, and all arrive once the destination answers. A
-    message larger than the whole budget goes, alone."""
+    message larger than the whole budget still goes, and the next waits
+    until it is answered."""
     gate = threading.Event()
     mx = FakeMx(data_gate=gate)
     try:
