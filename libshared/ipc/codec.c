@@ -88,13 +88,19 @@ static void arena_release(codec_arena_t *a)
     free(a);
 }
 
-uint8_t *codec_encode(sx_env_t *env, size_t *len)
+/* env packed (version set) into a buffer with `extra` bytes of room after it. */
+static uint8_t *pack_envelope(sx_env_t *env, size_t extra, size_t *len)
 {
     env->version = CODEC_VERSION;
-    size_t n = PB_FN(envelope, get_packed_size)(env);
+    size_t n = PB_FN(envelope, get_packed_size)(env) + extra;
     uint8_t *p = xmalloc(n ? n : 1);
     *len = PB_FN(envelope, pack)(env, p);
     return p;
+}
+
+uint8_t *codec_encode(sx_env_t *env, size_t *len)
+{
+    return pack_envelope(env, 0, len);
 }
 
 static size_t put_varint(uint8_t *dst, uint64_t v)
@@ -117,11 +123,9 @@ size_t codec_field_head(uint8_t *dst, uint32_t field, size_t len)
 uint8_t *codec_encode_packed(sx_env_t *env, uint32_t field, const void *body, size_t body_len,
                              size_t *len)
 {
-    env->version = CODEC_VERSION;
     env->body_case = PB_BODY(_NOT_SET);
-    size_t head = PB_FN(envelope, get_packed_size)(env);
-    uint8_t *p = xmalloc(head + CODEC_FIELD_HEAD + body_len);
-    size_t n = PB_FN(envelope, pack)(env, p);
+    size_t n;
+    uint8_t *p = pack_envelope(env, CODEC_FIELD_HEAD + body_len, &n);
     n += codec_field_head(p + n, field, body_len);
     memcpy(p + n, body, body_len);
     *len = n + body_len;

@@ -169,11 +169,6 @@ static void test_round_trip_error_and_result(void **state)
 }
 
 /*
- * Empty sub-messages pack to two bytes each but unpack to a whole struct and
- * a pointer: the decoded envelope outgrows its first block many times over
- * and must come back intact, every recipient distinct, and free cleanly.
- */
-/*
  * An envelope whose body was packed on its own (codec_encode_packed) is the
  * same bytes as protobuf-c's packing of it with the body set: a two-byte
  * tag (field 130) and lengths of one, two and three bytes.
@@ -234,6 +229,11 @@ static void test_encode_packed_body(void **state)
         free(details[i]);
 }
 
+/*
+ * Empty sub-messages pack to two bytes each but unpack to a whole struct and
+ * a pointer: the decoded envelope outgrows its first block many times over
+ * and must come back intact, every recipient distinct, and free cleanly.
+ */
 static void test_decoded_larger_than_frame(void **state)
 {
     (void)state;
