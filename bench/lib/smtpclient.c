@@ -13,12 +13,14 @@
  * "sessions per second" measure).
  * --pipeline saves two round trips a session: AUTH PLAIN goes with the first
  * MAIL, RCPT and DATA, and QUIT with the session's last final dot.
+ * --rate R paces the load: message m (over all sessions) starts no earlier
+ * than m / R seconds after the start (bench/traffic_soak.py's steady load).
  *
  * Prints one JSON document on stdout.
  *
  * usage: smtpclient --port P [--host 127.0.0.1] [--sessions N] [--messages M]
  *          [--size BYTES] [--per-session K] [--tls] [--auth USER:PASS]
- *          [--from ADDR] [--to ADDR] [--helo NAME] [--pipeline]
+ *          [--from ADDR] [--to ADDR] [--helo NAME] [--pipeline] [--rate R]
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -47,6 +49,8 @@ static long opt_size = 1024;
 static long opt_per_session; /* 0: every message on one session */
 static int opt_tls;
 static int opt_pipeline; /* AUTH with the first transaction, QUIT with the last dot */
+static double opt_rate;  /* messages per second over all sessions; 0: as fast as they go */
+static double t_start;
 static const char *opt_auth; /* user:pass */
 static const char *opt_from = "bench@example.test";
 static const char *opt_to = "rcpt@sink.example";
@@ -237,6 +241,11 @@ static void *run(void *arg)
         long m = atomic_fetch_add(&next_msg, 1);
         if (m >= opt_messages)
             break;
+        if (opt_rate > 0) {
+            double wait = t_start + (double)m / opt_rate - now();
+            if (wait > 0)
+                usleep((useconds_t)(wait * 1e6));
+        }
         if (c.fd < 0) {
             double t0 = now();
             if (c_open(&c) < 0) {
@@ -352,7 +361,7 @@ int main(int argc, char **argv)
         {"messages", 1, 0, 'm'}, {"size", 1, 0, 'l'}, {"per-session", 1, 0, 'k'},
         {"tls", 0, 0, 't'},      {"auth", 1, 0, 'a'}, {"from", 1, 0, 'f'},
         {"to", 1, 0, 'r'},       {"helo", 1, 0, 'e'},
-        {"pipeline", 0, 0, 'P'}, {0, 0, 0, 0}};
+        {"pipeline", 0, 0, 'P'}, {"rate", 1, 0, 'R'},  {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (o) {
@@ -368,11 +377,16 @@ int main(int argc, char **argv)
         case 'r': opt_to = optarg; break;
         case 'e': opt_helo = optarg; break;
         case 'P': opt_pipeline = 1; break;
+        case 'R': opt_rate = atof(optarg); break;
         default: fprintf(stderr, "usage: see the comment at the top of smtpclient.c\n"); return 2;
         }
     }
     if (opt_port <= 0 || opt_sessions <= 0 || opt_messages <= 0) {
         fprintf(stderr, "smtpclient: --port, --sessions and --messages must be positive\n");
+        return 2;
+    }
+    if (opt_rate < 0) {
+        fprintf(stderr, "smtpclient: --rate must not be negative\n");
         return 2;
     }
     if (opt_tls) {
@@ -401,6 +415,7 @@ int main(int argc, char **argv)
     }
     struct worker *w = calloc((size_t)opt_sessions, sizeof(*w));
     double t0 = now();
+    t_start = t0;
     for (int i = 0; i < opt_sessions; i++) {
         w[i].id = i;
         w[i].body = make_body((size_t)opt_size, &w[i].bodylen);
