@@ -8,11 +8,36 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer) && !defined(__SANITIZE_ADDRESS__)
+#define __SANITIZE_ADDRESS__ 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+/* the sanitizer runtime's (sanitizer/allocator_interface.h, which not every compiler ships) */
+size_t __sanitizer_get_current_allocated_bytes(void);
+#elif defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 static void alloc_fail(size_t n)
 {
     log_flush(); /* the lines held before it come first */
     fprintf(stderr, "level=fatal event=out_of_memory bytes=%zu\n", n);
     abort();
+}
+
+size_t sx_heap_in_use(void)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    /* the sanitizer's allocator replaces glibc's, which would say nothing */
+    return __sanitizer_get_current_allocated_bytes();
+#elif defined(__GLIBC__) && __GLIBC_PREREQ(2, 33)
+    struct mallinfo2 mi = mallinfo2(); /* every arena: the I/O threads' too */
+    return mi.uordblks + mi.hblkhd;
+#else
+    return 0;
+#endif
 }
 
 void *xmalloc(size_t n)

@@ -16,6 +16,11 @@ char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 void *xmemdup(const void *p, size_t n);
 
+/* Bytes the allocator holds for live allocations: the heap alone, apart
+ * from the LMDB maps and libraries that a process's RSS also counts; 0
+ * where the allocator does not say. */
+size_t sx_heap_in_use(void);
+
 /* Bounded copy that always terminates dst; returns strlen(src). */
 size_t sx_strlcpy(char *dst, const char *src, size_t size);
 

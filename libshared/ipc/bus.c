@@ -368,6 +368,8 @@ static void server_pong(bus_server_t *srv, bus_msg_t *msg)
     pong.pid = (uint32_t)getpid();
     if (bus->stats)
         bus->stats(&pong, bus->stats_arg);
+    /* every service's: its live heap, which a leak would grow (RSS mixes in the LMDB maps) */
+    bus_pong_stat(&pong, "heap_in_use_bytes", "%zu", sx_heap_in_use());
     sx_env_t env = PB_INIT(ENVELOPE);
     env.body_case = PB_BODY(SERVICE_PONG);
     env.service_pong = &pong;

@@ -69,6 +69,7 @@ def test_status_up_down_and_exit_code(make_relay):
         assert s["pid"] == r.procs[s["service"] + "-1"].pid
         assert s["version"]
         assert s["uptime_s"] >= 0
+        assert int(s["stats"]["heap_in_use_bytes"]) > 0
     assert "events_stored" in names["events"]["stats"]
     assert doc["up"] == 2 and doc["down"] == 0
 

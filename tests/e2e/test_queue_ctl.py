@@ -341,6 +341,10 @@ def test_metrics_show_queue_gauges_and_liveness(make_relay):
     body = wait_for(scraped, timeout=15, what="queue gauges in /metrics")
     for svc in ("events", "auth", "queue", "router", "delivery", "sandbox", "ingress"):
         assert gauge(body, "sendarix_up", service=svc, instance="1") == 1, svc
+        # every service says what its heap holds live (a few MiB here; RSS adds the maps)
+        heap = gauge(body, "sendarix_service_stat", service=svc, instance="1",
+                     stat="heap_in_use_bytes")
+        assert heap is not None and 0 < heap < 64 << 20, (svc, heap)
     assert gauge(body, "sendarix_queue_recipients", instance="1", state="deferred") == 2
     assert gauge(body, "sendarix_queue_scheduled", instance="1") is not None
     assert gauge(body, "sendarix_queue_inflight", instance="1") == 0
