@@ -8,12 +8,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer) && !defined(__SANITIZE_ADDRESS__)
-#define __SANITIZE_ADDRESS__ 1
-#endif
-#endif
+/* built with AddressSanitizer: GCC says so with a macro, clang with a feature */
 #if defined(__SANITIZE_ADDRESS__)
+#define SX_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SX_ASAN 1
+#endif
+#endif
+#if defined(SX_ASAN)
 /* the sanitizer runtime's (sanitizer/allocator_interface.h, which not every compiler ships) */
 size_t __sanitizer_get_current_allocated_bytes(void);
 #elif defined(__GLIBC__)
@@ -29,7 +32,7 @@ static void alloc_fail(size_t n)
 
 size_t sx_heap_in_use(void)
 {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(SX_ASAN)
     /* the sanitizer's allocator replaces glibc's, which would say nothing */
     return __sanitizer_get_current_allocated_bytes();
 #elif defined(__GLIBC__) && __GLIBC_PREREQ(2, 33)

@@ -422,11 +422,14 @@ static void test_ping_answered_with_stats(void **state)
     assert_string_equal(pong_copy->version, SENDARIX_VERSION);
     assert_int_equal(pong_copy->pid, (uint32_t)getpid());
     assert_true(pong_copy->started_at_ms > 0 && pong_copy->started_at_ms <= before);
-    assert_int_equal(pong_copy->n_stats, 2);
+    assert_int_equal(pong_copy->n_stats, 3);
     assert_string_equal(pong_copy->stats[0]->key, "queue_depth");
     assert_string_equal(pong_copy->stats[0]->value, "42");
     assert_string_equal(pong_copy->stats[1]->key, "role");
     assert_string_equal(pong_copy->stats[1]->value, "primary");
+    /* the bus adds every service's live heap after the service's own */
+    assert_string_equal(pong_copy->stats[2]->key, "heap_in_use_bytes");
+    assert_true(strtoull(pong_copy->stats[2]->value, NULL, 10) > 0);
     PB_FN(service_pong, free_unpacked)(pong_copy, NULL);
     pong_copy = NULL;
 }
