@@ -34,10 +34,16 @@ scripts/bench builds for it) and LeakSanitizer checks each one as it stops:
 its reports, if any, are counted and kept with the result (the heap figures
 are then the sanitizer allocator's, the RSS figures include its quarantine).
 
-Writes bench/results/traffic-soak.json (traffic-soak-asan.json with --asan)
-and prints a table per service.
+With --retention 2m queue keeps finished records and events its log that
+long (an hour and 30 days as shipped), so that within the run the stores
+stop growing and the sweeps that empty them run too.
+
+Writes bench/results/traffic-soak.json (traffic-soak-asan.json with
+--asan, traffic-soak-retention.json with --retention) and prints a table
+per service.
 
 usage: bench/traffic_soak.py [--seconds 600] [--every 10] [--rate 400] [--asan]
+                             [--retention DURATION]
 """
 import argparse
 import json
@@ -78,10 +84,14 @@ def status_kib(pid):
     return out
 
 
-def route_faults_to_sandbox(relay, sink_port):
-    """Everything to the sink but faults.test, which goes to the relay's sandbox."""
+def edit_config(relay, sink_port, retention):
+    """Everything to the sink but faults.test, which goes to the relay's sandbox;
+    with retention, queue's finished records and events' log kept that long."""
     with open(relay.config) as f:
         text = f.read()
+    if retention:
+        text = text.replace("queue = {\n", 'queue = {\n  done_retention = "%s";\n' % retention, 1)
+        text = text.replace("events = {\n", 'events = {\n  retention = "%s";\n' % retention, 1)
     default = '{ name = "sandbox"; kind = "smarthost"; endpoints = [ "127.0.0.1:%d" ]' % relay.sandbox
     if default not in text:
         raise SystemExit("traffic_soak: the local profile's sandbox route has changed")
@@ -243,6 +253,9 @@ def main():
                     help="1 KiB messages a second; the other loads are fractions of it")
     ap.add_argument("--asan", action="store_true",
                     help="run build/asan's services and collect LeakSanitizer's reports")
+    ap.add_argument("--retention", metavar="DURATION",
+                    help="keep finished records and events this long (e.g. 2m), so that the "
+                    "stores stop growing within the run")
     args = ap.parse_args()
     phases = args.seconds // PHASE_S
     if phases <= WARMUP_PHASES:
@@ -260,7 +273,7 @@ def main():
     sent = {}
     faults_sent, fault_errors, problem = 0, [], None
     try:
-        route_faults_to_sandbox(relay, sink.port)
+        edit_config(relay, sink.port, args.retention)
         relay.start()
         relay.add_demo_credential()
         services = sorted(relay.procs)
@@ -312,6 +325,7 @@ def main():
         result = {
             "seconds_under_load": round(under_load, 1), "phases": len(quiet),
             "phase_s": PHASE_S, "rate_1k": args.rate, "every": args.every,
+            "retention": args.retention,
             "warmup_phases": WARMUP_PHASES, "loads": sent,
             "fault_messages": faults_sent, "fault_errors": fault_errors[:5],
             "problem": problem,
@@ -328,7 +342,8 @@ def main():
         result["sanitizer_reports"] = sanitizer_reports(reports)
 
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    name = "traffic-soak-asan.json" if args.asan else "traffic-soak.json"
+    name = "traffic-soak%s%s.json" % ("-asan" if args.asan else "",
+                                      "-retention" if args.retention else "")
     with open(os.path.join(HERE, "results", name), "w") as f:
         json.dump(result, f, indent=1)
         f.write("\n")
