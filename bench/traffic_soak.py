@@ -74,12 +74,7 @@ WARMUP_PHASES = 2  # malloc arenas, caches and pools reach their size; growth co
 
 def status_kib(pid):
     """RssAnon, RssFile (KiB), open descriptors and threads of a process."""
-    out = {}
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("RssAnon", "RssFile", "Threads"):
-                out[key] = int(rest.split()[0])
+    out = procstat.status(pid, ("RssAnon", "RssFile", "Threads"))
     out["fds"] = len(os.listdir("/proc/%d/fd" % pid))
     return out
 

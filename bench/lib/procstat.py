@@ -53,15 +53,23 @@ def cpu_seconds(pids, reapers=()):
     return ticks / float(TICK)
 
 
-def rss_kib(pid):
+def status(pid, keys):
+    """The integer fields keys of /proc/PID/status (KiB for the memory ones);
+    those it has not, or none once the process is gone, are left out."""
+    out = {}
     try:
         with open("/proc/%d/status" % pid) as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
+                key, _, rest = line.partition(":")
+                if key in keys:
+                    out[key] = int(rest.split()[0])
     except OSError:
         pass
-    return 0
+    return out
+
+
+def rss_kib(pid):
+    return status(pid, ("VmRSS",)).get("VmRSS", 0)
 
 
 def pss_kib(pid):
